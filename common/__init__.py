@@ -1,0 +1,1 @@
+"""Helpers shared by every recipe: arguments, data, labels, metrics, training and reports."""

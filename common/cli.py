@@ -1,0 +1,101 @@
+"""`finetune-recipes`: list recipes and configs, copy one out to adapt it, run one.
+
+    finetune-recipes list
+    finetune-recipes cp sentiment my_sentiment.py
+    finetune-recipes cp sentiment/sst2_minilm my_config.yaml
+    finetune-recipes run sentiment --config my_config.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+from common.errors import RecipeInputError, nearest
+from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available
+
+
+def config_names() -> dict[str, Path]:
+    """'recipe/config' -> path, for every shipped config."""
+    return {f"{recipe}/{path.stem}": path for recipe, paths in available().items() for path in paths}
+
+
+def find(name: str) -> Path:
+    """A recipe script or config by its registry name ('sentiment', 'sentiment/sst2_minilm' or 'sst2_minilm')."""
+    recipes = available()
+    if name in recipes:
+        return RECIPES_DIR / f"{name}.py"
+    configs = config_names()
+    if name in configs:
+        return configs[name]
+    by_stem = [path for key, path in configs.items() if key.split("/")[1] == name]
+    if len(by_stem) == 1:
+        return by_stem[0]
+    if len(by_stem) > 1:
+        raise RecipeInputError(f"'{name}' names several configs: {', '.join(str(p.relative_to(CONFIGS_DIR)) for p in by_stem)}.")
+    raise RecipeInputError(f"no recipe or config named '{name}'{nearest(name, [*recipes, *configs])}. See `finetune-recipes list`.")
+
+
+def cmd_list(_: argparse.Namespace) -> None:
+    for recipe, configs in available().items():
+        print(f"{recipe:<22} {RECIPES[recipe]}")
+        for path in configs:
+            print(f"  {recipe}/{path.stem}")
+
+
+def cmd_cp(args: argparse.Namespace) -> None:
+    src = find(args.name)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / src.name
+    if dest.exists():
+        raise RecipeInputError(f"{dest} already exists; choose another destination (cp never overwrites).")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    print(f"copied {src.relative_to(RECIPES_DIR.parent)} to {dest}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    if args.recipe.endswith(".py"):
+        sys.argv = [args.recipe, *args.args]
+        runpy.run_path(args.recipe, run_name="__main__")
+        return
+    if args.recipe not in available():
+        raise RecipeInputError(f"no recipe named '{args.recipe}'{nearest(args.recipe, available())}. See `finetune-recipes list`.")
+    importlib.import_module(f"recipes.{args.recipe}").main(args.args)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from common.comparison import compare
+
+    compare(args.recipe, args.args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="finetune-recipes", description="Fine-tuning recipes on Hugging Face Trainer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list recipes and their configs").set_defaults(func=cmd_list)
+    cp = commands.add_parser("cp", help="copy a recipe or config to adapt it")
+    cp.add_argument("name", help="recipe name (e.g. sentiment) or config (e.g. sentiment/sst2_minilm)")
+    cp.add_argument("dest", help="destination file or directory")
+    cp.set_defaults(func=cmd_cp)
+    for name, func, text in (("run", cmd_run, "run a recipe (name or path to a copied .py) with its options"),
+                             ("compare", cmd_compare, "fine-tune versus from scratch on the same data and budget")):
+        sub = commands.add_parser(name, help=text, add_help=False)
+        sub.add_argument("recipe")
+        sub.add_argument("args", nargs=argparse.REMAINDER)
+        sub.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except RecipeInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Arguments for every recipe: dataclasses with help text, read from a YAML config plus the command line.
+
+Precedence, lowest first: the recipe's built-in defaults, the YAML file given with ``--config``,
+then command-line flags. Unknown keys are errors that name the key and its nearest valid spelling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+
+from common.errors import RecipeInputError, nearest
+
+# Extra spellings accepted for TrainingArguments fields, on the command line and in YAML.
+ALIASES = {"label_smoothing": "label_smoothing_factor", "epochs": "num_train_epochs"}
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "model"
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub model id or local directory of the pretrained checkpoint to fine-tune."},
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer or processor name or path, if not the model's."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to store downloaded models and data."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model on the Hub."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run modelling code shipped inside a Hub repo. Off by default: enable only for repos you trust."},
+    )
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Build the same architecture from its config with random weights (a baseline for fine-tuning)."},
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata={"help": "Set every dropout probability in the model config (hidden, attention, classifier, ...)."},
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=True,
+        metadata={"help": "Re-initialise a checkpoint's head when its shape differs from this task's (other class count)."},
+    )
+
+
+@dataclass
+class DataArguments:
+    """Data options every recipe shares; each recipe subclasses this with its own columns."""
+
+    _argument_group_name = "data"
+
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name (instead of local files)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: str | None = field(default=None, metadata={"help": "Training data: csv, tsv, json, jsonl or parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
+    test_file: str | None = field(default=None, metadata={"help": "Test data, same formats; labels optional."})
+    validation_split: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of train held out (stratified) when there is no validation split. In (0, 1)."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test rows."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset .map()."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.validation_split < 1.0:
+            raise RecipeInputError(
+                f"--validation_split {self.validation_split} is outside (0, 1): give the fraction of train to hold "
+                "out, e.g. --validation_split 0.1."
+            )
+
+
+@dataclass
+class RunArguments:
+    _argument_group_name = "run"
+
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Allow writing into a non-empty output_dir (otherwise it is refused)."}
+    )
+    metric: str | None = field(
+        default=None,
+        metadata={"help": "Extra `evaluate` metric id (needs the Hub), computed beside the built-in offline metrics."},
+    )
+
+
+@dataclass
+class FinetuneArguments:
+    """The fine-tuning toolkit: every recipe gets these options."""
+
+    _argument_group_name = "fine-tuning"
+
+    freeze: list[str] = field(
+        default_factory=lambda: ["none"],
+        metadata={
+            "help": "What to freeze: none | backbone | embeddings | bottom:N | encoder | decoder | feature_encoder, "
+            "or regex patterns on parameter names."
+        },
+    )
+    unfreeze_patterns: list[str] = field(
+        default_factory=list, metadata={"help": "Regex patterns of parameters kept trainable despite --freeze."}
+    )
+    train_norm_layers: bool = field(
+        default=False, metadata={"help": "Keep LayerNorm/BatchNorm trainable inside frozen parts."}
+    )
+    unfreeze_schedule: str | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual unfreezing from the top: 'epoch' unfreezes one block group per epoch, "
+            "or a comma list of epochs, e.g. '1,2,3'. Starts from --freeze backbone unless --freeze says otherwise."
+        },
+    )
+    layer_lr_decay: float | None = field(
+        default=None, metadata={"help": "Layer-wise LR decay: block at depth d from the head gets lr * decay**d."}
+    )
+    cache_features: bool = field(
+        default=False,
+        metadata={"help": "With --freeze backbone: run the backbone once, cache pooled features, train the head only."},
+    )
+    peft: str | None = field(default=None, metadata={"help": "Parameter-efficient method: lora | ia3."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt; default: peft's mapping for the architecture."}
+    )
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Save the adapter merged into the base weights (loads with pipeline())."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement; keeps the best model."}
+    )
+    early_stopping_threshold: float = field(default=0.0, metadata={"help": "Minimum improvement that counts."})
+    text_augment: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text augmentation ops with probabilities, e.g. swap=0.1 delete=0.1 insert=0.1 unk=0.1."},
+    )
+    hpo_trials: int = field(default=0, metadata={"help": "Hyperparameter search trials (optuna); 0 = off."})
+    hpo_space: str | None = field(
+        default=None, metadata={"help": "Search space as YAML/JSON (usually a mapping under hpo_space: in the config)."}
+    )
+    cv_folds: int = field(default=0, metadata={"help": "k-fold cross-validation over train; 0 = off."})
+    cv_group_column: str | None = field(default=None, metadata={"help": "Column whose groups never span folds."})
+    ensemble: str | None = field(
+        default=None, metadata={"help": "Combine models: soft_vote | hard_vote | stack (CV folds or --ensemble_models)."}
+    )
+    ensemble_models: list[str] | None = field(
+        default=None, metadata={"help": "Fine-tuned model directories to ensemble, instead of the CV folds."}
+    )
+
+
+def _dests(parser: HfArgumentParser) -> dict[str, str]:
+    """Map every accepted key (option name without dashes) to its destination field."""
+    keys: dict[str, str] = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                keys[option[2:]] = action.dest
+    return keys
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeInputError(f"config file {path} does not exist. Check the path, or list configs with `finetune-recipes list`.")
+    try:
+        content = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeInputError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(content, dict):
+        raise RecipeInputError(f"config file {path} must be a mapping of option: value, not {type(content).__name__}.")
+    return content
+
+
+def parse_args(
+    dataclass_types: tuple[type, ...],
+    argv: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+) -> tuple[Any, ...]:
+    """Build one instance of each dataclass from defaults < YAML (--config) < command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False, prog=prog, description=description)
+    parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
+    actions = {action.dest: action for action in parser._actions}
+    for alias, target in ALIASES.items():
+        if target in actions:
+            parser.add_argument(
+                f"--{alias}", dest=target, type=actions[target].type, default=argparse.SUPPRESS, help=f"Same as --{target}."
+            )
+    dests = _dests(parser)
+
+    config_path = None
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            config_path = argv[i + 1]
+        elif token.startswith("--config="):
+            config_path = token.split("=", 1)[1]
+    values: dict[str, Any] = dict(defaults or {})
+    if config_path:
+        for key, value in _read_yaml(config_path).items():
+            if key not in dests or key == "config":
+                raise RecipeInputError(f"unknown key '{key}' in {config_path}{nearest(key, dests)}.")
+            values[dests[key]] = value
+    parser.set_defaults(**values)
+
+    namespace, remaining = parser.parse_known_args(argv)
+    unknown = [token for token in remaining if token.startswith("-")] or remaining
+    if unknown:
+        key = unknown[0].lstrip("-").split("=")[0]
+        raise RecipeInputError(f"unknown option '{unknown[0]}'{nearest(key, dests)}. See --help for every option.")
+
+    options = vars(namespace)
+    _apply_policies(options)
+
+    instances = []
+    for dtype in dataclass_types:
+        kwargs = {f.name: options[f.name] for f in dataclasses.fields(dtype) if f.init and f.name in options}
+        try:
+            instances.append(dtype(**kwargs))
+        except RecipeInputError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise RecipeInputError(f"invalid {dtype.__name__}: {err}") from None
+    return tuple(instances)
+
+
+def _apply_policies(options: dict[str, Any]) -> None:
+    """Settings implied by others, fixed before TrainingArguments validates itself."""
+    if options.get("early_stopping_patience"):
+        if options.get("eval_strategy") in (None, "no"):
+            options["eval_strategy"] = "epoch"
+        options["save_strategy"] = options["eval_strategy"]
+        options["load_best_model_at_end"] = True
+    if options.get("output_dir") is None:
+        options["output_dir"] = "outputs/run"

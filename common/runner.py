@@ -1,0 +1,203 @@
+"""Train, evaluate and predict for any recipe, and leave the results in the output dir.
+
+A recipe describes its job as a `Task`; `run` then does the rest the same way for every modality:
+hyperparameter search, cross-validation and ensembling when asked, otherwise one train/eval/predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import transformers
+from transformers import EarlyStoppingCallback, PreTrainedModel, TrainingArguments
+from transformers.trainer_utils import PredictionOutput, get_last_checkpoint
+
+from common.config import FinetuneArguments, RunArguments
+from common.errors import RecipeInputError
+from common.labels import SINGLE, LabelSpec
+from common.metrics import scores_from_logits
+from common.reporting import format_metrics, plot_confusion_matrix, plot_training_curves, write_json
+from common.trainer import FinetuneTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    """Everything `run` needs from a recipe."""
+
+    name: str
+    model_init: Callable[[], PreTrainedModel]  # a fresh model with the fine-tuning options applied
+    train_dataset: datasets.Dataset | None
+    eval_dataset: datasets.Dataset | None
+    test_dataset: datasets.Dataset | None
+    data_collator: Callable | None
+    compute_metrics: Callable | None
+    processing_class: Any  # tokenizer / processor saved beside the model
+    main_metric: str
+    pipeline_task: str
+    model_name: str = ""
+    label_spec: LabelSpec | None = None
+    trainer_class: type = FinetuneTrainer
+    # Writes the test predictions in the recipe's format: (prediction output, output dir) -> None.
+    write_predictions: Callable[[PredictionOutput, Path], None] | None = None
+    # Row labels of the train split, for stratified CV folds (None: plain k-fold).
+    stratify: list | None = None
+    groups: list | None = None
+
+
+def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
+    """Logging, then the output-dir guard: both before any data or model is loaded."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    level = logging.INFO if training_args.should_log else logging.WARNING
+    logging.getLogger("common").setLevel(level)
+    logging.getLogger("recipes").setLevel(level)
+    logging.getLogger("__main__").setLevel(level)
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.utils.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+
+    out = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume:
+        training_args.resume_from_checkpoint = resolve_checkpoint(resume, out)
+    elif out.is_dir() and any(out.iterdir()) and not run_args.overwrite_output_dir:
+        raise RecipeInputError(
+            f"output_dir {out} already exists and is not empty. Choose another --output_dir, pass "
+            "--overwrite_output_dir to write into it, or --resume_from_checkpoint latest to continue its run."
+        )
+
+
+def resolve_checkpoint(value: str, output_dir: Path) -> str:
+    """'latest' (or 'true') means the newest checkpoint-* in output_dir; anything else is a path."""
+    if value.lower() in ("latest", "true"):
+        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if last is None:
+            raise RecipeInputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}.")
+        return last
+    if not Path(value).is_dir():
+        raise RecipeInputError(f"--resume_from_checkpoint {value} is not a checkpoint directory.")
+    return value
+
+
+def build_trainer(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments, **overrides: Any):
+    callbacks = []
+    if finetune_args.early_stopping_patience:
+        callbacks.append(
+            EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)
+        )
+    if finetune_args.unfreeze_schedule:
+        from common.freezing import GradualUnfreezingCallback
+
+        callbacks.append(GradualUnfreezingCallback(finetune_args))
+    kwargs = dict(
+        model_init=task.model_init,
+        args=args,
+        train_dataset=task.train_dataset,
+        eval_dataset=task.eval_dataset,
+        data_collator=task.data_collator,
+        compute_metrics=task.compute_metrics,
+        processing_class=task.processing_class,
+        callbacks=callbacks,
+        finetune_args=finetune_args,
+    )
+    kwargs.update(overrides)
+    return task.trainer_class(**kwargs)
+
+
+def save_final_model(trainer, output_dir: str | Path, finetune_args: FinetuneArguments) -> None:
+    """The fine-tuned model, ready for `pipeline(model=output_dir)`."""
+    if finetune_args.peft:
+        from common.adapters import save_peft_model
+
+        save_peft_model(trainer, output_dir, merge=finetune_args.merge_adapter)
+    else:
+        trainer.save_model(str(output_dir))
+
+
+def train_evaluate_predict(
+    task: Task, args: TrainingArguments, finetune_args: FinetuneArguments, report: bool = True
+) -> dict[str, float]:
+    """One fine-tuning run: metrics before training, train, save, evaluate, predict, report."""
+    trainer = build_trainer(task, args, finetune_args)
+    main = trainer.is_world_process_zero()
+    out = Path(args.output_dir)
+    results: dict[str, float] = {}
+
+    if args.do_train and args.do_eval and task.eval_dataset is not None:
+        before = trainer.evaluate(metric_key_prefix="before")
+        logger.info("before fine-tuning: %s", format_metrics(before, ["loss", task.main_metric]))
+        results.update(before)
+    if args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        results.update(train_result.metrics)
+        results["train_samples"] = len(task.train_dataset)
+        save_final_model(trainer, out, finetune_args)
+        if main:
+            trainer.save_state()
+    eval_output = None
+    if args.do_eval and task.eval_dataset is not None:
+        eval_output = trainer.predict(task.eval_dataset, metric_key_prefix="eval")
+        results.update(eval_output.metrics)
+        results["eval_samples"] = len(task.eval_dataset)
+        logger.info("after fine-tuning: %s", format_metrics(eval_output.metrics, ["loss", task.main_metric]))
+    if args.do_predict and task.test_dataset is not None:
+        test_output = trainer.predict(task.test_dataset, metric_key_prefix="test")
+        results.update({k: v for k, v in test_output.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
+        if main and task.write_predictions is not None:
+            task.write_predictions(test_output, out)
+
+    if main and report:
+        write_report(trainer, task, results, eval_output, out)
+    trainer.results = results
+    return results
+
+
+def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutput | None, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "all_results.json", results)
+    if trainer.state.log_history:
+        plot_training_curves(trainer.state.log_history, task.main_metric, out / "training_curves.png")
+    spec = task.label_spec
+    if eval_output is not None and spec is not None and spec.problem_type == SINGLE and eval_output.label_ids is not None:
+        logits = eval_output.predictions[0] if isinstance(eval_output.predictions, tuple) else eval_output.predictions
+        predicted = scores_from_logits(np.asarray(logits), spec.problem_type).argmax(-1)
+        plot_confusion_matrix(np.asarray(eval_output.label_ids), predicted, spec.names, out / "confusion_matrix.png")
+    try:
+        trainer.create_model_card(model_name=out.name, finetuned_from=task.model_name or None, tasks=task.pipeline_task)
+    except Exception as err:  # noqa: BLE001 - a card is a nicety; its Hub look-ups may fail offline
+        logger.warning("model card not written: %s", err)
+    logger.info("results, plots and model written to %s", out)
+
+
+def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
+    """Dispatch on the toolkit options: HPO first (then retrain the best), CV (+ ensemble), or one run."""
+    if finetune_args.hpo_trials:
+        from common.hpo import run_hpo
+
+        best = run_hpo(task, args, finetune_args)
+        args = dataclasses.replace(args, **best)
+    if finetune_args.cv_folds:
+        from common.cross_validation import run_cross_validation
+
+        return run_cross_validation(task, args, finetune_args)
+    results = train_evaluate_predict(task, args, finetune_args)
+    if finetune_args.ensemble:
+        from common.ensembling import run_ensemble
+
+        results.update(run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models))
+    return results
+
+
+def pipeline_hint(task: Task, output_dir: str) -> str:
+    return f'from transformers import pipeline; pipe = pipeline("{task.pipeline_task}", model="{output_dir}")'

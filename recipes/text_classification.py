@@ -1,0 +1,184 @@
+"""Fine-tune a pretrained transformer for text classification: single-label, multi-label, regression, pairs.
+
+    python recipes/text_classification.py --config recipes/configs/text_classification/sst2_minilm.yaml
+    accelerate launch recipes/text_classification.py --config recipes/configs/text_classification/sst2_minilm.yaml
+
+Every option: `python recipes/text_classification.py --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
+
+from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.data import add_validation_split, cap_splits, load_splits, require_columns, source
+from common.errors import RecipeInputError, run_main
+from common.finetuning import prepare_model
+from common.labels import SINGLE, LabelSpec, encode_labels, infer_label_spec
+from common.metrics import build_compute_metrics, scores_from_logits
+from common.models import load_config, load_model, load_processor
+from common.reporting import write_classification_predictions
+from common.runner import Task, pipeline_hint, run, setup_run
+
+logger = logging.getLogger(__name__)
+
+# Column names tried, in order, when --text_columns is not given: pairs first, then single texts.
+TEXT_COLUMN_CANDIDATES = [("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
+                          ("sentence",), ("text",)]
+
+DEFAULTS = {
+    "output_dir": "outputs/text-classification",
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3,
+    "warmup_steps": 0.1,
+    "weight_decay": 0.01,
+    "report_to": "none",
+}
+
+
+@dataclass
+class TextDataArguments(DataArguments):
+    text_columns: list[str] | None = field(
+        default=None, metadata={"help": "One text column, or two for sentence pairs. Default: sentence1+sentence2, sentence or text."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding the label(s)."})
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Names for integer class ids 0..N-1 (string labels name themselves)."}
+    )
+    problem_type: str | None = field(
+        default=None,
+        metadata={"help": "single_label_classification | multi_label_classification | regression. Default: inferred."},
+    )
+    label_separator: str | None = field(
+        default=None, metadata={"help": "Split string labels on this separator into a multi-label set, e.g. ';'."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every example to max_seq_length (default: pad each batch dynamically)."}
+    )
+
+
+def resolve_text_columns(columns: list[str], requested: list[str] | None, where: str) -> list[str]:
+    if requested:
+        if len(requested) > 2:
+            raise RecipeInputError(f"--text_columns takes one column or a pair, not {len(requested)}: {requested}.")
+        return list(requested)
+    for candidate in TEXT_COLUMN_CANDIDATES:
+        if all(c in columns for c in candidate):
+            return list(candidate)
+    raise RecipeInputError(
+        f"no text column found in {where}: looked for 'sentence' or 'text' (or a pair like sentence1/sentence2). "
+        f"Columns present: {', '.join(columns)}. Set --text_columns."
+    )
+
+
+def main(
+    argv: list[str] | None = None,
+    defaults: dict | None = None,
+    default_class_names: Callable[[int], list[str] | None] | None = None,
+) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, finetune_args, run_args, training_args = parse_args(
+        (ModelArguments, TextDataArguments, FinetuneArguments, RunArguments, TrainingArguments),
+        argv,
+        {**DEFAULTS, **(defaults or {})},
+    )
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+
+    # 2. Data: load, check columns, hold out validation, cap sizes.
+    splits = load_splits(data_args)
+    if "train" not in splits:
+        raise RecipeInputError("no training split: pass --train_file or a --dataset_name with a train split.")
+    sources = {split: source(data_args, split) for split in splits}
+    text_columns = resolve_text_columns(splits["train"].column_names, data_args.text_columns, sources["train"])
+    for split, dataset in splits.items():
+        label = [data_args.label_column] if split != "test" else []
+        require_columns(dataset, text_columns + label, sources[split], "--text_columns / --label_column")
+
+    # 3. Labels: infer the problem type, map names to ids.
+    spec = infer_label_spec(splits, data_args.label_column, sources["train"], data_args.class_names,
+                            data_args.problem_type, data_args.label_separator)
+    if default_class_names and not data_args.class_names and spec.names == [str(i) for i in range(spec.num_labels)]:
+        spec = LabelSpec(spec.problem_type, default_class_names(spec.num_labels) or spec.names)
+    if training_args.label_smoothing_factor and spec.problem_type != SINGLE:
+        raise RecipeInputError(f"--label_smoothing applies to single-label classification, not {spec.problem_type}.")
+    stratify = splits["train"][data_args.label_column] if spec.problem_type == SINGLE else None
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed, stratify)
+    sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    splits = cap_splits(encode_labels(splits, spec, data_args.label_column, sources, data_args.label_separator), data_args)
+    logger.info("task %s with %d labels: %s; rows %s", spec.problem_type, spec.num_labels, spec.names,
+                {k: len(v) for k, v in splits.items()})
+
+    # 4. Model and tokenizer.
+    tokenizer = load_processor(AutoTokenizer, model_args)
+    config = load_config(model_args, num_labels=spec.num_labels, id2label=spec.id2label, label2id=spec.label2id,
+                         problem_type=spec.problem_type)
+    model_init = partial(prepare_model, partial(load_model, AutoModelForSequenceClassification, model_args, config),
+                         finetune_args)
+
+    # 5. Tokenize once, on the main process first so the others reuse its cache.
+    def tokenize(batch: dict) -> dict:
+        texts = [[t if t is not None else "" for t in batch[c]] for c in text_columns]
+        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length,
+                         padding="max_length" if data_args.pad_to_max_length else False)
+
+    raw_test = splits.get("test")
+    with training_args.main_process_first(desc="tokenize"):
+        tokenized = splits.map(
+            tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,
+            remove_columns=[c for c in splits["train"].column_names if c != "labels"],
+        )
+
+    def write_predictions(output, out_dir: Path) -> None:
+        scores = scores_from_logits(output.predictions, spec.problem_type)
+        inputs = {c: raw_test[c] for c in text_columns}
+        write_classification_predictions(out_dir / "predictions.csv", inputs, scores, spec.problem_type, spec.names)
+
+    # 6. Train, evaluate, predict, report.
+    task = Task(
+        name="text_classification",
+        model_init=model_init,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        test_dataset=tokenized.get("test"),
+        data_collator=default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer),
+        compute_metrics=build_compute_metrics(spec.problem_type, run_args.metric),
+        processing_class=tokenizer,
+        main_metric=spec.main_metric,
+        pipeline_task="text-classification",
+        model_name=model_args.model_name_or_path,
+        label_spec=spec,
+        write_predictions=write_predictions if raw_test is not None else None,
+        stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
+        groups=splits["train"][finetune_args.cv_group_column] if finetune_args.cv_group_column else None,
+    )
+    results = run(task, training_args, finetune_args)
+    results["output_dir"] = training_args.output_dir
+    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
