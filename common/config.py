@@ -19,7 +19,7 @@ from transformers import HfArgumentParser
 from common.errors import RecipeInputError, nearest
 
 # Extra spellings accepted for TrainingArguments fields, on the command line and in YAML.
-ALIASES = {"label_smoothing": "label_smoothing_factor", "epochs": "num_train_epochs"}
+ALIASES = {"label_smoothing": "label_smoothing_factor", "epochs": "num_train_epochs", "num_beams": "generation_num_beams"}
 
 
 @dataclass
@@ -93,6 +93,18 @@ class RunArguments:
         default=None,
         metadata={"help": "Extra `evaluate` metric id (needs the Hub), computed beside the built-in offline metrics."},
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU. "
+            "An explicit --bf16/--fp16 or accelerate's mixed_precision wins."
+        },
+    )
+    scale_lr_with_batch: bool = field(
+        default=False,
+        metadata={"help": "Multiply learning_rate by processes x gradient_accumulation_steps (linear scaling rule)."},
+    )
+    precision_reason: str = field(default="", init=False, repr=False)  # why `precision` was chosen, for the log
 
 
 @dataclass
@@ -223,7 +235,7 @@ def parse_args(
         raise RecipeInputError(f"unknown option '{unknown[0]}'{nearest(key, dests)}. See --help for every option.")
 
     options = vars(namespace)
-    _apply_policies(options)
+    precision_reason = _apply_policies(options)
 
     instances = []
     for dtype in dataclass_types:
@@ -234,11 +246,38 @@ def parse_args(
             raise
         except (ValueError, TypeError) as err:
             raise RecipeInputError(f"invalid {dtype.__name__}: {err}") from None
+        if isinstance(instances[-1], RunArguments):
+            instances[-1].precision_reason = precision_reason
     return tuple(instances)
 
 
-def _apply_policies(options: dict[str, Any]) -> None:
-    """Settings implied by others, fixed before TrainingArguments validates itself."""
+def choose_precision(options: dict[str, Any]) -> tuple[str, str]:
+    """(precision, why): explicit flags, then accelerate's mixed_precision, then what the hardware does well."""
+    import os
+
+    import torch
+
+    if options.get("bf16") or options.get("fp16"):
+        return ("bf16" if options.get("bf16") else "fp16"), "set explicitly with --bf16/--fp16"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched in ("bf16", "fp16"):
+        return launched, "set by the accelerate config (mixed_precision)"
+    requested = options.get("precision", "auto")
+    if requested not in ("auto", "fp32", "bf16", "fp16"):
+        raise RecipeInputError(f"--precision {requested}: use auto, fp32, bf16 or fp16.")
+    if requested != "auto":
+        return requested, f"--precision {requested}"
+    if options.get("use_cpu") or not torch.cuda.is_available():
+        return "fp32", "auto: no GPU (bf16 on CPU is far slower than fp32)"
+    if torch.cuda.is_bf16_supported():
+        return "bf16", f"auto: {torch.cuda.get_device_name()} supports bf16"
+    return "fp16", f"auto: {torch.cuda.get_device_name()} lacks bf16, so fp16 with loss scaling"
+
+
+def _apply_policies(options: dict[str, Any]) -> str:
+    """Settings implied by others, fixed before TrainingArguments validates itself; returns the precision reason."""
+    precision, reason = choose_precision(options)
+    options["bf16"], options["fp16"] = precision == "bf16", precision == "fp16"
     if options.get("early_stopping_patience"):
         if options.get("eval_strategy") in (None, "no"):
             options["eval_strategy"] = "epoch"
@@ -246,3 +285,4 @@ def _apply_policies(options: dict[str, Any]) -> None:
         options["load_best_model_at_end"] = True
     if options.get("output_dir") is None:
         options["output_dir"] = "outputs/run"
+    return reason

@@ -74,13 +74,18 @@ def load_file(path: str, option: str, split: str = "train") -> Dataset:
     """Load one local data file as a Dataset, turning reader failures into errors naming the file."""
     file = check_file(path, option)
     builder, kwargs = FORMATS[file.suffix.lower()]
+    empty = RecipeInputError(f"{option} {path} has no rows: the {split} split is empty.")
+    if file.stat().st_size == 0:
+        raise empty
     try:
         dataset = datasets.load_dataset(builder, data_files={split: str(file)}, split=split, **kwargs)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
+        if "corresponds to no data" in str(err):  # a header and no rows
+            raise empty from None
         cause = err.__cause__ or err.__context__ or err
         raise RecipeInputError(f"{option} {path} could not be read as {builder}: {cause}") from None
     if len(dataset) == 0:
-        raise RecipeInputError(f"{option} {path} has no rows: the {split} split is empty.")
+        raise empty
     return dataset
 
 
@@ -153,11 +158,13 @@ def add_validation_split(
     return result
 
 
-def cap_splits(splits: DatasetDict, args: DataArguments) -> DatasetDict:
-    """Apply --max_train_samples / --max_eval_samples / --max_predict_samples (first N rows, as HF examples do)."""
+def cap_splits(splits: DatasetDict, args: DataArguments, seed: int | None = None) -> DatasetDict:
+    """Apply --max_train_samples / --max_eval_samples / --max_predict_samples: the first N rows, as HF examples do,
+    or with `seed` a seeded random sample (for data files sorted by label)."""
     caps = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
     result = DatasetDict(splits)
     for split, cap in caps.items():
         if cap is not None and split in result and len(result[split]) > cap:
-            result[split] = result[split].select(range(cap))
+            dataset = result[split] if seed is None else result[split].shuffle(seed=seed)
+            result[split] = dataset.select(range(cap))
     return result

@@ -61,7 +61,10 @@ def score_predictions(labels: np.ndarray, scores: np.ndarray, problem_type: str)
         return regression_metrics(labels.reshape(-1).astype(float), predictions)
     if problem_type == MULTI:
         return multilabel_metrics(labels.astype(int), predictions)
-    return classification_metrics(labels, predictions)
+    result = classification_metrics(labels, predictions)
+    if scores.ndim == 2 and scores.shape[1] > 5:  # top-5 says something only with more than 5 classes
+        result["top5_accuracy"] = float(skm.top_k_accuracy_score(labels, scores, k=5, labels=np.arange(scores.shape[1])))
+    return result
 
 
 def load_hub_metric(metric_id: str):

@@ -56,10 +56,10 @@ def set_dropout(config: PretrainedConfig, probability: float) -> list[str]:
     for key, value in vars(config).items():
         if isinstance(value, PretrainedConfig):
             changed += [f"{key}.{name}" for name in set_dropout(value, probability)]
-        elif "dropout" in key and not key.startswith("mask") and (isinstance(value, float) or value is None):
-            if isinstance(value, float) or key == "classifier_dropout":
-                setattr(config, key, probability)
-                changed.append(key)
+        elif "dropout" in key and (isinstance(value, float) or key == "classifier_dropout"):
+            # classifier_dropout is None when it defers to hidden_dropout_prob; set it explicitly too.
+            setattr(config, key, probability)
+            changed.append(key)
     return changed
 
 

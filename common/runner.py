@@ -12,10 +12,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
+import torch
 import transformers
 from transformers import EarlyStoppingCallback, PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import PredictionOutput, get_last_checkpoint
@@ -26,6 +27,9 @@ from common.labels import SINGLE, LabelSpec
 from common.metrics import scores_from_logits
 from common.reporting import format_metrics, plot_confusion_matrix, plot_training_curves, write_json
 from common.trainer import FinetuneTrainer
+
+if TYPE_CHECKING:
+    from common.augment import TrainAugmentation
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +46,10 @@ class Task:
     data_collator: Callable | None
     compute_metrics: Callable | None
     processing_class: Any  # tokenizer / processor saved beside the model
-    main_metric: str
+    main_metric: str  # eval metric that ranks runs (HPO, best model, plots)
     pipeline_task: str
     model_name: str = ""
+    greater_is_better: bool = True  # False for error rates such as WER
     label_spec: LabelSpec | None = None
     trainer_class: type = FinetuneTrainer
     # Writes the test predictions in the recipe's format: (prediction output, output dir) -> None.
@@ -52,6 +57,10 @@ class Task:
     # Row labels of the train split, for stratified CV folds (None: plain k-fold).
     stratify: list | None = None
     groups: list | None = None
+    # On-the-fly augmentation of the train split (each CV fold's too); eval and test data stay as they are.
+    augmentation: TrainAugmentation | None = None
+    # Trainer's compute_loss_func: (outputs, labels, num_items_in_batch) -> loss, e.g. for MixUp soft targets.
+    compute_loss_func: Callable | None = None
 
 
 def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
@@ -66,6 +75,20 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     transformers.utils.logging.set_verbosity_warning()
     datasets.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
+
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    logger.info("precision %s (%s)", precision, run_args.precision_reason)
+    scale = training_args.world_size * training_args.gradient_accumulation_steps
+    if run_args.scale_lr_with_batch and scale > 1:
+        training_args.learning_rate *= scale
+        logger.info("--scale_lr_with_batch: learning_rate x%d = %.3g", scale, training_args.learning_rate)
+    logger.info(
+        "effective batch %d = %d per device x %d processes x %d accumulation steps",
+        training_args.per_device_train_batch_size * scale, training_args.per_device_train_batch_size,
+        training_args.world_size, training_args.gradient_accumulation_steps,
+    )
+    if not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader
 
     out = Path(training_args.output_dir)
     resume = training_args.resume_from_checkpoint
@@ -100,13 +123,18 @@ def build_trainer(task: Task, args: TrainingArguments, finetune_args: FinetuneAr
         from common.freezing import GradualUnfreezingCallback
 
         callbacks.append(GradualUnfreezingCallback(finetune_args))
+    train_dataset = task.train_dataset
+    if task.augmentation is not None and train_dataset is not None:
+        train_dataset = task.augmentation.wrap(train_dataset)
+        callbacks.append(train_dataset.callback)
     kwargs = dict(
         model_init=task.model_init,
         args=args,
-        train_dataset=task.train_dataset,
+        train_dataset=train_dataset,
         eval_dataset=task.eval_dataset,
         data_collator=task.data_collator,
         compute_metrics=task.compute_metrics,
+        compute_loss_func=task.compute_loss_func,
         processing_class=task.processing_class,
         callbacks=callbacks,
         finetune_args=finetune_args,
@@ -121,6 +149,10 @@ def save_final_model(trainer, output_dir: str | Path, finetune_args: FinetuneArg
         from common.adapters import save_peft_model
 
         save_peft_model(trainer, output_dir, merge=finetune_args.merge_adapter)
+    elif finetune_args.cache_features:
+        from common.feature_cache import save_full_model
+
+        save_full_model(trainer, output_dir)
     else:
         trainer.save_model(str(output_dir))
 
@@ -142,6 +174,8 @@ def train_evaluate_predict(
         train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         results.update(train_result.metrics)
         results["train_samples"] = len(task.train_dataset)
+        if torch.cuda.is_available():
+            results["train_peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
         save_final_model(trainer, out, finetune_args)
         if main:
             trainer.save_state()
@@ -181,7 +215,15 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
 
 
 def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
-    """Dispatch on the toolkit options: HPO first (then retrain the best), CV (+ ensemble), or one run."""
+    """Dispatch on the toolkit options: HPO first (then retrain the best), CV (+ ensemble of the folds),
+    an ensemble of --ensemble_models (nothing trains), or one run."""
+    from common.ensembling import check_ensemble_options, run_ensemble
+
+    check_ensemble_options(task, finetune_args)
+    if finetune_args.cache_features:
+        from common.feature_cache import cached_task
+
+        task = cached_task(task, args, finetune_args)
     if finetune_args.hpo_trials:
         from common.hpo import run_hpo
 
@@ -190,12 +232,12 @@ def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -
     if finetune_args.cv_folds:
         from common.cross_validation import run_cross_validation
 
-        return run_cross_validation(task, args, finetune_args)
-    results = train_evaluate_predict(task, args, finetune_args)
-    if finetune_args.ensemble:
-        from common.ensembling import run_ensemble
-
-        results.update(run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models))
+        results = run_cross_validation(task, args, finetune_args)
+    elif finetune_args.ensemble_models:
+        results = run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models)
+    else:
+        results = train_evaluate_predict(task, args, finetune_args)
+    results["main_metric"] = task.main_metric
     return results
 
 

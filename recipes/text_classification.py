@@ -23,6 +23,8 @@ from transformers import (
     set_seed,
 )
 
+from common.augment import TrainAugmentation
+from common.augment.text import text_augmenter
 from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
 from common.data import add_validation_split, cap_splits, load_splits, require_columns, source
 from common.errors import RecipeInputError, run_main
@@ -144,12 +146,21 @@ def main(
         return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length,
                          padding="max_length" if data_args.pad_to_max_length else False)
 
+    # --text_augment: train keeps its raw text, re-tokenized per batch after augmentation (common.augment).
+    augmentation = None
+    if finetune_args.text_augment:
+        augmentation = TrainAugmentation(text_augmenter(finetune_args.text_augment, text_columns, tokenizer),
+                                         tokenize, text_columns, training_args.seed)
+    keep = text_columns if augmentation else []
     raw_test = splits.get("test")
     with training_args.main_process_first(desc="tokenize"):
         tokenized = splits.map(
             tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,
-            remove_columns=[c for c in splits["train"].column_names if c != "labels"],
+            remove_columns=[c for c in splits["train"].column_names if c != "labels" and c not in keep],
         )
+    if augmentation:
+        for split in set(tokenized) - {"train"}:
+            tokenized[split] = tokenized[split].remove_columns(keep)
 
     def write_predictions(output, out_dir: Path) -> None:
         scores = scores_from_logits(output.predictions, spec.problem_type)
@@ -173,6 +184,7 @@ def main(
         write_predictions=write_predictions if raw_test is not None else None,
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
         groups=splits["train"][finetune_args.cv_group_column] if finetune_args.cv_group_column else None,
+        augmentation=augmentation,
     )
     results = run(task, training_args, finetune_args)
     results["output_dir"] = training_args.output_dir

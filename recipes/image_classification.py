@@ -1,0 +1,195 @@
+"""Fine-tune a pretrained image model (ViT, DeiT, ConvNeXt, ResNet, Swin, ...) to classify images.
+
+    python recipes/image_classification.py --config recipes/configs/image_classification/clothing_tiny_vit.yaml
+    accelerate launch recipes/image_classification.py --config recipes/configs/image_classification/clothing_tiny_vit.yaml
+
+Data: class folders (--train_dir/--validation_dir/--test_dir), a Hub dataset, or csv/jsonl/parquet files
+with an image path column. Images are decoded lazily, per batch, so augmentation (common.augment.image)
+is fresh every epoch. Every option: `python recipes/image_classification.py --help`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainingArguments, set_seed
+
+from common.augment import TrainAugmentation
+from common.augment.image import (
+    ImageAugmentArguments,
+    ImageAugmenter,
+    ImageCollator,
+    ImageInputs,
+    SoftTargetLoss,
+    batch_mixer,
+    geometry_from_processor,
+    save_preview,
+    train_transform,
+)
+from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.data import add_validation_split, cap_splits, require_columns
+from common.errors import RecipeInputError, run_main
+from common.finetuning import prepare_model
+from common.images import (
+    drop_bad_images,
+    image_column,
+    image_name,
+    load_image_splits,
+    prepare_image_column,
+)
+from common.labels import SINGLE, encode_labels, infer_label_spec
+from common.metrics import build_compute_metrics, scores_from_logits
+from common.models import load_config, load_model, load_processor
+from common.reporting import write_classification_predictions, write_json
+from common.runner import Task, pipeline_hint, run, setup_run
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "model_name_or_path": "google/vit-base-patch16-224-in21k",
+    "output_dir": "outputs/image-classification",
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 5e-5,
+    "num_train_epochs": 5,
+    "warmup_steps": 0.1,
+    "weight_decay": 0.01,
+    "report_to": "none",
+}
+
+
+@dataclass
+class ImageDataArguments(DataArguments):
+    train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test images, one sub-folder per class."})
+    image_column: str | None = field(
+        default=None, metadata={"help": "Column with the image (or its file path, relative to the data file). Default: image or img."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column holding the class (name or id)."})
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Names for integer class ids 0..N-1 (folder and string labels name themselves)."}
+    )
+    skip_bad_examples: bool = field(
+        default=False, metadata={"help": "Drop unreadable, corrupt or empty image files (counted in all_results.json) instead of failing."}
+    )
+    max_image_side: int = field(
+        default=1024, metadata={"help": "Decode larger images reduced to this longer side (JPEG draft mode), so huge files stay small."}
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(
+        (ModelArguments, ImageDataArguments, ImageAugmentArguments, FinetuneArguments, RunArguments, TrainingArguments),
+        argv,
+        DEFAULTS,
+    )
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+    # The image column is decoded by set_transform at batch time: Trainer must not drop it first (transformers #17894).
+    training_args.remove_unused_columns = False
+    if finetune_args.cache_features and augment_args.augments:
+        raise RecipeInputError("--cache_features computes each image's features once, so it needs --image_augment none "
+                               "and no --mixup_alpha/--cutmix_alpha.")
+
+    # 2. Data: class folders, Hub dataset or files; check columns.
+    splits, sources = load_image_splits(data_args)
+    if "train" not in splits:
+        raise RecipeInputError("no training split: pass --train_dir, --train_file or a --dataset_name with a train split.")
+    column = image_column(splits["train"].column_names, data_args.image_column, sources["train"])
+    for split, dataset in splits.items():
+        label = [data_args.label_column] if split != "test" else []
+        require_columns(dataset, [column, *label], sources[split], "--image_column / --label_column")
+    splits = prepare_image_column(splits, column, data_args)
+
+    # 3. Labels (one class per image), validation split.
+    spec = infer_label_spec(splits, data_args.label_column, sources["train"], data_args.class_names)
+    if spec.problem_type != SINGLE:
+        raise RecipeInputError(f"label column '{data_args.label_column}' of {sources['train']} holds {spec.problem_type} "
+                               "labels; this recipe classifies each image into one class.")
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
+                                  splits["train"][data_args.label_column])
+    sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    splits = cap_splits(encode_labels(splits, spec, data_args.label_column, sources), data_args)
+
+    # 4. Model and image processor (its size, mean and std drive every transform); then the image files.
+    processor = load_processor(AutoImageProcessor, model_args)
+    geometry = geometry_from_processor(processor)
+    config = load_config(model_args, num_labels=spec.num_labels, id2label=spec.id2label, label2id=spec.label2id,
+                         problem_type=SINGLE)
+    model_init = partial(prepare_model, partial(load_model, AutoModelForImageClassification, model_args, config),
+                         finetune_args)
+    splits, skipped = drop_bad_images(splits, column, sources, data_args.skip_bad_examples,
+                                      data_args.preprocessing_num_workers)
+    logger.info("%d classes: %s; images %s", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()})
+
+    # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
+    #    for its augmentation.
+    stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
+    groups = list(splits["train"][finetune_args.cv_group_column]) if finetune_args.cv_group_column else None
+    test_names = [image_name(v, i) for i, v in enumerate(splits["test"][column])] if "test" in splits else None
+    eval_inputs = ImageInputs(processor, column, data_args.max_image_side)
+    train_inputs = ImageInputs(processor, column, data_args.max_image_side, keep_raw=augment_args.augments)
+    for split, dataset in splits.items():
+        dataset.set_transform(train_inputs if split == "train" else eval_inputs)
+    augmentation = mixer = None
+    if augment_args.augments:
+        transform = train_transform(augment_args.image_augment, augment_args.image_augment_params, geometry)
+        augmentation = TrainAugmentation(ImageAugmenter(transform, column), train_inputs.encode, [column],
+                                         training_args.seed)
+        mixer = batch_mixer(augment_args.mixup_alpha, augment_args.cutmix_alpha, spec.num_labels)
+        if augment_args.save_augment_preview and training_args.should_save:
+            save_preview(splits["train"], eval_inputs, transform, training_args.seed,
+                         Path(training_args.output_dir) / "augment_preview.png")
+    elif augment_args.save_augment_preview:
+        logger.warning("--save_augment_preview: --image_augment none without mixing leaves nothing to preview")
+
+    def write_predictions(output, out_dir: Path) -> None:
+        scores = scores_from_logits(output.predictions, SINGLE)
+        write_classification_predictions(out_dir / "predictions.csv", {"image": test_names}, scores, SINGLE, spec.names)
+
+    # 6. Train, evaluate, predict, report.
+    task = Task(
+        name="image_classification",
+        model_init=model_init,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        test_dataset=splits.get("test"),
+        data_collator=ImageCollator(mixer),
+        compute_metrics=build_compute_metrics(SINGLE, run_args.metric),
+        processing_class=processor,
+        main_metric=spec.main_metric,
+        pipeline_task="image-classification",
+        model_name=model_args.model_name_or_path,
+        label_spec=spec,
+        write_predictions=write_predictions if test_names is not None else None,
+        stratify=stratify,
+        groups=groups,
+        augmentation=augmentation,
+        compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
+    )
+    results = run(task, training_args, finetune_args)
+    if data_args.skip_bad_examples:  # the count joins the results the run already wrote
+        counts = {"skipped_bad_examples": sum(skipped.values()), **{f"skipped_bad_examples_{s}": n for s, n in skipped.items()}}
+        results.update(counts)
+        out = Path(training_args.output_dir) / "all_results.json"
+        if training_args.should_save:
+            write_json(out, {**(json.loads(out.read_text()) if out.is_file() else {}), **counts})
+    results["output_dir"] = training_args.output_dir
+    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,274 @@
+"""Fine-tune a speech recognition model: CTC (wav2vec2, HuBERT, WavLM, Data2VecAudio) or seq2seq (Whisper, ...).
+
+    python recipes/speech_recognition.py --config recipes/configs/speech_recognition/fsdd_tiny_ctc.yaml
+    accelerate launch recipes/speech_recognition.py --config recipes/configs/speech_recognition/fsdd_tiny_ctc.yaml
+
+The family comes from the checkpoint's config. CTC models without a tokenizer get a character vocabulary built
+from the training transcripts. Data: a Hub dataset, an audiofolder (--audio_folder), or csv/tsv/jsonl/parquet
+manifests with an audio path column and a transcript column. Every option: `python recipes/speech_recognition.py --help`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from transformers import (
+    AutoFeatureExtractor,
+    AutoModelForCTC,
+    AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
+    Seq2SeqTrainingArguments,
+    Wav2Vec2Processor,
+    set_seed,
+)
+
+from common.audio import (
+    CTC,
+    FILE,
+    SEQ2SEQ,
+    SPEECH,
+    AudioInputs,
+    CTCTrainer,
+    SpeechCollator,
+    SpeechMetrics,
+    SpeechSeq2SeqTrainer,
+    check_examples,
+    checkpoint_tokenizer,
+    ctc_vocabulary,
+    decode_predictions,
+    decode_splits,
+    filter_durations,
+    find_column,
+    load_speech_model,
+    load_speech_splits,
+    model_family,
+    normalize_text,
+    set_whisper_prefix,
+    write_speech_predictions,
+)
+from common.augment import TrainAugmentation
+from common.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.data import add_validation_split, cap_splits, require_columns
+from common.errors import RecipeInputError, run_main
+from common.finetuning import prepare_model
+from common.models import load_config, load_processor
+from common.reporting import write_json
+from common.runner import Task, pipeline_hint, run, setup_run
+
+logger = logging.getLogger(__name__)
+
+AUDIO_COLUMNS = ("audio", "path", "file", "audio_path", "audio_filepath", "file_name")
+TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
+
+DEFAULTS = {
+    "output_dir": "outputs/speech-recognition",
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "learning_rate": 1e-4,
+    "num_train_epochs": 5,
+    "warmup_steps": 0.1,
+    "weight_decay": 0.0,
+    "predict_with_generate": True,  # seq2seq models transcribe by generation at evaluation
+    "metric_for_best_model": "wer",  # early stopping and the best checkpoint follow WER, lower being better
+    "greater_is_better": False,
+    "remove_unused_columns": False,  # features are computed by set_transform at batch time
+    "report_to": "none",
+}
+
+
+@dataclass
+class SpeechModelArguments(ModelArguments):
+    language: str | None = field(
+        default=None, metadata={"help": "Whisper: language of the speech, e.g. english or en (multilingual checkpoints)."}
+    )
+    task: str = field(default="transcribe", metadata={"help": "Whisper: transcribe | translate (to English)."})
+    layerdrop: float | None = field(
+        default=None, metadata={"help": "Probability of skipping each transformer layer in training (LayerDrop)."}
+    )
+    build_vocab: bool = field(
+        default=False,
+        metadata={"help": "CTC: build the character vocabulary from the training transcripts even when the "
+                          "checkpoint has a tokenizer (its CTC head is then re-initialised)."},
+    )
+
+
+@dataclass
+class SpeechDataArguments(DataArguments):
+    audio_folder: str | None = field(
+        default=None, metadata={"help": "An audiofolder directory (audio files plus metadata.csv with file_name)."}
+    )
+    split_column: str | None = field(
+        default=None, metadata={"help": "Column of --train_file that assigns each row to train / validation / test."}
+    )
+    audio_column: str | None = field(
+        default=None, metadata={"help": "Audio column (file paths, relative to the manifest). Default: audio, path or file."}
+    )
+    text_column: str | None = field(
+        default=None, metadata={"help": "Transcript column. Default: text, transcript, transcription or sentence."}
+    )
+    chars_to_ignore: str = field(
+        default=r"[^\w\s']", metadata={"help": "Regex of characters removed by text normalisation (after lowercasing)."}
+    )
+    normalize_transcripts: bool = field(
+        default=True, metadata={"help": "Train on normalised transcripts. WER is reported normalised and raw either way."}
+    )
+    min_duration_s: float | None = field(default=None, metadata={"help": "Drop clips shorter than this (counted)."})
+    max_duration_s: float | None = field(default=None, metadata={"help": "Drop clips longer than this (counted)."})
+    skip_bad_examples: bool = field(
+        default=False,
+        metadata={"help": "Skip missing, unreadable or zero-length audio and empty transcripts (counted in "
+                          "all_results.json) instead of failing."},
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(
+        (SpeechModelArguments, SpeechDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,
+         Seq2SeqTrainingArguments),
+        argv,
+        DEFAULTS,
+    )
+    if finetune_args.cv_folds or finetune_args.ensemble or finetune_args.ensemble_models or finetune_args.cache_features:
+        raise RecipeInputError("--cv_folds, --ensemble and --cache_features work on classification heads; speech "
+                               "recognition does not support them.")
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+
+    # 2. Data: Hub dataset, audiofolder or manifests; columns; validation split; caps.
+    splits, sources, bases = load_speech_splits(data_args)
+    if "train" not in splits:
+        raise RecipeInputError("no training split: pass --train_file, --audio_folder or a --dataset_name with a train split.")
+    columns = splits["train"].column_names
+    audio_column = find_column(columns, data_args.audio_column, AUDIO_COLUMNS, "audio", sources["train"])
+    text_column = find_column(columns, data_args.text_column, TEXT_COLUMNS, "text", sources["train"])
+    for split, dataset in splits.items():
+        text = [text_column] if split != "test" else []
+        require_columns(dataset, [audio_column, *text], sources[split], "--audio_column / --text_column")
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed)
+    sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    bases.setdefault("validation", bases["train"])
+    # Manifests are often sorted (FSDD by digit): a capped split is a seeded random sample, not the first rows.
+    splits = cap_splits(splits, data_args, seed=training_args.seed)
+
+    # 3. Model family (from the config) and feature extractor, whose sampling rate the audio is decoded at.
+    config = load_config(model_args)
+    family = model_family(config)
+    config.update(augment_args.spec_augment(config.model_type))
+    feature_extractor = load_processor(AutoFeatureExtractor, model_args)
+    sampling_rate = feature_extractor.sampling_rate
+    limit = getattr(feature_extractor, "chunk_length", None) if config.model_type == "whisper" else None
+
+    # 4. Decode every clip once (resampled, mono), then fail on or skip bad rows, then filter by duration.
+    with training_args.main_process_first(desc="decode audio"):
+        splits = decode_splits(splits, audio_column, sampling_rate, bases, data_args.preprocessing_num_workers)
+    normalize = partial(normalize_text, chars_to_ignore=data_args.chars_to_ignore or None)
+    splits, counts = check_examples(splits, text_column, sources, data_args.skip_bad_examples, normalize)
+    splits, filtered = filter_durations(splits, sampling_rate, data_args.min_duration_s, data_args.max_duration_s,
+                                        limit, sources)
+    counts.update(filtered)
+    logger.info("%s model (%s); clips %s at %d Hz", family, config.model_type, {k: len(v) for k, v in splits.items()},
+                sampling_rate)
+
+    # 5. Transcripts and tokenizer: CTC builds a character vocabulary when the checkpoint has none.
+    references = {split: list(d[text_column]) for split, d in splits.items() if text_column in d.column_names}
+    if family == SEQ2SEQ:
+        processor = load_processor(AutoProcessor, model_args)
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None:
+            raise RecipeInputError(f"seq2seq checkpoint '{model_args.model_name_or_path}' has no tokenizer; give one "
+                                   "with --tokenizer_name.")
+        if config.model_type == "whisper":
+            set_whisper_prefix(tokenizer, model_args)
+    else:
+        tokenizer = None if model_args.build_vocab else checkpoint_tokenizer(model_args)
+    # Checkpoint CTC vocabularies in capitals (wav2vec2-base-960h: A-Z) get capitalised targets.
+    upper = family == CTC and tokenizer is not None and not any(c.islower() for c in tokenizer.get_vocab() if len(c) == 1)
+
+    def target(text: str) -> str:
+        text = normalize(text) if data_args.normalize_transcripts else text
+        return text.upper() if upper else text
+
+    if family == CTC:
+        tokenizer = ctc_vocabulary(tokenizer, {split: [target(t) for t in texts] for split, texts in references.items()},
+                                   sources)
+        processor = Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+        config.update({"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                       "ctc_loss_reduction": "mean", "ctc_zero_infinity": True})
+        if training_args.label_smoothing_factor:
+            raise RecipeInputError("--label_smoothing does not apply to CTC training.")
+    if model_args.layerdrop is not None:
+        names = [n for n in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop") if hasattr(config, n)]
+        config.update(dict.fromkeys(names, model_args.layerdrop))
+        logger.info("--layerdrop %.3g set %s", model_args.layerdrop, ", ".join(names))
+
+    def add_labels(batch: dict) -> dict:
+        return {"labels": tokenizer([target(t) for t in batch[text_column]]).input_ids}
+
+    files = {split: list(d[FILE]) for split, d in splits.items()}
+    with training_args.main_process_first(desc="tokenize transcripts"):
+        splits = {split: (d.map(add_labels, batched=True) if split in references else d) for split, d in splits.items()}
+    splits = {split: d.select_columns([SPEECH, "labels"] if "labels" in d.column_names else [SPEECH])
+              for split, d in splits.items()}
+
+    # 6. Model: CTC head or seq2seq, with the toolkit (freezing, LoRA, dropout) applied per fresh load.
+    auto_class = AutoModelForCTC if family == CTC else AutoModelForSpeechSeq2Seq
+    model_init = partial(prepare_model, partial(load_speech_model, auto_class, model_args, config), finetune_args)
+
+    # 7. Lazy inputs: features per batch; train keeps the waveform for --audio_augment.
+    augment = any(augment_args.probabilities.values())
+    train_inputs = AudioInputs(feature_extractor, keep_raw=augment)
+    for split, dataset in splits.items():
+        dataset.set_transform(train_inputs if split == "train" else AudioInputs(feature_extractor))
+    augmentation = None
+    if augment:
+        augmentation = TrainAugmentation(AudioAugmenter(augment_args, sampling_rate, SPEECH), train_inputs.encode,
+                                         [SPEECH], training_args.seed)
+    decode = partial(decode_predictions, tokenizer=tokenizer, family=family)
+    metrics = SpeechMetrics(decode, references, normalize)
+
+    def write_predictions(output, out_dir: Path) -> None:
+        write_speech_predictions(out_dir / "predictions.tsv", files["test"], references.get("test"),
+                                 decode(output.predictions), normalize)
+
+    # 8. Train, evaluate, predict, report.
+    task = Task(
+        name="speech_recognition",
+        model_init=model_init,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        test_dataset=splits.get("test"),
+        data_collator=SpeechCollator(feature_extractor, config.decoder_start_token_id if family == SEQ2SEQ else None),
+        compute_metrics=metrics,
+        processing_class=processor,
+        main_metric="wer",
+        greater_is_better=False,
+        pipeline_task="automatic-speech-recognition",
+        model_name=model_args.model_name_or_path,
+        trainer_class=CTCTrainer if family == CTC else SpeechSeq2SeqTrainer,
+        write_predictions=write_predictions if "test" in splits else None,
+        augmentation=augmentation,
+    )
+    results = run(task, training_args, finetune_args)
+    results.update(counts)
+    out = Path(training_args.output_dir) / "all_results.json"
+    if training_args.should_save and out.is_file():  # the data counts join the results the run already wrote
+        write_json(out, {**json.loads(out.read_text()), **counts})
+    results["output_dir"] = training_args.output_dir
+    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,232 @@
+"""Fine-tune a pretrained encoder-decoder for translation: Marian, T5/mT5, mBART-50, M2M100, NLLB.
+
+    python recipes/translation.py --config recipes/configs/translation/opus_mt_en_de.yaml
+    accelerate launch recipes/translation.py --config recipes/configs/translation/opus_mt_en_de.yaml
+
+Data: line-aligned text files per split (--train_source_file/--train_target_file, ...), a `translation`
+dict column (Hub dataset or jsonl) or two text columns (--source_column/--target_column). Metrics:
+sacreBLEU, chrF and generated length, offline. The saved model loads with
+`pipeline("translation", model=output_dir, trust_remote_code=True)`. Every option: `--help`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
+
+from common.augment import TrainAugmentation
+from common.augment.text import text_augmenter
+from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.data import add_validation_split, cap_splits, load_splits, source
+from common.errors import RecipeInputError, run_main
+from common.finetuning import prepare_model
+from common.models import load_config, load_model, load_processor
+from common.runner import Task, run, setup_run
+from common.seq2seq import (
+    SOURCE,
+    TARGET,
+    build_generation_metrics,
+    decode,
+    drop_empty_pairs,
+    language_codes,
+    load_parallel_files,
+    mark_translation_model,
+    pairs_from_table,
+    save_translation_pipeline,
+    seq2seq_collator,
+    tokenize_pairs,
+    write_translations,
+)
+from common.trainer import FinetuneSeq2SeqTrainer
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+T5_MODEL_TYPES = {"t5", "mt5", "umt5", "longt5"}
+
+DEFAULTS = {
+    "output_dir": "outputs/translation",
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "per_device_train_batch_size": 32,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3,
+    "warmup_steps": 0.1,
+    "weight_decay": 0.01,
+    "predict_with_generate": True,
+    "report_to": "none",
+}
+
+
+@dataclass
+class TranslationDataArguments(DataArguments):
+    source_lang: str | None = field(
+        default=None,
+        metadata={"help": "Source language: its key in a `translation` column (or its column name), and the "
+                          "tokenizer's language code for mBART-50/M2M100/NLLB, e.g. en, en_XX, eng_Latn."},
+    )
+    target_lang: str | None = field(default=None, metadata={"help": "Target language, as --source_lang."})
+    source_column: str | None = field(
+        default=None,
+        metadata={"help": "Column, or `translation` key, holding the source text when it is not --source_lang."},
+    )
+    target_column: str | None = field(
+        default=None, metadata={"help": "Column, or `translation` key, holding the target text (see --source_column)."}
+    )
+    train_source_file: str | None = field(
+        default=None, metadata={"help": "Plain text, one source sentence per line, aligned with --train_target_file."}
+    )
+    train_target_file: str | None = field(default=None, metadata={"help": "Plain text, one translation per line."})
+    validation_source_file: str | None = field(default=None, metadata={"help": "Validation sources, one per line."})
+    validation_target_file: str | None = field(default=None, metadata={"help": "Validation targets, one per line."})
+    test_source_file: str | None = field(default=None, metadata={"help": "Test sources, one per line."})
+    test_target_file: str | None = field(
+        default=None, metadata={"help": "Test references, one per line (optional: without them, no test BLEU)."}
+    )
+    source_prefix: str | None = field(
+        default=None, metadata={"help": "Text put before every source, e.g. 'translate English to German: ' for T5."}
+    )
+    max_source_length: int = field(default=128, metadata={"help": "Truncate sources to this many tokens."})
+    max_target_length: int = field(
+        default=128, metadata={"help": "Truncate targets to this many tokens; default for --generation_max_length."}
+    )
+
+
+def load_pairs(args: TranslationDataArguments) -> DatasetDict:
+    """Every split as `source`/`target` columns, from line-aligned files or tables; empty text checked."""
+    pair_files = {s: (getattr(args, f"{s}_source_file"), getattr(args, f"{s}_target_file")) for s in SPLITS}
+    for split, (src, tgt) in pair_files.items():
+        if src and getattr(args, f"{split}_file"):
+            raise RecipeInputError(f"give the {split} split once: --{split}_file or --{split}_source_file, not both.")
+        if bool(src) != bool(tgt) and not (split == "test" and src):
+            raise RecipeInputError(f"--{split}_source_file and --{split}_target_file go together: give both.")
+    splits, checks = DatasetDict(), {}
+    if args.dataset_name or args.train_file or args.validation_file or args.test_file:
+        src_key, tgt_key = args.source_column or args.source_lang, args.target_column or args.target_lang
+        if not (src_key and tgt_key):
+            raise RecipeInputError("name the source and target text: --source_lang/--target_lang (keys of a "
+                                   "`translation` column, or column names), or --source_column/--target_column.")
+        for split, table in load_splits(args).items():
+            where = source(args, split)
+            splits[split] = pairs_from_table(table, src_key, tgt_key, where, split)
+            checks[split] = ({SOURCE: f"'{src_key}' of {where}", TARGET: f"'{tgt_key}' of {where}"}, "row")
+    for split, (src, tgt) in pair_files.items():
+        if src:
+            splits[split] = load_parallel_files(src, tgt, split)
+            checks[split] = ({SOURCE: f"--{split}_source_file {src}", TARGET: f"--{split}_target_file {tgt}"}, "line")
+    if "train" not in splits:
+        raise RecipeInputError("no training data: pass --train_source_file/--train_target_file, --train_file "
+                               "or --dataset_name.")
+    for split, (names, unit) in checks.items():
+        splits[split] = drop_empty_pairs(splits[split], names, unit)
+    return splits
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, finetune_args, run_args, training_args = parse_args(
+        (ModelArguments, TranslationDataArguments, FinetuneArguments, RunArguments, Seq2SeqTrainingArguments),
+        argv, DEFAULTS,
+    )
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+    if finetune_args.cv_folds:
+        raise RecipeInputError("--cv_folds applies to classification recipes; translation is scored on its "
+                               "validation split (use --hpo_trials to tune).")
+
+    # 2. Data: parallel text from any shape, a validation split held out when none is given, sizes capped.
+    splits = add_validation_split(load_pairs(data_args), data_args.validation_split, training_args.seed)
+    splits = cap_splits(splits, data_args)
+    logger.info("sentence pairs per split: %s", {k: len(v) for k, v in splits.items()})
+
+    # 3. Model and tokenizer: languages, prefix and generation settings travel with the saved model.
+    tokenizer = load_processor(AutoTokenizer, model_args)
+    config = load_config(model_args)
+    if not getattr(config, "is_encoder_decoder", False):
+        raise RecipeInputError(f"{model_args.model_name_or_path} ({config.model_type}) is not an encoder-decoder: "
+                               "translation needs an AutoModelForSeq2SeqLM checkpoint (Marian, T5, mBART, NLLB...).")
+    forced_bos = language_codes(tokenizer, data_args.source_lang, data_args.target_lang)
+    prefix = data_args.source_prefix or ""
+    if config.model_type in T5_MODEL_TYPES and not prefix:
+        logger.warning("%s is a T5 model but no --source_prefix is set: T5 checkpoints expect a task prefix, "
+                       "e.g. --source_prefix 'translate English to German: '.", model_args.model_name_or_path)
+    languages = (data_args.source_lang, data_args.target_lang) if forced_bos is not None else (None, None)
+    mark_translation_model(config, prefix, *languages)
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = data_args.max_target_length
+
+    def load() -> PreTrainedModel:
+        model = load_model(AutoModelForSeq2SeqLM, model_args, config)
+        generation = model.generation_config  # saved with the model: pipeline() generates as evaluation did
+        generation.max_length = training_args.generation_max_length
+        if training_args.generation_num_beams:
+            generation.num_beams = training_args.generation_num_beams
+        if forced_bos is not None:
+            generation.forced_bos_token_id = forced_bos
+        return model
+
+    # 4. Tokenize once (truncation reported); with --text_augment, train sources are re-encoded per batch.
+    augmentation = None
+    if finetune_args.text_augment:
+        def encode_sources(batch: dict) -> dict:
+            return tokenizer([prefix + s for s in batch[SOURCE]], truncation=True, max_length=data_args.max_source_length)
+
+        # Only the source is augmented: labels were encoded from the untouched targets and are never re-made.
+        augmentation = TrainAugmentation(text_augmenter(finetune_args.text_augment, [SOURCE], tokenizer),
+                                         encode_sources, [SOURCE], training_args.seed)
+    with training_args.main_process_first(desc="tokenize"):
+        tokenized = tokenize_pairs(splits, tokenizer, data_args.max_source_length, data_args.max_target_length,
+                                   prefix, ["train"] if augmentation else [], data_args.preprocessing_num_workers)
+    raw_test = splits.get("test")
+
+    def write_predictions(output, out_dir: Path) -> None:
+        references = raw_test[TARGET] if TARGET in raw_test.column_names else None
+        write_translations(out_dir / "predictions.txt", raw_test[SOURCE], decode(tokenizer, output.predictions),
+                           references)
+
+    # 5. Train, evaluate, predict, report.
+    fp = training_args.fp16 or training_args.bf16
+    task = Task(
+        name="translation",
+        model_init=partial(prepare_model, load, finetune_args),
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        test_dataset=tokenized.get("test"),
+        data_collator=seq2seq_collator(tokenizer, config, model_args.trust_remote_code, 8 if fp else None),
+        compute_metrics=build_generation_metrics(tokenizer, run_args.metric),
+        processing_class=tokenizer,
+        main_metric="bleu",
+        pipeline_task="translation",
+        model_name=model_args.model_name_or_path,
+        trainer_class=FinetuneSeq2SeqTrainer,
+        write_predictions=write_predictions if raw_test is not None else None,
+        augmentation=augmentation,
+    )
+    results = run(task, training_args, finetune_args)
+    out = Path(training_args.output_dir)
+    if training_args.should_save and (out / "config.json").is_file():
+        save_translation_pipeline(out)
+        logger.info('load it: from transformers import pipeline; pipe = pipeline("translation", model="%s", '
+                    "trust_remote_code=True)", out)
+    results["output_dir"] = training_args.output_dir
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

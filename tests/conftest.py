@@ -1,0 +1,61 @@
+"""Shared fixtures: offline settings, the real data in ../shared/data, MiniLM and tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"real test data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    from common.tiny_models import minilm_dir
+
+    return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    from common.tiny_models import tiny_bert
+
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def csv_file(tmp_path):
+    """Write rows (list of dicts) to a csv in tmp_path and return its path."""
+    import pandas as pd
+
+    def write(rows: list[dict], name: str = "data.csv") -> str:
+        path = tmp_path / name
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return str(path)
+
+    return write
+
+
+def fast_args(output_dir, **extra) -> list[str]:
+    """Command-line flags for a quick run: small batches, no checkpoints, quiet."""
+    args = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": 8,
+            "logging_steps": 1, "disable_tqdm": True, "seed": 0}
+    args.update(extra)
+    flags: list[str] = []
+    for key, value in args.items():
+        flags += [f"--{key}"] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
+    return flags

@@ -1,0 +1,87 @@
+"""Config files, command-line overrides, --help and the finetune-recipes command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from transformers import TrainingArguments
+
+from common import cli
+from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.errors import RecipeInputError
+from recipes.text_classification import DEFAULTS, TextDataArguments
+
+TYPES = (ModelArguments, TextDataArguments, FinetuneArguments, RunArguments, TrainingArguments)
+
+
+def test_defaults_then_yaml_then_command_line(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 1e-3\nnum_train_epochs: 7\ntext_columns: [a, b]\nfreeze: [backbone]\n"
+                      "label_smoothing: 0.1\n")
+    model, data, finetune, _, training = parse_args(
+        TYPES, ["--config", str(config), "--num_train_epochs", "2", "--output_dir", str(tmp_path / "o")], DEFAULTS
+    )
+    assert training.learning_rate == pytest.approx(1e-3)  # YAML beats the recipe default (5e-5)
+    assert training.num_train_epochs == 2  # the command line beats YAML
+    assert training.per_device_train_batch_size == DEFAULTS["per_device_train_batch_size"]
+    assert data.text_columns == ["a", "b"] and finetune.freeze == ["backbone"]
+    assert training.label_smoothing_factor == pytest.approx(0.1)  # alias
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "argv", "message"),
+    [
+        ("learning_rat: 0.1\n", [], "unknown key 'learning_rat' in .*did you mean 'learning_rate'"),
+        ("", ["--num_train_epoch", "2"], "unknown option '--num_train_epoch'.*did you mean 'num_train_epochs'"),
+        ("", ["--validation_split", "1.5"], r"--validation_split 1.5 is outside \(0, 1\)"),
+        ("- a\n- b\n", [], "must be a mapping"),
+    ],
+)
+def test_bad_options_name_the_key(tmp_path, yaml_text, argv, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(RecipeInputError, match=message):
+        parse_args(TYPES, ["--config", str(config), *argv])
+
+
+def test_help_lists_every_option():
+    result = subprocess.run([sys.executable, "recipes/text_classification.py", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for option in ("--text_columns", "--freeze", "--learning_rate", "--config", "--overwrite_output_dir", "--peft"):
+        assert option in result.stdout
+    assert "Regex patterns of parameters kept trainable" in " ".join(result.stdout.split())
+
+
+def test_every_shipped_config_parses():
+    from recipes import available
+
+    for recipe, configs in available().items():
+        for path in configs:
+            header = path.read_text().splitlines()[:4]
+            assert any("python recipes/" in line for line in header), path
+            assert any("accelerate launch" in line for line in header), path
+            if recipe in ("text_classification", "sentiment"):
+                parse_args(TYPES, ["--config", str(path)], DEFAULTS)
+
+
+def test_list_and_cp(tmp_path, capsys):
+    cli.main(["list"])
+    listed = capsys.readouterr().out
+    assert "sentiment/sst2_minilm" in listed and "text_classification/trec_coarse" in listed
+
+    cli.main(["cp", "sentiment", str(tmp_path)])
+    cli.main(["cp", "text_classification/trec_coarse", str(tmp_path / "mine.yaml")])
+    assert (tmp_path / "sentiment.py").read_text().startswith('"""Sentiment')
+    assert "coarse_label" in (tmp_path / "mine.yaml").read_text()
+    with pytest.raises(SystemExit):  # never overwrites
+        cli.main(["cp", "sentiment", str(tmp_path)])
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["cp", "sentimnt", str(tmp_path / "x.py")])
+    assert "did you mean 'sentiment'" in capsys.readouterr().err
+
+
+def test_data_arguments_are_shared():
+    assert issubclass(TextDataArguments, DataArguments)

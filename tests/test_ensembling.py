@@ -1,0 +1,187 @@
+"""Ensembling: vote and stack arithmetic, option checks, a leak-free meta-learner, save/reload, and on real
+SST-2 data a soft vote no worse than its members' mean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from common.config import FinetuneArguments
+from common.ensembling import Ensemble, check_ensemble_options, load_ensemble
+from common.errors import RecipeInputError
+from common.labels import REGRESSION, SINGLE, LabelSpec
+from common.runner import Task
+from tests.conftest import fast_args
+
+NAMES = ["neg", "pos", "neutral"]
+
+
+def test_soft_and_hard_vote():
+    members = np.array([[[0.6, 0.3, 0.1], [0.1, 0.5, 0.4]],
+                        [[0.2, 0.7, 0.1], [0.1, 0.2, 0.7]],
+                        [[0.5, 0.1, 0.4], [0.1, 0.6, 0.3]]])
+    soft = Ensemble("soft_vote", [], SINGLE, NAMES, "text-classification").combine(members)
+    assert np.allclose(soft, members.mean(0))
+    hard = Ensemble("hard_vote", [], SINGLE, NAMES, "text-classification").combine(members)
+    assert hard.argmax(-1).tolist() == [0, 1]  # two votes of three win; row 1's soft vote would pick class 2
+    assert soft.argmax(-1).tolist() == [0, 2]
+    assert np.allclose(hard.sum(-1), 1)
+    # One vote each: the tie goes to the class with the highest mean probability.
+    tie = np.array([[[0.5, 0.3, 0.2]], [[0.1, 0.8, 0.1]], [[0.3, 0.2, 0.5]]])
+    assert Ensemble("hard_vote", [], SINGLE, NAMES, "").combine(tie).argmax(-1).tolist() == [1]
+
+
+def test_stack_meta_learner_round_trips_through_json(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    oof = np.clip(np.eye(3)[labels] * 0.5 + rng.random((200, 3)) * 0.5, 0, None)
+    oof /= oof.sum(-1, keepdims=True)
+    stack = Ensemble("stack", [str(tmp_path)], SINGLE, NAMES, "text-classification")
+    stack.fit_stacker(oof, labels, seed=0)
+    members = oof[None].repeat(2, axis=0)
+    scores = stack.combine(members)
+    assert np.allclose(scores.sum(-1), 1) and (scores.argmax(-1) == labels).mean() > 0.8
+    (tmp_path / "config.json").write_text("{}")
+    stack.save(tmp_path)
+    saved = json.loads((tmp_path / "ensemble.json").read_text())
+    assert saved["members"] == ["."] and set(saved["meta_learner"]) == {"classes", "coef", "intercept"}
+    assert np.allclose(load_ensemble(tmp_path).combine(members), scores)
+
+
+def _task(problem_type=SINGLE):
+    spec = LabelSpec(problem_type, None if problem_type == REGRESSION else NAMES)
+    return Task("t", lambda: None, None, None, None, None, None, None, "accuracy", "text-classification",
+                label_spec=spec)
+
+
+@pytest.mark.parametrize("options, problem_type, message", [
+    ({"ensemble": "stack", "ensemble_models": ["a", "b"]}, SINGLE, "only cross-validation provides"),
+    ({"ensemble": "soft_vote"}, SINGLE, "needs members"),
+    ({"ensemble": "soft_vote", "cv_folds": 3, "ensemble_models": ["a", "b"]}, SINGLE, "not both"),
+    ({"ensemble": "hard_vote", "cv_folds": 3}, REGRESSION, "use soft_vote for regression"),
+    ({"ensemble": "median", "cv_folds": 3}, SINGLE, "choose one of soft_vote, hard_vote, stack"),
+    ({"ensemble_models": ["a", "b"]}, SINGLE, "needs --ensemble"),
+    ({"ensemble": "soft_vote", "ensemble_models": ["nowhere", "else"]}, SINGLE, "nowhere is not a saved model"),
+])
+def test_impossible_ensembles_are_refused(options, problem_type, message):
+    with pytest.raises(RecipeInputError, match=message):
+        check_ensemble_options(_task(problem_type), FinetuneArguments(**options))
+
+
+WORDS = {0: "bad poor awful", 1: "good fine great"}
+ROWS = [{"sentence": f"{WORDS[i % 2]} film number {i}", "label": i % 2} for i in range(42)]
+
+
+@pytest.fixture(scope="module")
+def stacked_cv(tiny_bert, tmp_path_factory):
+    """A 3-fold CV run with a stacking ensemble, recording what each fold trained on and what the
+    meta-learner was fitted on."""
+    from sklearn.linear_model import LogisticRegression
+
+    import common.runner
+    from recipes import text_classification
+
+    data = tmp_path_factory.mktemp("data")
+    pd.DataFrame(ROWS[:30]).to_csv(data / "train.csv", index=False)
+    pd.DataFrame(ROWS[30:]).to_csv(data / "test.csv", index=False)
+    out = data / "cv"
+    trained_on, meta_inputs = {}, []
+    train_evaluate_predict, fit = common.runner.train_evaluate_predict, LogisticRegression.fit
+
+    def spy_train(task, args, finetune_args, **kwargs):
+        trained_on[Path(args.output_dir).name] = {tuple(ids) for ids in task.train_dataset["input_ids"]}
+        return train_evaluate_predict(task, args, finetune_args, **kwargs)
+
+    def spy_fit(self, x, y, *args, **kwargs):
+        meta_inputs.append((np.array(x), np.array(y)))
+        return fit(self, x, y, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(common.runner, "train_evaluate_predict", spy_train)
+        patch.setattr(LogisticRegression, "fit", spy_fit)
+        text_classification.main([
+            "--model_name_or_path", tiny_bert, "--train_file", str(data / "train.csv"),
+            "--validation_file", str(data / "test.csv"), "--test_file", str(data / "test.csv"),
+            "--cv_folds", "3", "--ensemble", "stack", "--eval_strategy", "no",
+            *fast_args(out, num_train_epochs=3, learning_rate=3e-3),
+        ])
+    return out, trained_on, meta_inputs
+
+
+def test_stacking_meta_learner_sees_only_out_of_fold_predictions(stacked_cv, tiny_bert):
+    from transformers import AutoTokenizer
+
+    out, trained_on, meta_inputs = stacked_cv
+    assert len(meta_inputs) == 1
+    features, labels = meta_inputs[0]
+    assert features.shape == (30, 2) and labels.tolist() == [r["label"] for r in ROWS[:30]]
+
+    texts = [r["sentence"] for r in ROWS[:30]]
+    ids = [tuple(x) for x in AutoTokenizer.from_pretrained(tiny_bert)(texts, truncation=True, max_length=128)["input_ids"]]
+    folds = sorted(trained_on)
+    predicted = {f: Ensemble("soft_vote", [str(out / f)], SINGLE, ["0", "1"], "text-classification").predict_scores(texts)
+                 for f in folds}
+    for i, row_ids in enumerate(ids):
+        unseen = [f for f in folds if row_ids not in trained_on[f]]
+        assert len(unseen) == 1, f"row {i} should be held out by exactly one fold, not {unseen}"
+        # The meta-learner's features for this row are the prediction of the one model that never trained on it...
+        assert np.allclose(features[i], predicted[unseen[0]][i], atol=1e-5)
+        # ...and distinguishably not those of the models that did.
+        for f in folds:
+            if f != unseen[0]:
+                assert np.abs(features[i] - predicted[f][i]).max() > 1e-5
+
+
+def test_saved_ensemble_reloads_and_predicts_the_same(stacked_cv):
+    out, _, _ = stacked_cv
+    ensemble = load_ensemble(out)
+    assert ensemble.method == "stack" and len(ensemble.members) == 3
+    written = pd.read_csv(out / "predictions.csv")  # the ensemble's test predictions from the run
+    texts = [r["sentence"] for r in ROWS[30:]]
+    assert np.allclose(ensemble.predict_scores(texts), written[["score_0", "score_1"]], atol=1e-5)
+    assert [p["label"] for p in ensemble.predict(texts)] == [str(x) for x in written["prediction"]]
+
+    report = json.loads((out / "ensemble_results.json").read_text())
+    assert set(report["eval"]["members"]) == {"fold_0", "fold_1", "fold_2"}
+    assert {"ensemble", "member_mean"} <= set(report["eval"]) and (out / "ensemble.png").stat().st_size > 0
+
+
+def test_ensemble_models_combine_saved_dirs_without_training(stacked_cv, tmp_path):
+    from recipes import text_classification
+
+    out, _, _ = stacked_cv
+    members = [str(out / "fold_0"), str(out / "fold_2")]
+    results = text_classification.main([
+        "--model_name_or_path", members[0], "--train_file", str(out.parent / "train.csv"),
+        "--validation_file", str(out.parent / "test.csv"), "--do_predict", "false",
+        "--ensemble", "hard_vote", "--ensemble_models", *members, *fast_args(tmp_path / "ens"),
+    ])
+    assert not (tmp_path / "ens" / "config.json").exists()  # nothing was trained
+    report = json.loads((tmp_path / "ens" / "ensemble_results.json").read_text())
+    earlier = json.loads((out / "ensemble_results.json").read_text())["eval"]["members"]
+    assert report["eval"]["members"]["fold_0"] == earlier["fold_0"]  # same model, same data, same score
+    assert results["ensemble_eval_accuracy"] == report["eval"]["ensemble"]["accuracy"]
+    assert load_ensemble(tmp_path / "ens").members == members
+
+
+@pytest.mark.slow
+def test_soft_vote_of_three_folds_is_no_worse_than_its_members_on_sst2(minilm, shared_data, tmp_path):
+    from recipes import text_classification
+
+    out = tmp_path / "sst2"
+    text_classification.main([
+        "--model_name_or_path", minilm, "--train_file", str(shared_data / "sst2/train.tsv"),
+        "--validation_file", str(shared_data / "sst2/dev.tsv"), "--max_train_samples", "500",
+        "--max_eval_samples", "300", "--do_predict", "false", "--cv_folds", "3", "--ensemble", "soft_vote",
+        "--eval_strategy", "no", *fast_args(out, learning_rate=1e-4, per_device_train_batch_size=16,
+                                             num_train_epochs=2, logging_steps=50),
+    ])
+    report = json.loads((out / "ensemble_results.json").read_text())["eval"]
+    members = [m["accuracy"] for m in report["members"].values()]
+    assert len(members) == 3 and min(members) > 0.6  # real learning, well above chance
+    assert report["member_mean"]["accuracy"] == pytest.approx(np.mean(members))
+    assert report["ensemble"]["accuracy"] >= report["member_mean"]["accuracy"]

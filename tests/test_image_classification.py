@@ -1,0 +1,395 @@
+"""The image-classification recipe and image augmentation: real clothing photos, tiny ViT and ConvNeXt."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ROOT, fast_args
+from PIL import Image
+
+from common.augment import TrainAugmentation
+from common.augment.image import (
+    PRESETS,
+    TRAIN_MARK,
+    ImageAugmenter,
+    ImageCollator,
+    ImageInputs,
+    SoftTargetLoss,
+    batch_mixer,
+    geometry_from_processor,
+    train_transform,
+)
+from common.errors import RecipeInputError
+from common.images import check_class_folders, open_image
+from recipes import image_classification
+
+CLASSES = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine a thread pool costs 10-100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory) -> str:
+    from common.tiny_models import tiny_vit
+
+    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture(scope="module")
+def convnext(tmp_path_factory) -> str:
+    from common.tiny_models import tiny_convnext
+
+    return tiny_convnext(tmp_path_factory.mktemp("tiny-convnext"))
+
+
+def _subset(shared: Path, dest: Path, counts: dict[str, int], classes: list[str] = CLASSES) -> dict[str, Path]:
+    """Class folders of links to the first real clothing photos of each class, per split."""
+    dirs = {}
+    for split, n in counts.items():
+        for name in classes:
+            folder = dest / split / name
+            folder.mkdir(parents=True)
+            for file in sorted((shared / "clothing_small" / split / name).iterdir())[:n]:
+                (folder / file.name).symlink_to(file)
+        dirs[split] = dest / split
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
+    return _subset(shared_data, tmp_path_factory.mktemp("clothing"), {"train": 12, "validation": 10, "test": 2})
+
+
+def _run(model: str, dirs: dict[str, Path], out: Path, *extra: str, **args) -> dict:
+    flags = [f"--{split}_dir" for split in dirs]
+    paths = [str(d) for d in dirs.values()]
+    data = [x for pair in zip(flags, paths) for x in pair]
+    return image_classification.main(["--model_name_or_path", model, *data, *fast_args(out, **args), *extra])
+
+
+# --- learning on real photos, outputs, pipeline() -------------------------------------------------------------
+
+
+def test_convnext_learns_clothing_and_output_loads_with_pipeline(convnext, clothing, tmp_path):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    results = _run(convnext, clothing, out, "--save_augment_preview", num_train_epochs=8, learning_rate=3e-3,
+                   per_device_train_batch_size=16, eval_strategy="no", image_augment="light")
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [e["loss"] for e in history if "loss" in e]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # training loss falls
+    assert results["eval_accuracy"] > 0.18  # 10 balanced validation classes: chance is 0.10
+    assert results["eval_accuracy"] > results["before_accuracy"]
+    assert {"eval_f1_macro", "eval_top5_accuracy", "test_accuracy"} <= set(results)
+    for name in ("all_results.json", "training_curves.png", "confusion_matrix.png", "predictions.csv",
+                 "augment_preview.png", "preprocessor_config.json", "config.json"):
+        assert (out / name).is_file(), name
+    preview = Image.open(out / "augment_preview.png")
+    assert preview.size == (6 * 34 + 2, 4 * 34 + 2)  # 4 rows of eval view + 5 draws, 32 px tiles, 2 px padding
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 20 and set(predictions["prediction"]) <= set(CLASSES)
+    classify = pipeline("image-classification", model=str(out), device="cpu")
+    photos = [str(p) for p in sorted((clothing["test"] / "shoes").iterdir())]
+    top = classify(photos, top_k=3)
+    assert all(len(row) == 3 and row[0]["label"] in CLASSES for row in top)
+    # pipeline() preprocesses with the saved image processor: its scores match the recipe's evaluation path.
+    first = predictions.set_index("image").loc[photos[0]]
+    assert top[0][0]["label"] == first["prediction"]
+    assert top[0][0]["score"] == pytest.approx(first["score"], abs=1e-4)
+
+
+def test_vit_freeze_backbone_keeps_it_bit_identical(vit, clothing, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "frozen"
+    _run(vit, {"train": clothing["train"], "validation": clothing["validation"]}, out, "--freeze", "backbone",
+         learning_rate=1e-2, eval_strategy="no", image_augment="standard")
+    before, after = load_file(Path(vit) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(after) == {f"vit.{k}" for k in before} | {"classifier.weight", "classifier.bias"}
+    assert all(torch.equal(before[k], after[f"vit.{k}"]) for k in before)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["6"] == "shoes" and len(config["id2label"]) == 10
+
+
+def test_vit_lora_round_trip(vit, clothing, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    out = tmp_path / "lora"
+    _run(vit, {"train": clothing["train"], "validation": clothing["validation"]}, out, "--peft", "lora",
+         learning_rate=1e-2, eval_strategy="no", lora_r=4)
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    # The query and value projections (named q_proj/v_proj in ViT), the head trained in full.
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"} and "classifier" in adapter["modules_to_save"]
+
+    processor = AutoImageProcessor.from_pretrained(out)
+    photos = [Image.open(p) for p in sorted((clothing["validation"] / "hat").iterdir())[:4]]
+    pixels = processor(photos, return_tensors="pt")["pixel_values"]
+    merged = AutoModelForImageClassification.from_pretrained(out).eval()
+    base = AutoModelForImageClassification.from_pretrained(vit, num_labels=10)
+    reloaded = PeftModel.from_pretrained(base, out / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(pixel_values=pixels).logits, reloaded(pixel_values=pixels).logits, atol=1e-5)
+
+
+# --- augmentation -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo(shared_data) -> str:
+    return str(sorted((shared_data / "clothing_small/train/dress").iterdir())[0])
+
+
+@pytest.mark.parametrize("preset", ["light", "standard", "strong"])
+def test_presets_vary_in_train_are_seeded_and_eval_is_fixed(preset, vit, photo):
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(vit)
+    geometry = geometry_from_processor(processor)
+    augment = ImageAugmenter(train_transform(preset, None, geometry), "image")
+    image = open_image(photo, 1024)
+
+    def draw(*seed: int) -> torch.Tensor:
+        return augment({"image": image}, np.random.default_rng(list(seed)))["image"]
+
+    assert draw(0, 0, 1).shape == (3, 32, 32)
+    assert torch.equal(draw(0, 0, 1), draw(0, 0, 1))  # same seed, epoch, row: same pixels
+    assert not torch.equal(draw(0, 0, 1), draw(0, 1, 1))  # next epoch: new pixels
+    inputs = ImageInputs(processor, "image", 1024)
+    batch = {"image": [{"path": photo, "bytes": None}] * 2, "labels": [0, 0]}
+    first, second = inputs(batch)["pixel_values"]
+    assert torch.equal(first, second) and torch.equal(first, inputs(batch)["pixel_values"][0])
+
+
+def test_train_split_is_augmented_per_epoch_eval_split_is_not(vit, clothing):
+    """Through the recipe's own data path: AugmentedDataset for train, set_transform for eval."""
+    import datasets
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(vit)
+    geometry = geometry_from_processor(processor)
+    files = {"train": str(clothing["train"] / "**")}
+    dataset = datasets.load_dataset("imagefolder", data_files=files, split="train").rename_column("label", "labels")
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    eval_inputs = ImageInputs(processor, "image", 1024)
+    train_inputs = ImageInputs(processor, "image", 1024, keep_raw=True)
+    evaluation = dataset.with_transform(eval_inputs)
+    train = dataset.with_transform(train_inputs)
+    wrapped = TrainAugmentation(ImageAugmenter(train_transform("standard", None, geometry), "image"),
+                                train_inputs.encode, ["image"], seed=0).wrap(train)
+    epoch0 = wrapped.__getitems__([0, 5])
+    wrapped.epoch = 1
+    epoch1 = wrapped.__getitems__([0, 5])
+    assert set(epoch0[0]) == {"pixel_values", "labels", TRAIN_MARK}
+    assert not torch.equal(epoch0[0]["pixel_values"], epoch1[0]["pixel_values"])
+    wrapped.epoch = 0
+    assert torch.equal(epoch0[1]["pixel_values"], wrapped.__getitems__([5])[0]["pixel_values"])
+    assert torch.equal(evaluation[0]["pixel_values"], evaluation[0]["pixel_values"])
+    assert not torch.equal(evaluation[0]["pixel_values"], epoch0[0]["pixel_values"])
+
+
+def test_augment_params_change_remove_and_add_ops(vit):
+    from transformers import AutoImageProcessor
+
+    geometry = geometry_from_processor(AutoImageProcessor.from_pretrained(vit))
+    ops = train_transform("standard", "{RandomAffine: {degrees: 3}, ColorJitter: null, RandomGrayscale: {p: 1.0}}",
+                          geometry).transforms
+    names = [type(op).__name__ for op in ops]
+    assert names == ["RandomResizedCrop", "RandomHorizontalFlip", "RandomAffine", "RandomGrayscale", "ToImage", "ToDtype"]
+    assert list(ops[2].degrees) == [-3.0, 3.0] and tuple(ops[0].size) == (32, 32)
+    # Without RandomResizedCrop the image is resized and center-cropped to the processor's size first.
+    assert [type(op).__name__ for op in train_transform("light", {"RandomResizedCrop": None}, geometry).transforms][:2] \
+        == ["Resize", "CenterCrop"]
+    with pytest.raises(RecipeInputError, match=r"'RandomRotate' is not a torchvision.transforms.v2 op \(did you mean 'RandomRotation'"):
+        train_transform("light", {"RandomRotate": {"degrees": 5}}, geometry)
+    with pytest.raises(RecipeInputError, match=r"image_augment_params.ColorJitter: .*brightness"):
+        train_transform("standard", {"ColorJitter": {"brightness": -1}}, geometry)
+    assert set(PRESETS) == {"none", "light", "standard", "strong"}
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_cutmix_give_soft_targets_that_sum_to_one(mixup, cutmix):
+    torch.manual_seed(0)
+    rows = [{"pixel_values": torch.rand(3, 8, 8), "labels": i % 4, TRAIN_MARK: True} for i in range(6)]
+    collate = ImageCollator(batch_mixer(mixup, cutmix, num_classes=4))
+    batch = collate(rows)
+    assert batch["labels"].shape == (6, 4) and batch["labels"].dtype == torch.float32
+    assert torch.allclose(batch["labels"].sum(-1), torch.ones(6))
+    assert (batch["labels"].max(-1).values < 1).any()  # mixed, not one-hot
+    # Evaluation rows carry no training mark: labels stay class ids and pixels untouched.
+    plain = collate([{k: v for k, v in r.items() if k != TRAIN_MARK} for r in rows])
+    assert plain["labels"].tolist() == [0, 1, 2, 3, 0, 1]
+    assert torch.equal(plain["pixel_values"][2], rows[2]["pixel_values"])
+
+    logits = torch.randn(6, 4)
+    loss = SoftTargetLoss()
+    hard = torch.tensor([0, 1, 2, 3, 0, 1])
+    one_hot = torch.nn.functional.one_hot(hard, 4).float()
+    expected = torch.nn.functional.cross_entropy(logits, hard)
+    assert torch.allclose(loss({"logits": logits}, one_hot), expected)
+    # Over 2 accumulated batches of 6, Trainer counts 48 label entries: 12 examples of 4 classes.
+    assert torch.allclose(loss({"logits": logits}, one_hot, num_items_in_batch=torch.tensor(48)), expected / 2)
+
+
+# --- other data sources, image modes ----------------------------------------------------------------------------
+
+
+def _image(path: Path, mode: str, size: tuple[int, int] = (40, 30), seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, (size[1], size[0], 4), dtype=np.uint8)
+    image = Image.fromarray(array, "RGBA").convert(mode) if mode != "P" else Image.fromarray(array[..., :3]).quantize(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return str(path)
+
+
+def test_csv_paths_modes_and_mixup_train(vit, tmp_path):
+    """Relative paths in a csv, grayscale/RGBA/palette/RGB files, held-out validation, MixUp + CutMix."""
+    modes = ["L", "RGBA", "P", "RGB"]
+    rows = [{"file": f"images/{i}.png", "kind": ["round", "square"][i % 2]} for i in range(24)]
+    for i, row in enumerate(rows):
+        _image(tmp_path / row["file"], modes[i % 4], seed=i)
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    assert {Image.open(tmp_path / r["file"]).mode for r in rows} == {"L", "RGBA", "P", "RGB"}
+    assert open_image(str(tmp_path / rows[2]["file"]), 1024).mode == "RGB"
+
+    out = tmp_path / "out"
+    results = image_classification.main([
+        "--model_name_or_path", vit, "--train_file", str(tmp_path / "train.csv"), "--image_column", "file",
+        "--label_column", "kind", "--validation_split", "0.25", "--mixup_alpha", "0.4", "--cutmix_alpha", "1.0",
+        *fast_args(out, num_train_epochs=2, eval_strategy="no"),
+    ])
+    assert results["eval_samples"] == 6 and results["train_samples"] == 18
+    assert np.isfinite(results["train_loss"]) and "eval_top5_accuracy" not in results  # 2 classes: no top-5
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "round", "1": "square"}
+
+
+def test_huge_images_are_decoded_small(tmp_path):
+    gradient = np.linspace(0, 255, 3000, dtype=np.uint8)
+    array = np.stack([np.tile(gradient, (3000, 1))] * 3, axis=-1)
+    for name in ("huge.jpg", "huge.png"):
+        Image.fromarray(array).save(tmp_path / name)
+        image = open_image(str(tmp_path / name), max_side=512)
+        assert max(image.size) <= 512 and image.mode == "RGB"
+    # JPEG decodes straight at a reduced scale (draft mode): the full 3000x3000 bitmap is never built.
+    with Image.open(tmp_path / "huge.jpg") as raw:
+        raw.draft("RGB", (512, 512))
+        assert raw.size == (750, 750)
+
+
+# --- bad input: fails before training, output dir untouched -----------------------------------------------------
+
+
+@pytest.fixture
+def bad_folder(shared_data, tmp_path) -> dict[str, Path]:
+    dirs = _subset(shared_data, tmp_path / "data", {"train": 4, "validation": 2}, classes=["hat", "shoes"])
+    photo = next((dirs["train"] / "hat").iterdir()).read_bytes()
+    (dirs["train"] / "hat" / "corrupt.jpg").write_bytes(photo[: len(photo) // 3])  # truncated JPEG
+    (dirs["train"] / "shoes" / "empty.jpg").write_bytes(b"")
+    return dirs
+
+
+def test_corrupt_and_empty_files_fail_listing_both(vit, bad_folder, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(RecipeInputError) as err:
+        _run(vit, bad_folder, out)
+    message = str(err.value)
+    assert "2 image files cannot be read" in message and "--skip_bad_examples" in message
+    assert "hat/corrupt.jpg (corrupt: image file is truncated" in message
+    assert "shoes/empty.jpg (empty file (0 bytes))" in message
+    assert not out.exists()
+
+
+def test_skip_bad_examples_trains_and_reports_count(vit, bad_folder, tmp_path):
+    # A huge photo in the same folder trains like any other.
+    Image.fromarray(np.full((3000, 3000, 3), 128, np.uint8)).save(bad_folder["train"] / "hat" / "huge.jpg")
+    out = tmp_path / "out"
+    results = _run(vit, bad_folder, out, "--skip_bad_examples", eval_strategy="no")
+    assert results["skipped_bad_examples"] == 2 and results["train_samples"] == 9
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["skipped_bad_examples"] == 2 and saved["skipped_bad_examples_train"] == 2
+
+
+def test_empty_class_folder(shared_data, vit, tmp_path, caplog):
+    dirs = _subset(shared_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
+    (dirs["train"] / "scarf").mkdir()
+    out = tmp_path / "out"
+    with pytest.raises(RecipeInputError, match=r"--train_dir .*class folder scarf has no images, so the model could "
+                                               r"never predict that class.*remove the empty folder"):
+        _run(vit, dirs, out)
+    assert not out.exists()
+    (dirs["validation"] / "scarf").mkdir()  # absent from validation only: a warning
+    check_class_folders(dirs["validation"], "--validation_dir", "validation")
+    assert "class folder scarf has no images" in caplog.text
+
+
+@pytest.mark.parametrize("case", ["unknown validation label", "loose images", "both sources", "not a folder"])
+def test_bad_layouts_fail_before_training(case, shared_data, vit, tmp_path):
+    dirs = _subset(shared_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
+    extra: list[str] = []
+    if case == "unknown validation label":
+        _subset(shared_data, tmp_path / "data", {"validation": 1}, classes=["skirt"])
+        pattern = r"labels \['skirt'\] in validation split .*never occur in training \(hat, shoes\)"
+    elif case == "loose images":
+        (dirs["train"] / "loose.jpg").symlink_to(next((dirs["train"] / "hat").iterdir()).resolve())
+        pattern = r"--train_dir .* has images directly inside it \(loose.jpg\); put them in one sub-folder per class"
+    elif case == "both sources":
+        extra = ["--train_file", str(tmp_path / "x.csv")]
+        pattern = r"give image folders \(--train_dir ...\) or --train_file, not both"
+    else:
+        dirs["train"] = tmp_path / "missing"
+        pattern = r"--train_dir .*missing is not a directory"
+    out = tmp_path / "out"
+    with pytest.raises(RecipeInputError, match=pattern):
+        _run(vit, dirs, out, *extra)
+    assert not out.exists()
+
+
+# --- the honest pretrained start (bench/image_pretraining.py) at small scale ----------------------------------
+
+
+def test_rotation_pretraining_then_compare(shared_data, clothing, tmp_path):
+    """The bench's method: the recipe pretrains on rotation prediction, then compare fine-tunes it and a scratch twin."""
+    spec = importlib.util.spec_from_file_location("image_pretraining", ROOT / "bench" / "image_pretraining.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from common.comparison import compare
+    from common.tiny_models import tiny_convnext
+
+    random.seed(0)
+    count = bench.make_rotation_dataset(shared_data / "clothing_small" / "train", tmp_path / "rotation", side=48,
+                                        per_class=4)
+    assert count == 40 and len(list((tmp_path / "rotation" / "rot90").iterdir())) == 40
+    init = tiny_convnext(tmp_path / "init")
+    pretext = image_classification.main(
+        [*bench.pretext_args(init, str(tmp_path / "rotation"), str(tmp_path / "pretext"), 4, 3e-3), "--seed", "0"])
+    assert pretext["eval_samples"] == 16 and pretext["train_loss"] < pretext["before_loss"]
+    labels = json.loads((tmp_path / "pretext" / "config.json").read_text())["id2label"]
+    assert sorted(labels.values()) == ["rot0", "rot180", "rot270", "rot90"]
+
+    summary = compare("image_classification", [
+        *bench.finetune_args(str(tmp_path / "pretext"), str(clothing["train"]), str(clothing["validation"]),
+                             str(tmp_path / "compare"), 2, 3e-3), "--seed", "0"])
+    assert summary["metric_key"] == "eval_accuracy"
+    assert set(summary["runs"]) == {"pretrained", "from_scratch"}
+    for name in ("comparison.json", "comparison.md", "comparison.png"):
+        assert (tmp_path / "compare" / name).is_file()
+    # The pretrained run started from the rotation model's backbone, its 4-way head replaced by a 10-way one.
+    config = json.loads((tmp_path / "compare" / "pretrained" / "config.json").read_text())
+    assert len(config["id2label"]) == 10 and config["id2label"]["0"] == "dress"

@@ -1,0 +1,315 @@
+"""The speech recognition recipe: CTC and Whisper on real FSDD speech, audio data checks, augmentation, metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from conftest import fast_args
+from datasets import Dataset
+from safetensors.numpy import load_file
+from transformers import pipeline
+
+from common.audio import (
+    SPEECH,
+    AudioInputs,
+    build_ctc_vocab,
+    check_examples,
+    ctc_tokenizer,
+    decode_splits,
+    error_rates,
+    load_speech_splits,
+    missing_characters,
+    normalize_text,
+)
+from common.augment import TrainAugmentation
+from common.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.errors import RecipeInputError
+from recipes import speech_recognition
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are bound by per-op overhead: one torch thread is faster, and on a busy machine several
+    OpenMP threads spin against each other (a tiny wav2vec2 step measured 14x slower with 2 threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fsdd(shared_data):
+    return shared_data / "fsdd"
+
+
+@pytest.fixture(scope="module")
+def tiny_ctc(tmp_path_factory) -> str:
+    from common.tiny_models import tiny_wav2vec2_ctc
+
+    return tiny_wav2vec2_ctc(tmp_path_factory.mktemp("tiny-ctc"))
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory) -> str:
+    from common.tiny_models import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"), DIGITS, chunk_length=3)
+
+
+def manifest(fsdd, path, per_split: dict[str, int], extra_rows: list[dict] = ()) -> str:
+    """A csv manifest of FSDD clips (absolute paths): every digit, several speakers, split column included."""
+    meta = pd.read_csv(fsdd / "metadata.csv")
+    rows = []
+    for split, n in per_split.items():
+        source = meta[meta["split"] == ("test" if split == "test" else "train")]
+        picked = source.groupby("digit").head(20).sample(n=n, random_state={"train": 0, "validation": 1, "test": 2}[split])
+        rows += [{"audio": str(fsdd / f), "text": t, "split": split} for f, t in zip(picked["file"], picked["transcript"])]
+    rows += list(extra_rows)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def dry_run(monkeypatch, argv: list[str]):
+    """Run the recipe up to training and return the Task it hands to `run` (nothing trains)."""
+    captured = {}
+    monkeypatch.setattr(speech_recognition, "run", lambda task, args, ft: captured.update(task=task) or {})
+    speech_recognition.main(argv)
+    return captured["task"]
+
+
+# ------------------------------------------------------------------------------------------------ units
+
+
+def test_text_normalisation_and_error_rates():
+    assert normalize_text("  Hello, World!  It's  FINE.") == "hello world it's fine"
+    assert normalize_text("a-b c", chars_to_ignore=r"[-]") == "ab c"
+    assert normalize_text(None) == ""
+    rates = error_rates(["hello world", "a b c d"], ["hello word", "a b c d"])
+    assert rates["wer"] == pytest.approx(1 / 6)  # one substituted word out of six
+    assert rates["cer"] == pytest.approx(1 / 18)  # one deleted character out of 11 + 7
+
+
+def test_ctc_vocabulary_from_transcripts():
+    vocab = build_ctc_vocab(["zero one", "two"])
+    assert list(vocab) == ["e", "n", "o", "r", "t", "w", "z", "|", "[UNK]", "[PAD]"]
+    assert list(vocab.values()) == list(range(10))
+    tokenizer = ctc_tokenizer(vocab)
+    ids = tokenizer("zero one").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == list("zero") + ["|"] + list("one")
+    assert tokenizer.decode(ids, group_tokens=False) == "zero one"
+    assert tokenizer.pad_token_id == vocab["[PAD]"] and tokenizer.unk_token_id == vocab["[UNK]"]
+    assert missing_characters(["zeta one"], vocab) == ["a"]
+
+
+def test_decoding_resamples_downmixes_and_lists_bad_files(fsdd, tmp_path):
+    clip = fsdd / "recordings/3_theo_7.wav"
+    original, rate = sf.read(clip)
+    assert rate == 8000
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.stack([original, np.zeros_like(original)], axis=1), rate)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(200)))
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    data = Dataset.from_dict({"audio": [str(clip), "stereo.wav", str(corrupt), str(empty), "gone.wav"],
+                              "text": ["three", "three", "x", "y", ""]})
+    decoded = decode_splits({"train": data}, "audio", 16000, {"train": tmp_path})["train"]
+    speech = decoded[SPEECH]
+    assert abs(len(speech[0]) - 2 * len(original)) <= 2  # 8 kHz -> 16 kHz
+    assert decoded["channels"][:2] == [1, 2]
+    np.testing.assert_allclose(speech[1], np.asarray(speech[0]) / 2, atol=1e-4)  # mean of the two channels
+    problems = decoded["problem"]
+    assert problems[:2] == ["", ""]
+    assert problems[2].startswith("could not decode")
+    assert problems[3] == "zero-length file (0 bytes)"
+    assert problems[4] == "file not found"
+
+    with pytest.raises(RecipeInputError) as err:
+        check_examples({"train": decoded}, "text", {"train": "train.csv"}, False, normalize_text)
+    message = str(err.value)
+    assert all(name in message for name in ("corrupt.wav", "empty.wav", "gone.wav", "--skip_bad_examples"))
+    assert "3 bad example(s)" in message  # the empty transcript belongs to the missing file, listed once
+    kept, counts = check_examples({"train": decoded}, "text", {"train": "train.csv"}, True, normalize_text)
+    assert len(kept["train"]) == 2 and counts["skipped_bad_examples"] == 3
+
+
+def test_audiofolder_loads_and_decodes(fsdd, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("0_george_5.wav", "1_george_5.wav"):
+        shutil.copy(fsdd / "recordings" / name, folder / name)
+    (folder / "metadata.csv").write_text("file_name,transcription\n0_george_5.wav,zero\n1_george_5.wav,one\n")
+    args = speech_recognition.SpeechDataArguments(audio_folder=str(folder))
+    splits, sources, bases = load_speech_splits(args)
+    assert sorted(splits["train"]["transcription"]) == ["one", "zero"]
+    decoded = decode_splits(splits, "audio", 16000, bases)["train"]
+    assert decoded["problem"] == ["", ""] and all(len(x) > 1000 for x in decoded[SPEECH])
+
+
+def test_augmentation_is_seeded_and_every_op_changes_audio(fsdd, tmp_path):
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    sf.write(noise_dir / "hum.wav", np.sin(np.arange(4000) / 5.0) * 0.1, 16000)
+    speech, _ = sf.read(fsdd / "recordings/5_jackson_9.wav", dtype="float32")
+    for op in ("speed", "shift", "gain", "background", "noise"):
+        args = AudioAugmentArguments(audio_augment=[f"{op}=1.0"], background_noise_dir=str(noise_dir))
+        augmenter = AudioAugmenter(args, 16000, SPEECH)
+        first = augmenter({SPEECH: speech}, np.random.default_rng([0, 0, 7]))[SPEECH]
+        again = augmenter({SPEECH: speech}, np.random.default_rng([0, 0, 7]))[SPEECH]
+        other_epoch = augmenter({SPEECH: speech}, np.random.default_rng([0, 1, 7]))[SPEECH]
+        np.testing.assert_array_equal(first, again)
+        assert len(first) != len(speech) or not np.allclose(first, speech), op
+        assert len(first) != len(other_epoch) or not np.allclose(first, other_epoch), op
+    with pytest.raises(RecipeInputError, match="unknown operation 'nose'"):
+        AudioAugmentArguments(audio_augment=["nose=0.5"])
+    with pytest.raises(RecipeInputError, match="background_noise_dir"):
+        AudioAugmentArguments(audio_augment=["background=0.5"])
+
+
+# ------------------------------------------------------------------------------------------------ recipe
+
+
+def test_data_pipeline_resamples_builds_vocab_and_augments_train_only(fsdd, tiny_ctc, tmp_path, monkeypatch, caplog):
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 12, "validation": 4},
+                    [{"audio": str(fsdd / "recordings/1_lucas_9.wav"), "text": "Oné!", "split": "validation"}])
+    with caplog.at_level(logging.WARNING):
+        task = dry_run(monkeypatch, ["--model_name_or_path", tiny_ctc, "--train_file", data, "--split_column", "split",
+                                     "--audio_augment", "noise=1.0", "speed=1.0", *fast_args(tmp_path / "out")])
+    assert "characters missing from the CTC vocabulary" in caplog.text and "'é'" in caplog.text
+    vocab = task.processing_class.tokenizer.get_vocab()
+    train_text = pd.read_csv(data).query("split == 'train'")["text"]
+    assert set(vocab) == set("".join(train_text)) | {"|", "[UNK]", "[PAD]"}
+
+    raw = task.train_dataset.with_format(None)[0][SPEECH]
+    eval_row = task.eval_dataset[0]
+    eval_raw = task.eval_dataset.with_format(None)[0][SPEECH]
+    assert len(eval_row["input_values"]) == len(eval_raw)  # eval gets the clean clip, only normalised
+    expected = task.processing_class.feature_extractor(np.asarray(eval_raw, np.float32), sampling_rate=16000)
+    np.testing.assert_allclose(eval_row["input_values"], expected["input_values"][0], rtol=1e-5)
+    original, _ = sf.read(pd.read_csv(data).query("split == 'validation'")["audio"].iloc[0])
+    assert abs(len(eval_raw) - 2 * len(original)) <= 2  # resampled from 8 kHz to 16 kHz
+
+    augmented = task.augmentation.wrap(task.train_dataset)
+    row = augmented[0]
+    plain = AudioInputs(task.processing_class.feature_extractor).encode({SPEECH: [raw]})["input_values"][0]
+    assert len(row["input_values"]) != len(plain) or not np.allclose(row["input_values"], plain)
+    np.testing.assert_array_equal(row["input_values"], augmented[0]["input_values"])  # same seed, same epoch
+    assert isinstance(task.augmentation, TrainAugmentation)
+    assert row["labels"] == task.train_dataset[0]["labels"]
+
+
+def test_ctc_trains_on_fsdd_with_frozen_feature_encoder(fsdd, tiny_ctc, tmp_path):
+    out = tmp_path / "ctc"
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 32, "validation": 8, "test": 8})
+    results = speech_recognition.main([
+        "--model_name_or_path", tiny_ctc, "--train_file", data, "--split_column", "split",
+        "--freeze", "feature_encoder", "--mask_time_prob", "0", "--mask_feature_prob", "0.05",
+        *fast_args(out, num_train_epochs=2, learning_rate=3e-3),
+    ])
+    assert results["eval_loss"] < results["before_loss"] - 2.0  # the same validation clips, before and after
+    for name in ("all_results.json", "training_curves.png", "predictions.tsv", "vocab.json", "config.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_wer", "eval_cer", "eval_wer_raw", "eval_cer_raw", "test_wer", "test_cer"):
+        assert key in saved and key in results
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t", keep_default_na=False)
+    assert list(predictions.columns) == ["audio_file", "reference", "hypothesis", "wer"]
+    assert set(predictions["reference"]) <= set(DIGITS) and len(predictions) == 8
+
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mask_time_prob"], config["mask_feature_prob"]) == (0.0, 0.05)  # SpecAugment options
+    assert config["vocab_size"] == len(json.loads((out / "vocab.json").read_text()))
+    before, after = load_file(f"{tiny_ctc}/model.safetensors"), load_file(str(out / "model.safetensors"))
+    cnn = [k for k in before if k.startswith("feature_extractor.")]
+    assert cnn and all(np.array_equal(before[k], after[f"wav2vec2.{k}"]) for k in cnn)
+    assert not np.array_equal(before["encoder.layers.0.attention.q_proj.weight"],
+                              after["wav2vec2.encoder.layers.0.attention.q_proj.weight"])
+
+    transcribe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+    assert isinstance(transcribe(str(fsdd / "recordings/7_nicolas_3.wav"))["text"], str)
+
+
+def test_whisper_trains_on_fsdd(fsdd, tiny_whisper, tmp_path):
+    out = tmp_path / "whisper"
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 16, "validation": 4, "test": 4})
+    results = speech_recognition.main([
+        "--model_name_or_path", tiny_whisper, "--language", "english", "--train_file", data, "--split_column", "split",
+        "--generation_max_length", "8", *fast_args(out, num_train_epochs=3, learning_rate=2e-3),
+    ])
+    assert results["eval_loss"] < results["before_loss"] - 0.5
+    assert {"eval_wer", "eval_cer", "test_wer", "eval_wer_raw"} <= set(results)
+    predictions = pd.read_csv(out / "predictions.tsv", sep="\t", keep_default_na=False)
+    assert len(predictions) == 4 and (out / "training_curves.png").is_file()
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation["language"] == "english" and generation["task"] == "transcribe"
+
+    transcribe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+    assert isinstance(transcribe(str(fsdd / "recordings/2_yweweler_1.wav"))["text"], str)
+
+
+def test_whisper_lora_on_attention_projections(fsdd, tiny_whisper, tmp_path):
+    out = tmp_path / "lora"
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 8, "validation": 2, "test": 2})
+    speech_recognition.main([
+        "--model_name_or_path", tiny_whisper, "--language", "en", "--train_file", data, "--split_column", "split",
+        "--peft", "lora", "--lora_target_modules", "q_proj", "v_proj", "--generation_max_length", "4",
+        *fast_args(out, max_steps=2, eval_strategy="no", do_eval="false"),
+    ])
+    adapter = json.loads((out / "adapter/adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    transcribe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")  # the merged model
+    assert isinstance(transcribe(str(fsdd / "recordings/6_lucas_2.wav"))["text"], str)
+
+
+def test_bad_files_fail_together_or_are_skipped(fsdd, tiny_ctc, tmp_path):
+    corrupt, empty = tmp_path / "corrupt.wav", tmp_path / "empty.wav"
+    corrupt.write_bytes(b"this is not audio at all" * 20)
+    empty.touch()
+    bad = [{"audio": str(p), "text": "zero", "split": "train"} for p in (corrupt, empty, tmp_path / "missing.wav")]
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 12, "validation": 4}, bad)
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", tiny_ctc, "--train_file", data, "--split_column", "split",
+            *fast_args(out, max_steps=1, eval_strategy="no")]
+    with pytest.raises(RecipeInputError) as err:
+        speech_recognition.main(argv)
+    assert all(name in str(err.value) for name in ("corrupt.wav", "empty.wav", "missing.wav"))
+    assert not out.exists()
+    results = speech_recognition.main([*argv, "--skip_bad_examples"])
+    assert results["skipped_bad_examples"] == 3
+    assert json.loads((out / "all_results.json").read_text())["skipped_bad_examples"] == 3
+
+
+def test_bad_input_errors(fsdd, tiny_ctc, tiny_whisper, tiny_bert, tmp_path, monkeypatch):
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 6, "validation": 2},
+                    [{"audio": str(fsdd / "recordings/4_theo_9.wav"), "text": " ?! ", "split": "train"}])
+    base = ["--train_file", data, "--split_column", "split", *fast_args(tmp_path / "out")]
+    with pytest.raises(RecipeInputError, match=r"4_theo_9.wav \(transcript ' \?! ' is empty once normalised\)"):
+        dry_run(monkeypatch, ["--model_name_or_path", tiny_ctc, *base])
+    with pytest.raises(RecipeInputError, match="not a speech recognition architecture"):
+        dry_run(monkeypatch, ["--model_name_or_path", tiny_bert, *base])
+    with pytest.raises(RecipeInputError, match="column 'wav' not found"):
+        dry_run(monkeypatch, ["--model_name_or_path", tiny_ctc, "--audio_column", "wav", *base])
+    with pytest.raises(RecipeInputError, match="set --language"):
+        dry_run(monkeypatch, ["--model_name_or_path", tiny_whisper, "--skip_bad_examples", *base])
+
+    # The ten digits in a row (over 3 s) are past the tiny Whisper's 3 s window: an error, or dropped on request.
+    long_clip = np.concatenate([sf.read(fsdd / f"recordings/{d}_theo_8.wav")[0] for d in range(10)])
+    sf.write(tmp_path / "long.wav", long_clip, 8000)
+    assert len(long_clip) / 8000 > 3
+    data = manifest(fsdd, tmp_path / "long.csv", {"train": 6, "validation": 2},
+                    [{"audio": str(tmp_path / "long.wav"), "text": " ".join(DIGITS), "split": "train"}])
+    argv = ["--model_name_or_path", tiny_whisper, "--language", "en", "--train_file", data, "--split_column", "split",
+            *fast_args(tmp_path / "out")]
+    with pytest.raises(RecipeInputError, match=r"longer than the model's 3 s input limit.*long.wav"):
+        dry_run(monkeypatch, argv)
+    task = dry_run(monkeypatch, [*argv, "--max_duration_s", "3"])
+    assert len(task.train_dataset) == 6
