@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--augment", nargs="+", default=["standard", "light"], help="fine-tuning presets to compare under")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--out", default=str(ROOT / "bench" / "runs" / "image_pretraining"))
+    parser.add_argument("--resume", action="store_true", help="reuse the finished runs already under --out")
     options = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -95,29 +96,35 @@ def main() -> None:
 
     torch.set_num_threads(1)  # tiny model: a thread pool only adds overhead
     out = Path(options.out)
-    init = tiny_convnext(out / "init", image_size=options.image_size)
-    count = make_rotation_dataset(CLOTHING / "train", out / "rotation", side=2 * options.image_size)
     start = time.time()
-    pretext = image_classification.main(pretext_args(init, str(out / "rotation"), str(out / "pretext"),
-                                                     options.pretext_epochs, options.learning_rate))
-    pretext_time = time.time() - start
+    count = make_rotation_dataset(CLOTHING / "train", out / "rotation", side=2 * options.image_size)
+    finished = out / "pretext" / "all_results.json"
+    if options.resume and finished.is_file():
+        pretext = json.loads(finished.read_text())
+    else:
+        init = tiny_convnext(out / "init", image_size=options.image_size)
+        pretext = image_classification.main(pretext_args(init, str(out / "rotation"), str(out / "pretext"),
+                                                         options.pretext_epochs, options.learning_rate))
 
     runs: dict[str, dict[int, dict]] = {}
-    start = time.time()
     for augment in options.augment:
         for seed in options.seeds:
-            summary = compare("image_classification", finetune_args(
-                str(out / "pretext"), str(CLOTHING / "train"), str(CLOTHING / "validation"),
-                str(out / "compare" / f"{augment}-seed{seed}"), options.epochs, options.learning_rate, augment, seed))
+            run_dir = out / "compare" / f"{augment}-seed{seed}"
+            if options.resume and (run_dir / "comparison.json").is_file():
+                summary = json.loads((run_dir / "comparison.json").read_text())
+            else:
+                summary = compare("image_classification", finetune_args(
+                    str(out / "pretext"), str(CLOTHING / "train"), str(CLOTHING / "validation"), str(run_dir),
+                    options.epochs, options.learning_rate, augment, seed))
             runs.setdefault(augment, {})[seed] = summary["runs"]
-    compare_time = time.time() - start
+    minutes = (time.time() - start) / 60
 
     lines = [
         "# Fine-tuning versus from scratch: clothing_small, tiny ConvNeXt",
         "",
         f"`python bench/image_pretraining.py --image_size {options.image_size} --pretext_epochs {options.pretext_epochs} "
         f"--epochs {options.epochs} --learning_rate {options.learning_rate} --augment {' '.join(options.augment)} "
-        f"--seeds {' '.join(map(str, options.seeds))}` (CPU, one thread; {(pretext_time + compare_time) / 60:.0f} min).",
+        f"--seeds {' '.join(map(str, options.seeds))}` (CPU, one thread; {minutes:.0f} min{' with --resume' if options.resume else ''}).",
         "",
         "## 1. The pretrained start, made by the recipe: rotation prediction (self-supervised)",
         "",

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--pretrain_samples", type=int, default=None, help="pretraining rows (default: all the rest)")
     parser.add_argument("--pretrain_epochs", type=int, default=2)
     parser.add_argument("--pretrain_learning_rate", type=float, default=5e-3)
-    parser.add_argument("--eval_samples", type=int, default=500)
+    parser.add_argument("--eval_samples", type=int, default=300)
     parser.add_argument("--d_model", type=int, default=64)
     parser.add_argument("--vocab_size", type=int, default=2000)
     parser.add_argument("--variants", nargs="+", choices=list(DIRECTIONS), default=["same", "reverse"])

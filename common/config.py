@@ -220,7 +220,8 @@ def parse_args(
             config_path = argv[i + 1]
         elif token.startswith("--config="):
             config_path = token.split("=", 1)[1]
-    values: dict[str, Any] = dict(defaults or {})
+    # Recipe losses are per-example means; token averaging across devices would rescale them under DDP.
+    values: dict[str, Any] = {"average_tokens_across_devices": False, **(defaults or {})}
     if config_path:
         for key, value in _read_yaml(config_path).items():
             if key not in dests or key == "config":
@@ -276,6 +277,12 @@ def choose_precision(options: dict[str, Any]) -> tuple[str, str]:
 
 def _apply_policies(options: dict[str, Any]) -> str:
     """Settings implied by others, fixed before TrainingArguments validates itself; returns the precision reason."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        options["use_cpu"] = True  # several processes without a GPU: DDP on CPU over gloo, not N lone copies
     precision, reason = choose_precision(options)
     options["bf16"], options["fp16"] = precision == "bf16", precision == "fp16"
     if options.get("early_stopping_patience"):

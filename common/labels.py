@@ -134,8 +134,14 @@ def encode_labels(splits: DatasetDict, spec: LabelSpec, column: str, sources: di
         if column not in dataset.column_names:
             encoded[split] = dataset
             continue
-        feature = dataset.features[column]
-        values = dataset[column]
+        original = dataset
+        if column == "labels":  # the encoded column takes this name; keep the raw values aside
+            dataset = dataset.rename_column("labels", "__raw_labels__")
+            column_in_split = "__raw_labels__"
+        else:
+            column_in_split = column
+        feature = original.features[column]
+        values = original[column]
         if isinstance(feature, ClassLabel):
             values = [feature.int2str(v) for v in values]
         elif isinstance(feature, Sequence) and isinstance(feature.feature, ClassLabel):
@@ -168,7 +174,6 @@ def encode_labels(splits: DatasetDict, spec: LabelSpec, column: str, sources: di
                     "so the model cannot predict them. Remove those rows or add training examples."
                 )
             new = dataset.add_column("labels", ids, feature=Value("int64"))
-        if column != "labels":
-            new = new.remove_columns(column)
+        new = new.remove_columns(column_in_split)
         encoded[split] = new
     return encoded

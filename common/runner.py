@@ -78,14 +78,17 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
 
     precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
     logger.info("precision %s (%s)", precision, run_args.precision_reason)
-    scale = training_args.world_size * training_args.gradient_accumulation_steps
+    from accelerate import PartialState
+
+    processes = PartialState().num_processes  # known before Trainer exists, unlike a fresh TrainingArguments
+    scale = processes * training_args.gradient_accumulation_steps
     if run_args.scale_lr_with_batch and scale > 1:
         training_args.learning_rate *= scale
         logger.info("--scale_lr_with_batch: learning_rate x%d = %.3g", scale, training_args.learning_rate)
     logger.info(
         "effective batch %d = %d per device x %d processes x %d accumulation steps",
         training_args.per_device_train_batch_size * scale, training_args.per_device_train_batch_size,
-        training_args.world_size, training_args.gradient_accumulation_steps,
+        processes, training_args.gradient_accumulation_steps,
     )
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader

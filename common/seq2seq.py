@@ -65,7 +65,7 @@ def load_parallel_files(source_file: str, target_file: str | None, split: str) -
             f"--{split}_source_file {source_file} has {len(sources)} lines but --{split}_target_file {target_file} "
             f"has {len(targets)}: line-aligned files need exactly one line per sentence pair. They stop aligning "
             f"at line {n_short + 1}, the first line of {long} with no counterpart in {short} ({n_long - n_short} "
-            "extra lines). Look for a sentence split over two lines or a missing translation; the content "
+            f"extra line{'s' if n_long - n_short > 1 else ''}). Look for a sentence split over two lines or a missing translation; the content "
             "may already drift before that line."
         )
     return Dataset.from_dict({SOURCE: sources, TARGET: targets})

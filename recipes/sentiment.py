@@ -50,8 +50,26 @@ def print_examples(output_dir: str, texts: list[str] = EXAMPLES) -> None:
         print(f"  {prediction['label']:>13} ({prediction['score']:.2f})  {text}")
 
 
+def gives_data(argv: list[str]) -> bool:
+    """Whether the command line or its --config names data; then the bundled sample is not used at all."""
+    import yaml
+
+    keys = {"--train_file", "--dataset_name"}
+    if any(token.split("=")[0] in keys for token in argv):
+        return True
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        path = Path(argv[argv.index("--config") + 1])
+        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+        return isinstance(config, dict) and bool({"train_file", "dataset_name"} & config.keys())
+    return False
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    results = text_classification.main(argv, DEFAULTS, SENTIMENT_NAMES.get)
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = DEFAULTS if not gives_data(argv) else {k: v for k, v in DEFAULTS.items() if not k.endswith("_file")}
+    results = text_classification.main(argv, defaults, SENTIMENT_NAMES.get)
     output_dir = results.get("output_dir")
     from accelerate import PartialState
 

@@ -132,14 +132,13 @@ class SpeechDataArguments(DataArguments):
     )
 
 
+ARGUMENTS = (SpeechModelArguments, SpeechDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,
+             Seq2SeqTrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Arguments: recipe defaults < --config YAML < command line.
-    model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(
-        (SpeechModelArguments, SpeechDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,
-         Seq2SeqTrainingArguments),
-        argv,
-        DEFAULTS,
-    )
+    model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(ARGUMENTS, argv, DEFAULTS)
     if finetune_args.cv_folds or finetune_args.ensemble or finetune_args.ensemble_models or finetune_args.cache_features:
         raise RecipeInputError("--cv_folds, --ensemble and --cache_features work on classification heads; speech "
                                "recognition does not support them.")

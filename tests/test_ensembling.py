@@ -176,7 +176,7 @@ def test_soft_vote_of_three_folds_is_no_worse_than_its_members_on_sst2(minilm, s
     text_classification.main([
         "--model_name_or_path", minilm, "--train_file", str(shared_data / "sst2/train.tsv"),
         "--validation_file", str(shared_data / "sst2/dev.tsv"), "--max_train_samples", "500",
-        "--max_eval_samples", "300", "--do_predict", "false", "--cv_folds", "3", "--ensemble", "soft_vote",
+        "--do_predict", "false", "--cv_folds", "3", "--ensemble", "soft_vote",
         "--eval_strategy", "no", *fast_args(out, learning_rate=1e-4, per_device_train_batch_size=16,
                                              num_train_epochs=2, logging_steps=50),
     ])

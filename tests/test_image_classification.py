@@ -259,8 +259,9 @@ def _image(path: Path, mode: str, size: tuple[int, int] = (40, 30), seed: int = 
     return str(path)
 
 
-def test_csv_paths_modes_and_mixup_train(vit, tmp_path):
-    """Relative paths in a csv, grayscale/RGBA/palette/RGB files, held-out validation, MixUp + CutMix."""
+def test_csv_paths_parquet_bytes_modes_mixup_and_determinism(vit, tmp_path):
+    """Relative paths in a csv; image bytes in parquet (as Hub datasets store them); grayscale, RGBA, palette and
+    RGB files; MixUp + CutMix; and two runs with the same seed give the same model."""
     modes = ["L", "RGBA", "P", "RGB"]
     rows = [{"file": f"images/{i}.png", "kind": ["round", "square"][i % 2]} for i in range(24)]
     for i, row in enumerate(rows):
@@ -268,29 +269,38 @@ def test_csv_paths_modes_and_mixup_train(vit, tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
     assert {Image.open(tmp_path / r["file"]).mode for r in rows} == {"L", "RGBA", "P", "RGB"}
     assert open_image(str(tmp_path / rows[2]["file"]), 1024).mode == "RGB"
+    validation = [{"file": {"bytes": (tmp_path / r["file"]).read_bytes(), "path": None}, "kind": r["kind"]} for r in rows[:6]]
+    pd.DataFrame(validation).to_parquet(tmp_path / "validation.parquet")
 
-    out = tmp_path / "out"
-    results = image_classification.main([
-        "--model_name_or_path", vit, "--train_file", str(tmp_path / "train.csv"), "--image_column", "file",
-        "--label_column", "kind", "--validation_split", "0.25", "--mixup_alpha", "0.4", "--cutmix_alpha", "1.0",
-        *fast_args(out, num_train_epochs=2, eval_strategy="no"),
-    ])
-    assert results["eval_samples"] == 6 and results["train_samples"] == 18
+    def train(out: Path) -> dict:
+        return image_classification.main([
+            "--model_name_or_path", vit, "--train_file", str(tmp_path / "train.csv"), "--image_column", "file",
+            "--validation_file", str(tmp_path / "validation.parquet"), "--label_column", "kind",
+            "--image_augment", "strong", "--mixup_alpha", "0.4", "--cutmix_alpha", "1.0",
+            *fast_args(out, num_train_epochs=2, eval_strategy="no"),
+        ])
+
+    results = train(tmp_path / "out")
+    assert results["eval_samples"] == 6 and results["train_samples"] == 24
     assert np.isfinite(results["train_loss"]) and "eval_top5_accuracy" not in results  # 2 classes: no top-5
-    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "round", "1": "square"}
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["id2label"] == {"0": "round", "1": "square"}
+    again = train(tmp_path / "again")
+    assert again["train_loss"] == results["train_loss"] and again["eval_loss"] == results["eval_loss"]
 
 
-def test_huge_images_are_decoded_small(tmp_path):
+def test_huge_images_are_decoded_small(tmp_path, monkeypatch):
     gradient = np.linspace(0, 255, 3000, dtype=np.uint8)
     array = np.stack([np.tile(gradient, (3000, 1))] * 3, axis=-1)
+    decoded = []  # the size each image had when it reached thumbnail(), i.e. as decoded
+    thumbnail = Image.Image.thumbnail
+    monkeypatch.setattr(Image.Image, "thumbnail", lambda self, *a, **k: decoded.append(self.size) or thumbnail(self, *a, **k))
     for name in ("huge.jpg", "huge.png"):
         Image.fromarray(array).save(tmp_path / name)
         image = open_image(str(tmp_path / name), max_side=512)
         assert max(image.size) <= 512 and image.mode == "RGB"
-    # JPEG decodes straight at a reduced scale (draft mode): the full 3000x3000 bitmap is never built.
-    with Image.open(tmp_path / "huge.jpg") as raw:
-        raw.draft("RGB", (512, 512))
-        assert raw.size == (750, 750)
+    # The JPEG decoded straight at 1/4 scale (draft mode): its 3000x3000 bitmap never existed. PNG has no such
+    # mode, so it decodes in full once and is shrunk at once.
+    assert decoded == [(750, 750), (3000, 3000)]
 
 
 # --- bad input: fails before training, output dir untouched -----------------------------------------------------

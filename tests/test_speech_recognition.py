@@ -66,12 +66,14 @@ def tiny_whisper(tmp_path_factory) -> str:
 
 
 def manifest(fsdd, path, per_split: dict[str, int], extra_rows: list[dict] = ()) -> str:
-    """A csv manifest of FSDD clips (absolute paths): every digit, several speakers, split column included."""
-    meta = pd.read_csv(fsdd / "metadata.csv")
-    rows = []
+    """A csv manifest of random FSDD clips (absolute paths, no clip twice) with a split column."""
+    meta = pd.read_csv(fsdd / "metadata.csv").sample(frac=1.0, random_state=0)
+    pools = {name: meta[meta["split"] == name] for name in ("train", "test")}
+    rows, taken = [], {"train": 0, "test": 0}
     for split, n in per_split.items():
-        source = meta[meta["split"] == ("test" if split == "test" else "train")]
-        picked = source.groupby("digit").head(20).sample(n=n, random_state={"train": 0, "validation": 1, "test": 2}[split])
+        pool = "test" if split == "test" else "train"
+        picked = pools[pool].iloc[taken[pool]: taken[pool] + n]
+        taken[pool] += n
         rows += [{"audio": str(fsdd / f), "text": t, "split": split} for f, t in zip(picked["file"], picked["transcript"])]
     rows += list(extra_rows)
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -176,6 +178,17 @@ def test_augmentation_is_seeded_and_every_op_changes_audio(fsdd, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ recipe
+
+
+def test_shipped_configs_parse():
+    from common.config import parse_args
+    from recipes import CONFIGS_DIR
+
+    configs = sorted((CONFIGS_DIR / "speech_recognition").glob("*.yaml"))
+    assert len(configs) == 4
+    for path in configs:
+        model, data, *_ = parse_args(speech_recognition.ARGUMENTS, ["--config", str(path)], speech_recognition.DEFAULTS)
+        assert data.split_column == "split" and data.train_file.endswith("fsdd/metadata.csv"), path
 
 
 def test_data_pipeline_resamples_builds_vocab_and_augments_train_only(fsdd, tiny_ctc, tmp_path, monkeypatch, caplog):

@@ -127,6 +127,15 @@ def test_line_aligned_files_load_like_jsonl_and_csv(multi30k, tmp_path):
                    "target_column", "german")["train"]
     assert lines.to_dict() == dicts.to_dict() == columns.to_dict() == {"source": en, "target": de}
 
+    # A Hub dataset's `translation` column has the Translation feature type, not a struct.
+    from datasets import Dataset, Features, Translation
+
+    from common.seq2seq import pairs_from_table
+
+    hub = Dataset.from_dict({"translation": [{"en": e, "de": d} for e, d in zip(en, de)]},
+                            features=Features({"translation": Translation(languages=["de", "en"])}))
+    assert pairs_from_table(hub, "en", "de", "wmt", "train").to_dict() == lines.to_dict()
+
 
 @pytest.mark.parametrize("strategy", ["encoder", "decoder"])
 def test_freezing_one_stack_keeps_it_bit_identical(marian, multi30k, tmp_path, strategy):
