@@ -30,7 +30,15 @@ from common.augment.image import (
     save_preview,
     train_transform,
 )
-from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.config import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+)
+from common.cross_validation import cv_groups
 from common.data import add_validation_split, cap_splits, require_columns
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
@@ -50,21 +58,11 @@ from common.runner import Task, pipeline_hint, run, setup_run
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "model_name_or_path": "google/vit-base-patch16-224-in21k",
     "output_dir": "outputs/image-classification",
-    "do_train": True,
-    "do_eval": True,
-    "do_predict": True,
-    "eval_strategy": "epoch",
-    "save_strategy": "no",
-    "logging_steps": 10,
     "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "learning_rate": 5e-5,
     "num_train_epochs": 5,
-    "warmup_steps": 0.1,
-    "weight_decay": 0.01,
-    "report_to": "none",
 }
 
 
@@ -137,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
     #    for its augmentation.
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
-    groups = list(splits["train"][finetune_args.cv_group_column]) if finetune_args.cv_group_column else None
+    groups = (list(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"]))
+              if finetune_args.cv_group_column else None)
     test_names = [image_name(v, i) for i, v in enumerate(splits["test"][column])] if "test" in splits else None
     eval_inputs = ImageInputs(processor, column, data_args.max_image_side)
     train_inputs = ImageInputs(processor, column, data_args.max_image_side, keep_raw=augment_args.augments)

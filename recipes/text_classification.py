@@ -25,7 +25,15 @@ from transformers import (
 
 from common.augment import TrainAugmentation
 from common.augment.text import text_augmenter
-from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.config import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+)
+from common.cross_validation import cv_groups
 from common.data import add_validation_split, cap_splits, load_splits, require_columns, source
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
@@ -41,22 +49,7 @@ logger = logging.getLogger(__name__)
 TEXT_COLUMN_CANDIDATES = [("sentence1", "sentence2"), ("premise", "hypothesis"), ("question", "sentence"),
                           ("sentence",), ("text",)]
 
-DEFAULTS = {
-    "output_dir": "outputs/text-classification",
-    "do_train": True,
-    "do_eval": True,
-    "do_predict": True,
-    "eval_strategy": "epoch",
-    "save_strategy": "no",
-    "logging_steps": 10,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 64,
-    "learning_rate": 5e-5,
-    "num_train_epochs": 3,
-    "warmup_steps": 0.1,
-    "weight_decay": 0.01,
-    "report_to": "none",
-}
+DEFAULTS = {**TRAINING_DEFAULTS, "output_dir": "outputs/text-classification"}
 
 
 @dataclass
@@ -183,7 +176,8 @@ def main(
         label_spec=spec,
         write_predictions=write_predictions if raw_test is not None else None,
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
-        groups=splits["train"][finetune_args.cv_group_column] if finetune_args.cv_group_column else None,
+        groups=cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
+        if finetune_args.cv_group_column else None,
         augmentation=augmentation,
     )
     results = run(task, training_args, finetune_args)
