@@ -12,8 +12,9 @@ What `save_peft_model` leaves in the output dir:
     output_dir/adapter/         the adapter alone (kept unless --merge_adapter), for
                                 `PeftModel.from_pretrained(base_model, output_dir / "adapter")`
 
-Under DDP, frozen base weights get no gradient: Trainer's default `ddp_find_unused_parameters=True`
-for a `PeftModel` copes with that; keep it when setting DDP options by hand.
+Under DDP the frozen base weights are outside the gradient reducer (it holds only parameters that require
+grad), so `ddp_find_unused_parameters` is False for a `PeftModel` unless LayerDrop skips adapted layers
+(see `common.config.choose_find_unused_parameters`).
 """
 
 from __future__ import annotations

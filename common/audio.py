@@ -26,7 +26,7 @@ from transformers import EvalPrediction
 
 from common.config import DataArguments
 from common.data import SPLIT_ALIASES, load_splits, source
-from common.errors import RecipeInputError
+from common.errors import RecipeInputError, nearest
 from common.trainer import FinetuneSeq2SeqTrainer, FinetuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,13 @@ def load_speech_splits(args: DataArguments) -> tuple[DatasetDict, dict[str, str]
     folder = getattr(args, "audio_folder", None)
     if folder:
         if not Path(folder).is_dir():
-            raise RecipeInputError(f"--audio_folder {folder} is not a directory.")
+            raise RecipeInputError(f"--audio_folder {folder} is not a directory. Give the folder holding the audio "
+                                   "files and their metadata.csv (a file_name column plus the transcript).")
         try:
             loaded = datasets.load_dataset("audiofolder", data_dir=folder)
         except Exception as err:  # noqa: BLE001 - any loader failure becomes one clear message
-            raise RecipeInputError(f"--audio_folder {folder} could not be read as an audiofolder: {err}") from None
+            raise RecipeInputError(f"--audio_folder {folder} could not be read as an audiofolder: {err}. It needs "
+                                   "audio files plus a metadata.csv with a file_name column and the transcript.") from None
         splits = DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in loaded.items()})
         return splits, {k: f"{k} split of audiofolder {folder}" for k in splits}, dict.fromkeys(splits)
     splits = load_splits(args)
@@ -87,8 +89,9 @@ def _split_by_column(splits: DatasetDict, column: str, file: str | None, sources
         raise RecipeInputError("--split_column divides one manifest: give it with --train_file only.")
     train = splits["train"]
     if column not in train.column_names:
-        raise RecipeInputError(f"--split_column {column!r} not found in {sources['train']}; columns: "
-                               f"{', '.join(train.column_names)}.")
+        raise RecipeInputError(f"--split_column {column!r} not found in {sources['train']}"
+                               f"{nearest(column, train.column_names)}; columns: {', '.join(train.column_names)}. "
+                               "Set --split_column to the column that says train / validation / test.")
     names = [SPLIT_ALIASES.get(str(v).strip().lower(), str(v).strip().lower()) for v in train[column]]
     unknown = sorted(set(names) - {"train", "validation", "test"})
     if unknown:
@@ -148,6 +151,8 @@ def decode_audio(value, base: Path | None, feature: Audio) -> dict:
     try:
         samples = feature.decode_example(where).get_all_samples()
     except Exception as err:  # noqa: BLE001 - FFmpeg's reasons vary; each becomes a 'could not decode' entry
+        if "No audio frames were decoded" in str(err):  # torchcodec's words for a valid header with no samples
+            return {**empty, FILE: shown, "problem": "zero-length audio (no samples)"}
         return {**empty, FILE: shown, "problem": f"could not decode: {_reason(err, shown)}"}
     data = samples.data.numpy()
     if data.size == 0:
@@ -252,7 +257,7 @@ def filter_durations(splits: DatasetDict, sampling_rate: int, min_s: float | Non
             durations = durations[keep]
             if len(dataset) == 0:
                 raise RecipeInputError(f"{sources[split]}: no clip is left within --min_duration_s {min_s} / "
-                                       f"--max_duration_s {max_s}.")
+                                       f"--max_duration_s {max_s}. Widen or drop those limits.")
         if model_limit_s is not None and (durations > model_limit_s).any():
             files = dataset[FILE]
             long = [(files[i], f"{durations[i]:.1f} s") for i in np.flatnonzero(durations > model_limit_s)]

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.errors import RecipeInputError, nearest
+from common.errors import RecipeInputError, nearest, run_main
 from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available
 
 
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("args", nargs=argparse.REMAINDER)
         sub.set_defaults(func=func)
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except RecipeInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_main(lambda _: args.func(args))  # the same one-line errors and exit codes as a recipe run as a script
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,33 @@ from common.errors import RecipeInputError, nearest
 
 # Extra spellings accepted for TrainingArguments fields, on the command line and in YAML.
 ALIASES = {"label_smoothing": "label_smoothing_factor", "epochs": "num_train_epochs", "num_beams": "generation_num_beams"}
+
+# TrainingArguments defaults shared by every recipe; each recipe adds its output_dir and what differs for its
+# modality. Evaluating every epoch without checkpoints leaves a plain run's output dir holding only the final
+# model (--early_stopping_patience turns saving back on, see _apply_policies).
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "do_train": True,
+    "do_eval": True,
+    "do_predict": True,
+    "eval_strategy": "epoch",
+    "save_strategy": "no",
+    "logging_steps": 10,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 5e-5,
+    "num_train_epochs": 3,
+    "warmup_steps": 0.1,  # below 1: a fraction of the training steps
+    "weight_decay": 0.01,
+    "report_to": "none",  # no tracker is installed or reachable by default
+}
+
+UNFREEZE_UNDER_DDP = (
+    "--unfreeze_schedule needs a single process, but {processes} are running: DistributedDataParallel "
+    "builds its gradient reducer when it wraps the model, from the parameters that require grad at that "
+    "moment, so parameters unfrozen later would never be all-reduced and the replicas would drift apart. "
+    "Run on one process (python recipes/...), or keep several processes and use --freeze bottom:N and/or "
+    "--layer_lr_decay instead."
+)
 
 
 @dataclass
@@ -148,7 +176,8 @@ class FinetuneArguments:
         default=None, metadata={"help": "Module names to adapt; default: peft's mapping for the architecture."}
     )
     merge_adapter: bool = field(
-        default=False, metadata={"help": "Save the adapter merged into the base weights (loads with pipeline())."}
+        default=False, metadata={"help": "With --peft, save only the merged model. Without it the output dir holds the merged model "
+                          "(for pipeline()) plus the adapter alone in adapter/."}
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement; keeps the best model."}
@@ -170,6 +199,35 @@ class FinetuneArguments:
     ensemble_models: list[str] | None = field(
         default=None, metadata={"help": "Fine-tuned model directories to ensemble, instead of the CV folds."}
     )
+    nan_policy: str = field(
+        default="stop",
+        metadata={
+            "help": "A NaN or inf training loss (or gradient): stop = end training with an error naming the "
+            "step, before the optimizer update, so no checkpoint holds NaN weights; skip = drop that step's "
+            "optimizer update (weights and optimizer state untouched) and count it (train_nan_skipped_steps)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in ("stop", "skip"):
+            hint = nearest(self.nan_policy, ["stop", "skip"])
+            raise RecipeInputError(f"--nan_policy {self.nan_policy}: use stop or skip{hint}.")
+        # Checks that need no model run here, at parse time, so a typo fails in seconds, not after the data
+        # has been tokenized or decoded; the module-level imports would be circular.
+        from common.freezing import check_options, freeze_strategies
+        from common.hpo import parse_space
+
+        freeze_strategies(self)
+        check_options(self)
+        if self.peft and self.peft.lower() not in ("lora", "ia3"):
+            raise RecipeInputError(f"--peft {self.peft} is not supported: use one of lora, ia3"
+                                   f"{nearest(self.peft, ['lora', 'ia3'])}.")
+        methods = ["soft_vote", "hard_vote", "stack"]
+        if self.ensemble and self.ensemble not in methods:
+            raise RecipeInputError(f"--ensemble {self.ensemble}: choose one of {', '.join(methods)}"
+                                   f"{nearest(self.ensemble, methods)}.")
+        if self.hpo_space:
+            parse_space(self.hpo_space)
 
 
 def _dests(parser: HfArgumentParser) -> dict[str, str]:
@@ -182,6 +240,23 @@ def _dests(parser: HfArgumentParser) -> dict[str, str]:
     return keys
 
 
+class _Parser(HfArgumentParser):
+    """Bad values (a wrong type, an unknown choice) raise RecipeInputError, like every other bad input.
+
+    argparse would print the whole usage (hundreds of TrainingArguments options) and call sys.exit,
+    which a caller of main() cannot tell from success without catching SystemExit.
+    """
+
+    from_config: dict[str, str]  # dest -> YAML file, for values the command line did not override
+
+    def error(self, message: str):
+        option = message.split("argument ", 1)[-1].split("/")[0].split(":")[0]
+        action = self._option_string_actions.get(option)
+        origin = getattr(self, "from_config", {}).get(action.dest) if action is not None else None
+        where = f" (set in {origin})" if origin else ""
+        raise RecipeInputError(f"{message}{where}. See --help for every option and its type.")
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
@@ -189,7 +264,12 @@ def _read_yaml(path: str) -> dict[str, Any]:
     try:
         content = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise RecipeInputError(f"config file {path} is not valid YAML: {err}") from None
+        raise RecipeInputError(f"config file {path} is not valid YAML; fix it where the parser points: {err}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeInputError(
+            f"config file {path} is not valid UTF-8: byte 0x{err.object[err.start]:02x} at byte offset {err.start}. "
+            "Re-encode it as UTF-8."
+        ) from None
     if not isinstance(content, dict):
         raise RecipeInputError(f"config file {path} must be a mapping of option: value, not {type(content).__name__}.")
     return content
@@ -204,7 +284,7 @@ def parse_args(
 ) -> tuple[Any, ...]:
     """Build one instance of each dataclass from defaults < YAML (--config) < command line."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types, allow_abbrev=False, prog=prog, description=description)
+    parser = _Parser(dataclass_types, allow_abbrev=False, prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
     actions = {action.dest: action for action in parser._actions}
     for alias, target in ALIASES.items():
@@ -221,12 +301,21 @@ def parse_args(
         elif token.startswith("--config="):
             config_path = token.split("=", 1)[1]
     # Recipe losses are per-example means; token averaging across devices would rescale them under DDP.
-    values: dict[str, Any] = {"average_tokens_across_devices": False, **(defaults or {})}
+    # enable_jit_checkpoint: on SIGTERM, checkpoint at the next step boundary and stop (common.reliability).
+    values: dict[str, Any] = {
+        "average_tokens_across_devices": False,
+        "enable_jit_checkpoint": True,
+        **(defaults or {}),
+    }
+    from_config: dict[str, str] = {}
     if config_path:
         for key, value in _read_yaml(config_path).items():
             if key not in dests or key == "config":
                 raise RecipeInputError(f"unknown key '{key}' in {config_path}{nearest(key, dests)}.")
             values[dests[key]] = value
+            from_config[dests[key]] = config_path
+    given = {dests.get(token[2:].split("=")[0]) for token in argv if token.startswith("--")}
+    parser.from_config = {dest: path for dest, path in from_config.items() if dest not in given}
     parser.set_defaults(**values)
 
     namespace, remaining = parser.parse_known_args(argv)
@@ -254,8 +343,6 @@ def parse_args(
 
 def choose_precision(options: dict[str, Any]) -> tuple[str, str]:
     """(precision, why): explicit flags, then accelerate's mixed_precision, then what the hardware does well."""
-    import os
-
     import torch
 
     if options.get("bf16") or options.get("fp16"):
@@ -275,13 +362,67 @@ def choose_precision(options: dict[str, Any]) -> tuple[str, str]:
     return "fp16", f"auto: {torch.cuda.get_device_name()} lacks bf16, so fp16 with loss scaling"
 
 
+def world_size() -> int:
+    """Processes in this run, as accelerate or torchrun announce them before any process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_distributed(options: dict[str, Any], processes: int) -> None:
+    """Refuse, before anything loads, the options that cannot work when `processes` > 1 train together.
+
+    The rest of the toolkit copes with several processes: early stopping decides on gathered eval metrics, so
+    every process stops at the same step; CV runs the folds one after another with every process on each fold;
+    HPO lets rank 0 drive optuna while the others follow its trials; the feature cache is written by the main
+    process and read by the others.
+    """
+    if processes > 1 and options.get("unfreeze_schedule"):
+        raise RecipeInputError(UNFREEZE_UNDER_DDP.format(processes=processes))
+
+
+def choose_find_unused_parameters(model: Any, activation_checkpointing: bool = False) -> tuple[bool, str]:
+    """(DDP's find_unused_parameters, why): True only where a trainable parameter can miss its gradient.
+
+    DDP's reducer holds only the parameters that require grad when it wraps the model, so frozen weights
+    (--freeze, PEFT's base model) never count as unused. True makes DDP walk the autograd graph after every
+    forward to find parameters that will get no gradient: wasted time where there are none, and an error
+    with reentrant activation checkpointing. False fails the first step where a trainable parameter gets no
+    gradient, so True is chosen where that happens by design.
+    """
+    from transformers import PreTrainedModel
+
+    from common.feature_cache import CachedHeadModel
+
+    if isinstance(model, CachedHeadModel):
+        return False, "--cache_features trains the head alone, every weight of it in every step"
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(inner, PreTrainedModel):
+        return True, f"{type(inner).__name__} is not a transformers model: no parameter is known to be used"
+    config = inner.config
+    for name in ("layerdrop", "encoder_layerdrop", "decoder_layerdrop"):
+        value = getattr(config, name, 0.0) or 0.0
+        if value > 0:
+            return True, f"{name}={value:g} skips random layers in training, so their weights miss gradients"
+    # wav2vec2-like models: the mask embedding exists when either SpecAugment probability is set, but only
+    # time masking uses it.
+    parameters = inner.named_parameters()
+    spec_embed = any(name.endswith("masked_spec_embed") and p.requires_grad for name, p in parameters)
+    masks_time = getattr(config, "apply_spec_augment", True) and getattr(config, "mask_time_prob", 0) > 0
+    if spec_embed and not masks_time:
+        return True, "masked_spec_embed trains only when SpecAugment masks time steps, which never happens here"
+    if activation_checkpointing or getattr(inner, "is_activation_checkpointing", False):
+        return False, "activation checkpointing, with every trainable parameter used in every step"
+    if inner is not model:
+        return False, "PEFT: adapter and head weights train, all in every step; the frozen base is outside DDP"
+    return False, "every trainable parameter is used in every step; frozen ones are outside DDP's reducer"
+
+
 def _apply_policies(options: dict[str, Any]) -> str:
     """Settings implied by others, fixed before TrainingArguments validates itself; returns the precision reason."""
-    import os
-
     import torch
 
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    processes = world_size()
+    check_distributed(options, processes)
+    if not torch.cuda.is_available() and processes > 1:
         options["use_cpu"] = True  # several processes without a GPU: DDP on CPU over gloo, not N lone copies
     precision, reason = choose_precision(options)
     options["bf16"], options["fp16"] = precision == "bf16", precision == "fp16"

@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from common.config import DataArguments
-from common.errors import RecipeInputError
+from common.errors import RecipeInputError, nearest
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def load_file(path: str, option: str, split: str = "train") -> Dataset:
     """Load one local data file as a Dataset, turning reader failures into errors naming the file."""
     file = check_file(path, option)
     builder, kwargs = FORMATS[file.suffix.lower()]
-    empty = RecipeInputError(f"{option} {path} has no rows: the {split} split is empty.")
+    fix = "Give a file with a header and data rows" + ("." if split == "train" else f", or leave out {option}.")
+    empty = RecipeInputError(f"{option} {path} has no rows: the {split} split is empty. {fix}")
     if file.stat().st_size == 0:
         raise empty
     try:
@@ -83,7 +84,10 @@ def load_file(path: str, option: str, split: str = "train") -> Dataset:
         if "corresponds to no data" in str(err):  # a header and no rows
             raise empty from None
         cause = err.__cause__ or err.__context__ or err
-        raise RecipeInputError(f"{option} {path} could not be read as {builder}: {cause}") from None
+        raise RecipeInputError(
+            f"{option} {path} could not be read as {builder}: {cause}. Its extension '{file.suffix}' chose the "
+            f"{builder} reader: fix the file, or rename it to the extension of its real format."
+        ) from None
     if len(dataset) == 0:
         raise empty
     return dataset
@@ -124,8 +128,9 @@ def source(args: DataArguments, split: str) -> str:
 def require_columns(dataset: Dataset, columns: Sequence[str], where: str, option: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
+        hints = "".join(nearest(c, dataset.column_names) for c in missing)
         raise RecipeInputError(
-            f"column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} not found in {where}. "
+            f"column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} not found in {where}{hints}. "
             f"Columns present: {', '.join(dataset.column_names)}. Set {option} to the right name."
         )
 

@@ -14,7 +14,8 @@ run the head alone on those features, so every epoch after the cache is built co
   loss. Other layouts (a projector plus pooling code before the classifier, a head reading the token
   sequence) fail with a RecipeInputError naming what was found.
 - Validity: a cache is keyed by a digest of the backbone weights and the dataset fingerprint; a fresh model
-  whose backbone differs from the cached one is refused. Only the main process writes the cache.
+  whose backbone differs from the cached one is refused. The main process of each node writes the cache
+  (the others wait, then read it); nodes that share a filesystem keep the first copy written.
 - Saving: the head module is shared with the full model, which is what gets saved, so the output directory
   loads with ``pipeline()`` like any other run.
 """
@@ -181,10 +182,17 @@ def _cached_split(model, head: str, dataset, collator, args: TrainingArguments, 
         else:
             label_names = args.label_names or find_labels(type(model))
             columns = _extract(model, head, _loader(model, dataset, collator, args), label_names, args.device)
-            partial_path = path.with_name(path.name + ".partial")
+            # One main process per node gets here first, so on a filesystem the nodes share two may write at
+            # once: each writes its own partial copy, the first rename wins and the later ones drop theirs.
+            partial_path = path.with_name(f"{path.name}.partial-{args.process_index}")
             shutil.rmtree(partial_path, ignore_errors=True)
             datasets.Dataset.from_dict(columns).save_to_disk(str(partial_path))
-            partial_path.rename(path)
+            try:
+                partial_path.rename(path)
+            except OSError:
+                if not path.is_dir():
+                    raise
+                shutil.rmtree(partial_path, ignore_errors=True)
             logger.info("feature cache %s: %d examples of shape %s written to %s", split,
                         len(columns["features"]), tuple(columns["features"][0].shape), path)
         return datasets.load_from_disk(str(path)).with_format("torch")

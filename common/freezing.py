@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from transformers import PreTrainedModel, TrainerCallback
 
-from common.config import FinetuneArguments
+from common.config import UNFREEZE_UNDER_DDP, FinetuneArguments
 from common.errors import RecipeInputError, nearest
 
 logger = logging.getLogger(__name__)
@@ -380,11 +380,8 @@ class GradualUnfreezingCallback(TrainerCallback):
         return self.schedule[step - 1] if step <= len(self.schedule) else None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if args.world_size > 1:
-            raise RecipeInputError(
-                "--unfreeze_schedule needs a single process: DistributedDataParallel fixes the set of trainable "
-                "parameters when it wraps the model. Run without accelerate/torchrun, or drop --unfreeze_schedule."
-            )
+        if args.world_size > 1:  # parse_args refuses this already; a Trainer built by hand gets here
+            raise RecipeInputError(UNFREEZE_UNDER_DDP.format(processes=args.world_size))
         model = unwrap(model)
         layout = read_layout(model)
         frozen = set(getattr(model, FROZEN_ATTR, ()))

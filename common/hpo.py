@@ -161,6 +161,9 @@ def run_hpo(task, args: TrainingArguments, finetune_args: FinetuneArguments) -> 
 
     trainer = build_trainer(task, trial_args, finetune_args)
     storage = optuna.storages.InMemoryStorage()
+    # Only rank 0 holds the optuna study. A trial it pruned would stop there while the other processes, which
+    # follow a fixed copy of the trial that cannot be pruned, kept training and waited on it forever.
+    pruner = optuna.pruners.NopPruner() if args.world_size > 1 else None
     logger.info("hyperparameter search: %d trials, %s %s over %s", finetune_args.hpo_trials, direction, key, list(space))
     best_run = trainer.hyperparameter_search(
         hp_space=lambda trial: suggest(trial, space),
@@ -171,6 +174,7 @@ def run_hpo(task, args: TrainingArguments, finetune_args: FinetuneArguments) -> 
         sampler=optuna.samplers.TPESampler(seed=args.seed),
         storage=storage,
         study_name="hpo",
+        pruner=pruner,
         gc_after_trial=True,
     )
     del trainer

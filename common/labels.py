@@ -60,6 +60,36 @@ def infer_label_spec(
     separator: str | None = None,
 ) -> LabelSpec:
     """Decide single-label / multi-label / regression from train's label values (or --problem_type)."""
+    spec = _infer_label_spec(splits, column, where, names, problem_type, separator)
+    if spec.problem_type == SINGLE:
+        _require_two_classes(splits["train"], column, where)
+    return spec
+
+
+def _require_two_classes(train, column: str, where: str) -> None:
+    # A classifier trained on one class learns nothing, yet its loss still falls: without this the run would
+    # "succeed". Counted on the rows present, since integer ids (or --class_names) can imply unseen classes.
+    feature = train.features[column]
+    values = train[column]
+    if isinstance(feature, ClassLabel):
+        values = [feature.int2str(v) for v in values]
+    present = sorted({str(v).strip() for v in values})
+    if len(present) == 1:
+        raise RecipeInputError(
+            f"label column '{column}' of {where} holds a single class ({present[0]!r}) in every row: a classifier "
+            "needs examples of at least two classes. Add rows (or class folders) of the other classes, or check "
+            "that --label_column names the label."
+        )
+
+
+def _infer_label_spec(
+    splits: DatasetDict,
+    column: str,
+    where: str,
+    names: list[str] | None,
+    problem_type: str | None,
+    separator: str | None,
+) -> LabelSpec:
     train = splits["train"]
     feature = train.features[column]
     if isinstance(feature, ClassLabel) and problem_type in (None, SINGLE):
@@ -94,7 +124,7 @@ def infer_label_spec(
         count = int(ints.max()) + 1
         if names and len(names) < count:
             raise RecipeInputError(
-                f"--label_names gives {len(names)} names but label column '{column}' of {where} has ids up to "
+                f"--class_names gives {len(names)} names but label column '{column}' of {where} has ids up to "
                 f"{count - 1}. Give one name per class id."
             )
         return LabelSpec(problem_type or SINGLE, names or [str(i) for i in range(count)])
@@ -111,7 +141,7 @@ def infer_label_spec(
             unknown = sorted(set(found) - set(names))
             if unknown:
                 raise RecipeInputError(
-                    f"labels {unknown} in {where} are not in --label_names {names}. Add them or fix the data."
+                    f"labels {unknown} in {where} are not in --class_names {names}. Add them or fix the data."
                 )
             found = list(names)
         return LabelSpec(problem_type or SINGLE, found)

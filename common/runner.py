@@ -6,8 +6,10 @@ hyperparameter search, cross-validation and ensembling when asked, otherwise one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +21,22 @@ import numpy as np
 import torch
 import transformers
 from transformers import EarlyStoppingCallback, PreTrainedModel, TrainingArguments
-from transformers.trainer_utils import PredictionOutput, get_last_checkpoint
+from transformers.trainer_utils import PredictionOutput
 
 from common.config import FinetuneArguments, RunArguments
-from common.errors import RecipeInputError
+from common.errors import Preempted, RecipeInputError
 from common.labels import SINGLE, LabelSpec
 from common.metrics import scores_from_logits
+from common.reliability import (
+    STAGING_NAME,
+    OutputDirLock,
+    check_output_lock,
+    clear_preemption,
+    last_complete_checkpoint,
+    preempted,
+    publish,
+    write_training_args,
+)
 from common.reporting import format_metrics, plot_confusion_matrix, plot_training_curves, write_json
 from common.trainer import FinetuneTrainer
 
@@ -52,7 +64,7 @@ class Task:
     greater_is_better: bool = True  # False for error rates such as WER
     label_spec: LabelSpec | None = None
     trainer_class: type = FinetuneTrainer
-    # Writes the test predictions in the recipe's format: (prediction output, output dir) -> None.
+    # Writes the predictions on `predicted_split(splits)` in the recipe's format: (output, output dir) -> None.
     write_predictions: Callable[[PredictionOutput, Path], None] | None = None
     # Row labels of the train split, for stratified CV folds (None: plain k-fold).
     stratify: list | None = None
@@ -61,6 +73,8 @@ class Task:
     augmentation: TrainAugmentation | None = None
     # Trainer's compute_loss_func: (outputs, labels, num_items_in_batch) -> loss, e.g. for MixUp soft targets.
     compute_loss_func: Callable | None = None
+    # Extra TrainerCallbacks, e.g. outputs that must wait until training really starts (every check passed).
+    callbacks: list = dataclasses.field(default_factory=list)
 
 
 def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
@@ -94,6 +108,8 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader
 
     out = Path(training_args.output_dir)
+    if PartialState().is_main_process:  # the main process alone takes the lock, in run()
+        check_output_lock(out)
     resume = training_args.resume_from_checkpoint
     if resume:
         training_args.resume_from_checkpoint = resolve_checkpoint(resume, out)
@@ -106,10 +122,13 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
 
 def resolve_checkpoint(value: str, output_dir: Path) -> str:
     """'latest' (or 'true') means the newest checkpoint-* in output_dir; anything else is a path."""
-    if value.lower() in ("latest", "true"):
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if value.lower() in ("latest", "true"):  # a checkpoint that a crash cut short is passed over
+        last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise RecipeInputError(f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}.")
+            raise RecipeInputError(
+                f"--resume_from_checkpoint {value}: no checkpoint-* folder in {output_dir}. Give a checkpoint "
+                "directory, or leave the option out to start afresh."
+            )
         return last
     if not Path(value).is_dir():
         raise RecipeInputError(f"--resume_from_checkpoint {value} is not a checkpoint directory.")
@@ -117,7 +136,7 @@ def resolve_checkpoint(value: str, output_dir: Path) -> str:
 
 
 def build_trainer(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments, **overrides: Any):
-    callbacks = []
+    callbacks = list(task.callbacks)
     if finetune_args.early_stopping_patience:
         callbacks.append(
             EarlyStoppingCallback(finetune_args.early_stopping_patience, finetune_args.early_stopping_threshold)
@@ -147,17 +166,34 @@ def build_trainer(task: Task, args: TrainingArguments, finetune_args: FinetuneAr
 
 
 def save_final_model(trainer, output_dir: str | Path, finetune_args: FinetuneArguments) -> None:
-    """The fine-tuned model, ready for `pipeline(model=output_dir)`."""
-    if finetune_args.peft:
-        from common.adapters import save_peft_model
+    """The fine-tuned model, ready for `pipeline(model=output_dir)`.
 
-        save_peft_model(trainer, output_dir, merge=finetune_args.merge_adapter)
-    elif finetune_args.cache_features:
-        from common.feature_cache import save_full_model
+    Written to a staging folder inside output_dir, then moved into place with config.json last (`publish`): a
+    save that fails or is killed midway never leaves a model that looks complete.
+    """
+    out = Path(output_dir)
+    staging = out / STAGING_NAME
+    writer = trainer.args.should_save
+    if writer:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
+    try:
+        if finetune_args.peft:
+            from common.adapters import save_peft_model
 
-        save_full_model(trainer, output_dir)
-    else:
-        trainer.save_model(str(output_dir))
+            save_peft_model(trainer, staging, merge=finetune_args.merge_adapter)
+        elif finetune_args.cache_features:
+            from common.feature_cache import save_full_model
+
+            save_full_model(trainer, staging)
+        else:
+            trainer.save_model(str(staging))
+    except BaseException:
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if writer and staging.is_dir():  # PEFT saves on the global main process only, even with save_on_each_node
+        write_training_args(staging, trainer.args)
+        publish(staging, out)
 
 
 def train_evaluate_predict(
@@ -175,7 +211,16 @@ def train_evaluate_predict(
         results.update(before)
     if args.do_train:
         train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        if preempted():
+            clear_preemption()
+            raise Preempted(
+                f"SIGTERM received: saved checkpoint-{trainer.state.global_step} in {out} at global step "
+                f"{trainer.state.global_step} of {trainer.state.max_steps} and stopped. To continue, run the "
+                "same command with --resume_from_checkpoint latest."
+            )
         results.update(train_result.metrics)
+        if finetune_args.nan_policy == "skip":
+            results["train_nan_skipped_steps"] = len(trainer.nan_skipped_steps)
         results["train_samples"] = len(task.train_dataset)
         if torch.cuda.is_available():
             results["train_peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -193,11 +238,18 @@ def train_evaluate_predict(
         results.update({k: v for k, v in test_output.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
         if main and task.write_predictions is not None:
             task.write_predictions(test_output, out)
+    elif main and eval_output is not None and task.test_dataset is None and task.write_predictions is not None:
+        task.write_predictions(eval_output, out)  # no test split: the validation predictions are the ones to read
 
     if main and report:
         write_report(trainer, task, results, eval_output, out)
     trainer.results = results
     return results
+
+
+def predicted_split(splits) -> str | None:
+    """The split whose predictions a run writes: test, or validation when there is no test split."""
+    return next((name for name in ("test", "validation") if name in splits), None)
 
 
 def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutput | None, out: Path) -> None:
@@ -219,7 +271,13 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
 
 def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
     """Dispatch on the toolkit options: HPO first (then retrain the best), CV (+ ensemble of the folds),
-    an ensemble of --ensemble_models (nothing trains), or one run."""
+    an ensemble of --ensemble_models (nothing trains), or one run. The main process holds output_dir's lock
+    file throughout, and removes it however the run ends."""
+    with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
+        return _run(task, args, finetune_args)
+
+
+def _run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
     from common.ensembling import check_ensemble_options, run_ensemble
 
     check_ensemble_options(task, finetune_args)

@@ -43,7 +43,7 @@ def read_lines(path: str, option: str) -> list[str]:
     check_utf8(file)
     text = file.read_text(encoding="utf-8")
     if not text:
-        raise RecipeInputError(f"{option} {path} is empty.")
+        raise RecipeInputError(f"{option} {path} is empty. Give a UTF-8 text file with one sentence per line.")
     # Split on newlines only: str.splitlines() also breaks at U+2028, form feeds and other separators that
     # occur inside sentences, which would shift every later line against the other language's file.
     lines = text.split("\n")
@@ -145,7 +145,8 @@ def drop_empty_pairs(dataset: Dataset, names: dict[str, str], unit: str) -> Data
                        names[TARGET], unit, _numbers(both))
         dataset = dataset.select(np.flatnonzero(~both))
         if len(dataset) == 0:
-            raise RecipeInputError(f"{names[SOURCE]} and {names[TARGET]} hold no non-empty pair.")
+            raise RecipeInputError(f"{names[SOURCE]} and {names[TARGET]} hold no non-empty pair: every {unit} is "
+                                   "blank on both sides. Check that these are the right files (or columns).")
     return dataset
 
 

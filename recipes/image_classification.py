@@ -24,6 +24,7 @@ from common.augment.image import (
     ImageAugmenter,
     ImageCollator,
     ImageInputs,
+    PreviewCallback,
     SoftTargetLoss,
     batch_mixer,
     geometry_from_processor,
@@ -53,7 +54,7 @@ from common.labels import SINGLE, encode_labels, infer_label_spec
 from common.metrics import build_compute_metrics, scores_from_logits
 from common.models import load_config, load_model, load_processor
 from common.reporting import write_classification_predictions, write_json
-from common.runner import Task, pipeline_hint, run, setup_run
+from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
 
 logger = logging.getLogger(__name__)
 
@@ -137,20 +138,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
     groups = (list(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"]))
               if finetune_args.cv_group_column else None)
-    test_names = [image_name(v, i) for i, v in enumerate(splits["test"][column])] if "test" in splits else None
+    predicted = predicted_split(splits)
+    test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None
     eval_inputs = ImageInputs(processor, column, data_args.max_image_side)
     train_inputs = ImageInputs(processor, column, data_args.max_image_side, keep_raw=augment_args.augments)
     for split, dataset in splits.items():
         dataset.set_transform(train_inputs if split == "train" else eval_inputs)
     augmentation = mixer = None
+    callbacks = []
     if augment_args.augments:
         transform = train_transform(augment_args.image_augment, augment_args.image_augment_params, geometry)
         augmentation = TrainAugmentation(ImageAugmenter(transform, column), train_inputs.encode, [column],
                                          training_args.seed)
         mixer = batch_mixer(augment_args.mixup_alpha, augment_args.cutmix_alpha, spec.num_labels)
-        if augment_args.save_augment_preview and training_args.should_save:
-            save_preview(splits["train"], eval_inputs, transform, training_args.seed,
-                         Path(training_args.output_dir) / "augment_preview.png")
+        if augment_args.save_augment_preview:
+            callbacks.append(PreviewCallback(partial(save_preview, splits["train"], eval_inputs, transform,
+                                                     training_args.seed,
+                                                     Path(training_args.output_dir) / "augment_preview.png")))
     elif augment_args.save_augment_preview:
         logger.warning("--save_augment_preview: --image_augment none without mixing leaves nothing to preview")
 
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         groups=groups,
         augmentation=augmentation,
         compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
+        callbacks=callbacks,
     )
     results = run(task, training_args, finetune_args)
     if data_args.skip_bad_examples:  # the count joins the results the run already wrote

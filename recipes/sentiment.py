@@ -59,7 +59,10 @@ def gives_data(argv: list[str]) -> bool:
         return True
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         path = Path(argv[argv.index("--config") + 1])
-        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            return False  # parse_args reads the file again and reports what is wrong with it
         return isinstance(config, dict) and bool({"train_file", "dataset_name"} & config.keys())
     return False
 

@@ -52,13 +52,20 @@ from common.audio import (
 )
 from common.augment import TrainAugmentation
 from common.augment.audio import AudioAugmentArguments, AudioAugmenter
-from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.config import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+)
 from common.data import add_validation_split, cap_splits, require_columns
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.models import load_config, load_processor
 from common.reporting import write_json
-from common.runner import Task, pipeline_hint, run, setup_run
+from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
 
 logger = logging.getLogger(__name__)
 
@@ -66,24 +73,16 @@ AUDIO_COLUMNS = ("audio", "path", "file", "audio_path", "audio_filepath", "file_
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
 
 DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "output_dir": "outputs/speech-recognition",
-    "do_train": True,
-    "do_eval": True,
-    "do_predict": True,
-    "eval_strategy": "epoch",
-    "save_strategy": "no",
-    "logging_steps": 10,
-    "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 32,
     "learning_rate": 1e-4,
     "num_train_epochs": 5,
-    "warmup_steps": 0.1,
     "weight_decay": 0.0,
     "predict_with_generate": True,  # seq2seq models transcribe by generation at evaluation
     "metric_for_best_model": "wer",  # early stopping and the best checkpoint follow WER, lower being better
     "greater_is_better": False,
     "remove_unused_columns": False,  # features are computed by set_transform at batch time
-    "report_to": "none",
 }
 
 
@@ -237,8 +236,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     decode = partial(decode_predictions, tokenizer=tokenizer, family=family)
     metrics = SpeechMetrics(decode, references, normalize)
 
+    predicted = predicted_split(splits)
+
     def write_predictions(output, out_dir: Path) -> None:
-        write_speech_predictions(out_dir / "predictions.tsv", files["test"], references.get("test"),
+        write_speech_predictions(out_dir / "predictions.tsv", files[predicted], references.get(predicted),
                                  decode(output.predictions), normalize)
 
     # 8. Train, evaluate, predict, report.
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pipeline_task="automatic-speech-recognition",
         model_name=model_args.model_name_or_path,
         trainer_class=CTCTrainer if family == CTC else SpeechSeq2SeqTrainer,
-        write_predictions=write_predictions if "test" in splits else None,
+        write_predictions=write_predictions if predicted else None,
         augmentation=augmentation,
     )
     results = run(task, training_args, finetune_args)

@@ -41,7 +41,7 @@ from common.labels import SINGLE, LabelSpec, encode_labels, infer_label_spec
 from common.metrics import build_compute_metrics, scores_from_logits
 from common.models import load_config, load_model, load_processor
 from common.reporting import write_classification_predictions
-from common.runner import Task, pipeline_hint, run, setup_run
+from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def main(
         augmentation = TrainAugmentation(text_augmenter(finetune_args.text_augment, text_columns, tokenizer),
                                          tokenize, text_columns, training_args.seed)
     keep = text_columns if augmentation else []
-    raw_test = splits.get("test")
+    predicted = predicted_split(splits)
+    raw_test = splits[predicted] if predicted else None
     with training_args.main_process_first(desc="tokenize"):
         tokenized = splits.map(
             tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,

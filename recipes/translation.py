@@ -27,12 +27,19 @@ from transformers import (
 
 from common.augment import TrainAugmentation
 from common.augment.text import text_augmenter
-from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
+from common.config import (
+    TRAINING_DEFAULTS,
+    DataArguments,
+    FinetuneArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+)
 from common.data import add_validation_split, cap_splits, load_splits, source
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.models import load_config, load_model, load_processor
-from common.runner import Task, run, setup_run
+from common.runner import Task, predicted_split, run, setup_run
 from common.seq2seq import (
     SOURCE,
     TARGET,
@@ -56,21 +63,10 @@ SPLITS = ("train", "validation", "test")
 T5_MODEL_TYPES = {"t5", "mt5", "umt5", "longt5"}
 
 DEFAULTS = {
+    **TRAINING_DEFAULTS,
     "output_dir": "outputs/translation",
-    "do_train": True,
-    "do_eval": True,
-    "do_predict": True,
-    "eval_strategy": "epoch",
-    "save_strategy": "no",
-    "logging_steps": 10,
     "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 64,
-    "learning_rate": 5e-5,
-    "num_train_epochs": 3,
-    "warmup_steps": 0.1,
-    "weight_decay": 0.01,
-    "predict_with_generate": True,
-    "report_to": "none",
+    "predict_with_generate": True,  # BLEU and chrF score generated translations
 }
 
 
@@ -193,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="tokenize"):
         tokenized = tokenize_pairs(splits, tokenizer, data_args.max_source_length, data_args.max_target_length,
                                    prefix, ["train"] if augmentation else [], data_args.preprocessing_num_workers)
-    raw_test = splits.get("test")
+    predicted = predicted_split(splits)
+    raw_test = splits[predicted] if predicted else None
 
     def write_predictions(output, out_dir: Path) -> None:
         references = raw_test[TARGET] if TARGET in raw_test.column_names else None

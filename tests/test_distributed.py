@@ -53,6 +53,7 @@ def test_two_process_cpu_ddp_matches_single_process(tiny_bert, shared_data, tmp_
     single = _run([sys.executable], tmp_path / "single", tiny_bert, shared_data, batch=16)
 
     assert "effective batch 16 = 8 per device x 2 processes" in ddp["log"]
+    assert "ddp_find_unused_parameters=False: every trainable parameter is used" in ddp["log"]
     # Same effective batch, same number of optimizer steps; only the shuffling order differs between the
     # samplers, so eval metrics agree within a small tolerance.
     assert ddp["results"]["train_samples"] == single["results"]["train_samples"] == 640

@@ -20,7 +20,8 @@ def test_minilm_learns_sst2(minilm, shared_data, tmp_path):
         "--validation_file", str(shared_data / "sst2/dev.tsv"),
         "--test_file", str(shared_data / "sst2/test.tsv"),
         "--max_train_samples", "500", "--max_predict_samples", "50",
-        *fast_args(out, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=1e-4),
+        *fast_args(out, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=1e-4,
+                   train_sampling_strategy="group_by_length"),
     ])
     assert results["eval_accuracy"] >= 0.75
     assert results["eval_accuracy"] > results["before_accuracy"] + 0.15
@@ -35,6 +36,8 @@ def test_minilm_learns_sst2(minilm, shared_data, tmp_path):
     assert predictions["score"].between(0.5, 1.0).all()
 
     classify = pipeline("text-classification", model=str(out), device="cpu")
+    # Each row's prediction belongs to its own sentence: length grouping must not reorder prediction.
+    assert [p["label"] for p in classify(list(predictions["sentence"]))] == list(predictions["prediction"])
     labels = [p["label"] for p in classify(["a moving , beautifully acted film .", "dull , lifeless and far too long ."])]
     assert labels == ["positive", "negative"]
 

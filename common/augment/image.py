@@ -28,6 +28,7 @@ which turns the labels into class distributions; `SoftTargetLoss` trains on them
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torchvision.transforms import v2
+from transformers import TrainerCallback
 
 from common.errors import RecipeInputError, nearest
 
@@ -57,7 +59,9 @@ PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
 }
 TENSOR_OPS = {"RandomErasing"}  # work on the float tensor, after the image ops
-TRAIN_MARK = "_augmented"  # set on rows that went through the training augmentation: only those get mixed
+# Set on rows that went through the training augmentation (only those get mixed), to a seed drawn from the
+# row's own generator, from which ImageCollator seeds the batch's mix.
+TRAIN_MARK = "_augmented"
 
 
 @dataclass
@@ -196,7 +200,7 @@ class ImageAugmenter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**63)))
             example[self.column] = self.transform(example[self.column])
-        example[TRAIN_MARK] = True
+        example[TRAIN_MARK] = int(rng.integers(1, 2**62))
         return example
 
 
@@ -223,7 +227,13 @@ class ImageCollator:
         if "labels" in rows[0]:
             batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
             if self.mixer is not None and rows[0].get(TRAIN_MARK):
-                batch["pixel_values"], batch["labels"] = self.mixer(batch["pixel_values"], batch["labels"])
+                # Seeded by the rows, i.e. by (seed, epoch, row), not by the process's generator: a run
+                # resumed from a checkpoint (which restores that generator only after fetching its first
+                # batch) mixes every batch as the uninterrupted run did.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(sum(int(r[TRAIN_MARK]) for r in rows) % 2**63)
+                    mixed = self.mixer(batch["pixel_values"], batch["labels"])
+                batch["pixel_values"], batch["labels"] = mixed
         return batch
 
 
@@ -296,3 +306,20 @@ def save_preview(dataset: Any, inputs: ImageInputs, transform: v2.Compose, seed:
         tiles += [augmenter({"image": image}, np.random.default_rng([seed, epoch, row]))["image"] for epoch in range(variants)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.stack(tiles).clamp(0, 1), str(path), nrow=variants + 1, padding=2, pad_value=1.0)
+
+
+class PreviewCallback(TrainerCallback):
+    """Writes the augmentation preview when training begins, once.
+
+    Not earlier: until the trainer has built the model, an option can still turn out bad (--freeze, --peft),
+    and a failed run must leave the output dir as it found it.
+    """
+
+    def __init__(self, write: Callable[[], None]):
+        self.write = write
+        self.done = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.done and state.is_world_process_zero:
+            self.write()
+        self.done = True

@@ -1,0 +1,486 @@
+"""Reliability under faults (issue #8): crash and resume, SIGTERM, NaN/inf losses, output integrity, security.
+
+Tiny config-built models on the sentiment demo data and a few real clothing photos, at most a few hundred
+steps each. The runs that must die (kill -9, SIGTERM) are subprocesses of the recipe scripts; the rest run in-process.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, fast_args
+from safetensors.torch import load_file
+
+from common.config import ModelArguments, parse_args
+from common.errors import NonFiniteLossError, RecipeInputError
+from common.reliability import LOCK_NAME, STAGING_NAME, process_start, publish
+from common.trainer import FinetuneTrainer
+from recipes import sentiment
+
+DEMO = ROOT / "recipes" / "data" / "sentiment_demo"
+SOURCES = [ROOT / "common", ROOT / "recipes"]
+# Metrics that time the run. train_* metrics are not compared either: a resumed run's mean loss covers only the
+# steps it ran.
+NOT_COMPARED = ("_runtime", "_per_second", "_preparation_time")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread; and in-process and subprocess runs must use the same
+    kernels (the subprocesses get OMP_NUM_THREADS=1) for their weights to be compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
+def _script(recipe: str, args: list[str], log: Path, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, f"recipes/{recipe}.py", *args],
+        cwd=ROOT,
+        env=_env(**env),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _kill_after_checkpoint(process: subprocess.Popen, checkpoint: Path, log: Path) -> None:
+    """SIGKILL the run as soon as `checkpoint` is complete (its trainer_state.json is written last)."""
+    _wait_for((checkpoint / "trainer_state.json").is_file, process, log)
+    process.kill()
+    process.wait()
+
+
+def _wait_for(condition, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 240
+    while not condition():
+        assert process.poll() is None, f"the run ended early:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _assert_same_run(reference: Path, resumed: Path) -> None:
+    """Bit-identical final weights, and identical before/eval/test metrics (timings and train_* aside)."""
+    a, b = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ: {different[:5]}"
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (reference, resumed))
+    compared = [k for k in ra if not k.startswith("train_") and not k.endswith(NOT_COMPARED) and k != "epoch"]
+    assert any(k.startswith("eval_") for k in compared)
+    assert {k: ra[k] for k in compared} == {k: rb.get(k) for k in compared}
+
+
+def _assert_safetensors_only(out: Path) -> None:
+    assert (out / "model.safetensors").is_file()
+    for checkpoint in out.glob("checkpoint-*"):
+        assert (checkpoint / "model.safetensors").is_file()
+    pickled = [
+        p.relative_to(out) for p in out.rglob("*") if p.suffix == ".bin" or p.name.startswith("pytorch_model")
+    ]
+    assert pickled == []
+
+
+def _sentiment_args(model: str, out: Path, **extra) -> list[str]:
+    return ["--model_name_or_path", model, *fast_args(out, **extra)]
+
+
+# --- crash and resume ---------------------------------------------------------------------------------------------
+
+
+def test_kill_9_then_resume_equals_uninterrupted_sentiment(tiny_bert, tmp_path, caplog):
+    # 35 steps per epoch, a checkpoint every 10: every checkpoint before the last is mid-epoch.
+    args = dict(num_train_epochs=3, learning_rate=1e-3, save_strategy="steps", save_steps=10, logging_steps=5)
+    reference = tmp_path / "reference"
+    sentiment.main(_sentiment_args(tiny_bert, reference, **args))
+
+    killed = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    _kill_after_checkpoint(
+        _script("sentiment", _sentiment_args(tiny_bert, killed, **args), log), killed / "checkpoint-10", log
+    )
+    assert not (killed / "all_results.json").exists() and not (killed / "config.json").exists()
+    assert (killed / LOCK_NAME).is_file()  # kill -9 leaves the lock behind: the resumed run takes it over
+    checkpoints = sorted(
+        int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    )
+    assert checkpoints and checkpoints[-1] % 35 != 0  # resumes mid-epoch: the data loader skips batches
+
+    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+        sentiment.main([*_sentiment_args(tiny_bert, killed, **args), "--resume_from_checkpoint", "latest"])
+    assert any("taking over the stale lock" in r.getMessage() for r in caplog.records)
+    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 105
+    _assert_same_run(reference, killed)
+    _assert_safetensors_only(killed)
+    assert not (killed / LOCK_NAME).exists()
+
+
+@pytest.fixture(scope="module")
+def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
+    """Links to the first real clothing photos of 4 classes: 6 per class for training, 3 for validation."""
+    dest = tmp_path_factory.mktemp("clothing")
+    for split, n in {"train": 6, "validation": 3}.items():
+        for name in ("dress", "hat", "pants", "shoes"):
+            folder = dest / split / name
+            folder.mkdir(parents=True)
+            for file in sorted((shared_data / "clothing_small" / split / name).iterdir())[:n]:
+                (folder / file.name).symlink_to(file)
+    return {split: dest / split for split in ("train", "validation")}
+
+
+def test_kill_9_then_resume_equals_uninterrupted_image_with_augmentation(clothing, tmp_path):
+    """RandomResizedCrop, flips, affine, colour jitter and MixUp: every draw is seeded by (seed, epoch, row), so the
+    resumed run augments and mixes each batch exactly as the uninterrupted one."""
+    from common.tiny_models import tiny_vit
+    from recipes import image_classification
+
+    vit = tiny_vit(tmp_path / "vit")
+
+    def args(out: Path) -> list[str]:
+        # 24 images in batches of 4: 6 steps per epoch, a checkpoint every 4 steps.
+        return fast_args(
+            out,
+            model_name_or_path=vit,
+            train_dir=clothing["train"],
+            validation_dir=clothing["validation"],
+            do_predict=False,
+            image_augment="standard",
+            mixup_alpha=0.4,
+            num_train_epochs=6,
+            per_device_train_batch_size=4,
+            learning_rate=1e-3,
+            save_strategy="steps",
+            save_steps=4,
+            logging_steps=4,
+        )
+
+    reference = tmp_path / "reference"
+    image_classification.main(args(reference))
+
+    killed = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    _kill_after_checkpoint(_script("image_classification", args(killed), log), killed / "checkpoint-4", log)
+    assert not (killed / "config.json").exists()
+    image_classification.main([*args(killed), "--resume_from_checkpoint", "latest"])
+    assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 36
+    _assert_same_run(reference, killed)
+
+
+# --- preemption ---------------------------------------------------------------------------------------------------
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_resumes(tiny_bert, tmp_path):
+    out = tmp_path / "preempted"
+    args = _sentiment_args(tiny_bert, out, max_steps=200, logging_steps=1)
+    log = tmp_path / "preempted.log"
+    process = _script("sentiment", args, log, PYTHONUNBUFFERED="1")
+    lock = out / LOCK_NAME
+
+    # A second run into the same output dir while this one runs is refused, naming the PID and the lock file.
+    _wait_for(lambda: lock.is_file() and lock.read_text(), process, log)
+    assert json.loads(lock.read_text())["pid"] == process.pid
+    with pytest.raises(
+        RecipeInputError, match=rf"in use by another run: process {process.pid} .*lock file {lock}"
+    ):
+        sentiment.main([*args, "--overwrite_output_dir"])
+
+    _wait_for(lambda: "{'loss'" in log.read_text(), process, log)  # the first logged training step
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143  # 128 + SIGTERM: preempted, not finished
+    text = log.read_text()
+    step = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert f"stopped: SIGTERM received: saved checkpoint-{step} in {out}" in text
+    assert "--resume_from_checkpoint latest" in text and "Traceback" not in text
+    assert 1 <= step < 200 and (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (out / "config.json").exists() and not lock.exists()
+
+    results = sentiment.main([*args, "--resume_from_checkpoint", "latest"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 200
+    assert "eval_accuracy" in results and (out / "config.json").is_file()
+    _assert_safetensors_only(out)
+
+
+# --- NaN / inf ----------------------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tiny_bert, tmp_path):
+    out = tmp_path / "diverged"
+    # AdamW moves every weight by about the learning rate: 1e30 overflows the activations within a few steps.
+    with pytest.raises(NonFiniteLossError, match=r"training loss nan at global step (\d+)") as error:
+        sentiment.main(
+            _sentiment_args(
+                tiny_bert, out, learning_rate=1e30, max_steps=20, save_strategy="steps", save_steps=1
+            )
+        )
+    step = int(error.value.args[0].split("global step ")[1].split()[0])
+    saved = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert step > 1 and saved == list(range(1, step))
+    assert f"The last good checkpoint is {out / f'checkpoint-{step - 1}'}" in str(error.value)
+    for checkpoint in saved:
+        weights = load_file(out / f"checkpoint-{checkpoint}" / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values())
+    # No final model or results, and the lock is gone although the run failed.
+    assert not {"config.json", "model.safetensors", "all_results.json", LOCK_NAME} & {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_nan_policy_skip_leaves_weights_and_optimizer_untouched(tiny_bert, tmp_path, monkeypatch):
+    nan_steps = {2, 4}  # optimizer steps (1-based) whose batch gets a NaN loss
+    # optimizer steps done -> (weights, optimizer state) at that point
+    before: dict[int, tuple[dict, dict]] = {}
+    compute_loss = FinetuneTrainer.compute_loss
+
+    def forced_nan(self, model, inputs, *args, **kwargs):
+        loss = compute_loss(self, model, inputs, *args, **kwargs)
+        if not model.training:
+            return loss
+        done = self.state.global_step
+        weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+        moments = {
+            i: {k: v.clone() for k, v in s.items()} for i, s in self.optimizer.state_dict()["state"].items()
+        }
+        before[done] = (weights, moments)
+        return loss * float("nan") if done + 1 in nan_steps else loss
+
+    monkeypatch.setattr(FinetuneTrainer, "compute_loss", forced_nan)
+    out = tmp_path / "skip"
+    # weight_decay 0.01 (the recipe default) would move AdamW's weights even for an all-zero gradient.
+    results = sentiment.main(
+        [
+            *_sentiment_args(
+                tiny_bert, out, max_steps=6, save_strategy="steps", save_steps=5, learning_rate=1e-3
+            ),
+            "--nan_policy",
+            "skip",
+        ]
+    )
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else same(a[k], b[k]) for k in a)
+
+    for skipped in nan_steps:  # the weights and optimizer state after the skipped step are those before it
+        (weights, moments), (weights_after, moments_after) = before[skipped - 1], before[skipped]
+        assert same(weights, weights_after) and same(moments, moments_after)
+    assert not same(before[2][0], before[3][0])  # a normal step does update
+    assert results["train_nan_skipped_steps"] == 2
+    assert json.loads((out / "all_results.json").read_text())["train_nan_skipped_steps"] == 2
+    # The count travels in checkpoints, so a resumed run keeps counting.
+    state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["NonFiniteSkips"]["attributes"]["steps"] == [2, 4]
+    assert all(torch.isfinite(w).all() for w in load_file(out / "model.safetensors").values())
+
+
+def test_bad_nan_policy_is_refused():
+    with pytest.raises(
+        RecipeInputError, match=r"--nan_policy skipp: use stop or skip \(did you mean 'skip'\?\)"
+    ):
+        sentiment.main(["--nan_policy", "skipp"])
+
+
+# --- output integrity ---------------------------------------------------------------------------------------------
+
+
+def test_save_failing_midway_leaves_no_model_that_looks_complete(tiny_bert, tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    save_pretrained = PreTrainedModel.save_pretrained
+    written = []
+
+    def disk_full(self, folder, *args, **kwargs):
+        # The weights and config.json get written, the tokenizer does not.
+        save_pretrained(self, folder, *args, **kwargs)
+        written.extend(p.name for p in Path(folder).iterdir())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", disk_full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        sentiment.main(_sentiment_args(tiny_bert, out, max_steps=2))
+    assert {"config.json", "model.safetensors"} <= set(written)  # so a plain save would look complete here
+    left = {p.name for p in out.iterdir()} if out.exists() else set()
+    assert not {"config.json", "model.safetensors", STAGING_NAME, LOCK_NAME} & left
+
+
+def test_publish_cut_short_leaves_no_config(tmp_path, monkeypatch):
+    """Replacing an earlier model: the old config.json goes first and the new one comes last, so a move that
+    stops halfway leaves a folder that does not load, never a mix of the two models."""
+    from transformers import AutoConfig
+
+    out, staging = tmp_path / "out", tmp_path / "out" / STAGING_NAME
+    staging.mkdir(parents=True)
+    for folder, version in ((out, "old"), (staging, "new")):
+        for name in ("model.safetensors", "tokenizer.json"):
+            (folder / name).write_text(version)
+        (folder / "config.json").write_text(json.dumps({"model_type": "bert", "version": version}))
+    replace, moves = os.replace, []
+
+    def crash_on_second_move(src, dst):
+        moves.append(Path(dst).name)
+        if len(moves) == 2:
+            raise KeyboardInterrupt  # e.g. the process being stopped
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_second_move)
+    with pytest.raises(KeyboardInterrupt):
+        publish(staging, out)
+    monkeypatch.setattr(os, "replace", replace)
+    assert "config.json" not in moves and not (out / "config.json").exists()
+    with pytest.raises((OSError, ValueError)):  # the folder does not load
+        AutoConfig.from_pretrained(str(out))
+
+    publish(staging, out)  # a complete move: the new model, config.json included
+    assert json.loads((out / "config.json").read_text())["version"] == "new"
+    assert (out / "model.safetensors").read_text() == "new" and not staging.exists()
+
+
+def test_stale_lock_is_taken_over_and_removed_and_paths_stay_paths(tiny_bert, tmp_path, monkeypatch, caplog):
+    """A lock whose process is gone is taken over with a warning; a data path full of shell syntax is only a path."""
+    monkeypatch.chdir(tmp_path)  # where `touch PWNED` would land if anything ran the path through a shell
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(
+        json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"})
+    )
+    data = tmp_path / "reviews $(touch PWNED); `touch PWNED` | touch PWNED.csv"
+    data.write_bytes((DEMO / "train.csv").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+        results = sentiment.main(
+            [
+                *_sentiment_args(tiny_bert, out, max_steps=2),
+                "--overwrite_output_dir",
+                "--train_file",
+                str(data),
+                "--validation_file",
+                str(DEMO / "test.csv"),
+            ]
+        )
+    assert any(
+        f"taking over the stale lock {out / LOCK_NAME}: its process {dead.pid}" in r.getMessage()
+        for r in caplog.records
+    )
+    assert results["train_samples"] == 280 and not (out / LOCK_NAME).exists()
+    assert not list(tmp_path.rglob("PWNED")) and not (ROOT / "PWNED").exists()
+    assert (out / "training_args.json").is_file()
+    _assert_safetensors_only(out)
+
+
+def test_lock_with_a_live_pid_is_refused_before_any_data_is_read(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        lock = out / LOCK_NAME
+        lock.write_text(
+            json.dumps(
+                {
+                    "pid": sleeper.pid,
+                    "host": socket.gethostname(),
+                    "process_start": process_start(sleeper.pid),
+                    "started": "now",
+                }
+            )
+        )
+        with pytest.raises(RecipeInputError, match=rf"process {sleeper.pid} .*holds the lock file {lock}"):
+            sentiment.main(
+                ["--output_dir", str(out), "--overwrite_output_dir", "--train_file", "missing.csv"]
+            )
+        assert lock.is_file()  # another run's lock is never removed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# --- security -----------------------------------------------------------------------------------------------------
+
+
+def _calls(paths: list[Path]):
+    for path in paths:
+        for file in sorted(path.rglob("*.py")):
+            for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call):
+                    yield file, node
+
+
+def _name(call: ast.Call) -> str:
+    return ast.unparse(call.func)
+
+
+def test_trust_remote_code_is_off_by_default_and_documented():
+    assert ModelArguments().trust_remote_code is False
+    (model_args,) = parse_args((ModelArguments,), [])
+    assert model_args.trust_remote_code is False
+    passed = {"model_args.trust_remote_code", "trust_remote_code", "False"}
+    forced = [
+        f"{file.name}:{call.lineno}"
+        for file, call in _calls(SOURCES)
+        for k in call.keywords
+        if k.arg == "trust_remote_code" and ast.unparse(k.value) not in passed
+    ]
+    assert forced == []  # every trust_remote_code= passes the user's --trust_remote_code (or False) on
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "--trust_remote_code" in readme.split("## Reliability", 1)[1]
+
+
+def test_yaml_is_loaded_safely(tmp_path, monkeypatch):
+    from common.augment.image import parse_params
+    from common.hpo import parse_space
+
+    monkeypatch.chdir(tmp_path)
+    payload = '!!python/object/apply:os.system ["touch PWNED"]'
+    config = tmp_path / "evil.yaml"
+    config.write_text(f"output_dir: {payload}\n")
+    for load in (
+        lambda: parse_args((ModelArguments,), ["--config", str(config)]),
+        lambda: parse_space(payload),
+        lambda: parse_params(payload),
+    ):
+        with pytest.raises(RecipeInputError):
+            load()
+    assert not (tmp_path / "PWNED").exists()
+    unsafe = [
+        f"{file.name}:{call.lineno}"
+        for file, call in _calls([*SOURCES, ROOT / "bench"])
+        if _name(call) in ("yaml.load", "yaml.unsafe_load", "yaml.full_load", "yaml.load_all")
+    ]
+    assert unsafe == []
+
+
+def test_nothing_runs_through_a_shell():
+    shell = [
+        f"{file.name}:{call.lineno}"
+        for file, call in _calls(SOURCES)
+        if _name(call) in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput")
+        or any(k.arg == "shell" and ast.unparse(k.value) != "False" for k in call.keywords)
+    ]
+    assert shell == []
+
+
+def test_an_inf_gradient_under_a_finite_loss_is_caught():
+    """The guard also checks the gradients: a finite loss can still overflow them, and under DDP a NaN on one
+    process reaches the others only through the all-reduced gradients."""
+    from common.reliability import grads_finite
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    model(torch.randn(4, 8)).sum().backward()
+    assert grads_finite(model)
+    model[1].weight.grad[0, 0] = math.inf
+    assert not grads_finite(model)
