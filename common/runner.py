@@ -285,6 +285,10 @@ def _run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) 
         from common.feature_cache import cached_task
 
         task = cached_task(task, args, finetune_args)
+        if args.train_sampling_strategy == "group_by_length":
+            # A cached row is one feature vector: there is no length to group by, and no padding to save.
+            logger.info("--cache_features: train_sampling_strategy group_by_length -> random")
+            args.train_sampling_strategy = "random"
     if finetune_args.hpo_trials:
         from common.hpo import run_hpo
 

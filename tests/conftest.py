@@ -59,3 +59,16 @@ def fast_args(output_dir, **extra) -> list[str]:
     for key, value in args.items():
         flags += [f"--{key}"] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
     return flags
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine extra threads only spin.
+    One thread also gives in-process runs the kernels of subprocesses started with OMP_NUM_THREADS=1, so
+    their weights compare bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 import transformers
 from conftest import ROOT, fast_args
 
@@ -64,13 +63,7 @@ DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 EARLIER_RUN = {"all_results.json": b'{"eval_accuracy": 0.9}', "checkpoints/notes.txt": b"an earlier run"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy 2-core machine threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -36,14 +36,7 @@ SOURCES = [ROOT / "common", ROOT / "recipes"]
 NOT_COMPARED = ("_runtime", "_per_second", "_preparation_time")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread; and in-process and subprocess runs must use the same
-    kernels (the subprocesses get OMP_NUM_THREADS=1) for their weights to be compared bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 from conftest import fast_args
 from datasets import Dataset
 from safetensors.numpy import load_file
@@ -36,14 +35,7 @@ from recipes import speech_recognition
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are bound by per-op overhead: one torch thread is faster, and on a busy machine several
-    OpenMP threads spin against each other (a tiny wav2vec2 step measured 14x slower with 2 threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,7 @@ from recipes import translation
 PREFIX = "translate English to German: "
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Models this small gain nothing from intra-op threads, and on a shared machine extra threads only spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
