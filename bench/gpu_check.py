@@ -84,12 +84,13 @@ def main() -> None:
 
     out_dir = Path(os.environ.get("OUT", ROOT / "bench"))
     workdir = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    corpus = (DATA / "multi30k_en_de/train.en").read_text().splitlines()[:5000]
-    targets = (DATA / "multi30k_en_de/train.de").read_text().splitlines()[:5000]
+    # One BPE vocabulary over both languages, as the translation configs build it.
+    corpus = [line for name in ("train.en", "train.de")
+              for line in (DATA / "multi30k_en_de" / name).read_text().splitlines()[:5000]]
     models = {
         "minilm": tiny_models.minilm_dir(),
         "vit": tiny_models.tiny_vit(workdir / "vit"),
-        "marian": tiny_models.tiny_marian(workdir / "marian", corpus, targets),
+        "marian": tiny_models.tiny_marian(workdir / "marian", corpus),
         "ctc": tiny_models.tiny_wav2vec2_ctc(workdir / "ctc"),
     }
     rows = []
