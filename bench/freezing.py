@@ -10,12 +10,15 @@ step). Prints a markdown table and writes it to bench/freezing_results.md.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 from pathlib import Path
 
-from recipe_timing import run_recipe, sst2_flags
+from run import DATA, PROBE, ROOT, launch
 
-from common.tiny_models import minilm_dir
+sys.path.insert(0, str(ROOT))
+from common.tiny_models import minilm_dir  # noqa: E402
 
 RESULTS = Path(__file__).with_name("freezing_results.md")
 FULL, HEAD = 1e-4, 1e-2
@@ -32,6 +35,28 @@ CONFIGS = [  # name, recipe options
     ("--freeze backbone --cache_features", {"learning_rate": HEAD, "freeze": "backbone", "cache_features": "true",
                                             "num_train_epochs": 20}),
 ]
+
+
+def freezing_flags(output_dir: Path, model: str, train_samples: int, epochs: int, **options) -> list[str]:
+    """Recipe flags for an SST-2 run: `train_samples` sentences, the whole dev set, no checkpoints."""
+    flags = ["--model_name_or_path", model, "--train_file", str(DATA / "sst2" / "train.tsv"),
+             "--validation_file", str(DATA / "sst2" / "dev.tsv"), "--max_train_samples", str(train_samples),
+             "--output_dir", str(output_dir), "--overwrite_output_dir", "--num_train_epochs", str(epochs),
+             "--per_device_train_batch_size", "32", "--eval_strategy", "no", "--save_strategy", "no",
+             "--do_predict", "false", "--logging_steps", "50", "--disable_tqdm", "true", "--seed", "0"]
+    for key, value in options.items():
+        flags += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
+    return flags
+
+
+def run_recipe(flags: list[str], work: Path) -> tuple[dict, dict]:
+    """(results, timing) of one text-classification run through the probe, as bench/run.py runs its recipes."""
+    timing_file, log = work.with_suffix(".timing.json"), work.with_suffix(".log")
+    code, _, _ = launch(["python", PROBE, "--timing", str(timing_file), "--", "recipes/text_classification.py",
+                         *flags], log)
+    if code != 0:
+        raise SystemExit(f"run failed (exit {code}); log tail:\n{log.read_text()[-1500:]}")
+    return json.loads((work / "all_results.json").read_text()), json.loads(timing_file.read_text())
 
 
 def trainable_share(options: dict) -> str:
@@ -56,10 +81,12 @@ def main() -> None:
     options = parser.parse_args()
 
     rows = []
+    model = minilm_dir()
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, extra) in enumerate(CONFIGS):
-            flags = sst2_flags(Path(tmp) / f"run{i}", minilm_dir(), options.train_samples, options.epochs, **extra)
-            results, timing, _ = run_recipe(flags)
+            work = Path(tmp) / f"run{i}"
+            results, timing = run_recipe(freezing_flags(work, model, options.train_samples, options.epochs, **extra),
+                                         work)
             train_time = sum(timing["epochs"]) + timing["cache_build"]
             rows.append((name, trainable_share(extra), extra["learning_rate"], len(timing["epochs"]),
                          results["eval_accuracy"], train_time, timing["epochs"][-1]))

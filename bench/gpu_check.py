@@ -57,12 +57,13 @@ def bert_base_mfu(peak_tflops: float, batch: int = 64, seq: int = 128, steps: in
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     # 6 N per token for the dense layers, plus attention's 12 * layers * hidden * seq per token.
-    flops = steps * batch * seq * (6 * params + 12 * 12 * 768 * seq)
+    config = model.config
+    flops = steps * batch * seq * (6 * params + 12 * config.num_hidden_layers * config.hidden_size * seq)
     achieved = flops / elapsed / 1e12
     return achieved, achieved / peak_tflops
 
 
-def recipe_runs(models: dict[str, str], workdir: Path) -> list[tuple[str, list[str]]]:
+def recipe_runs(models: dict[str, str]) -> list[tuple[str, list[str]]]:
     sst2, clothing, multi30k, fsdd = DATA / "sst2", DATA / "clothing_small", DATA / "multi30k_en_de", DATA / "fsdd"
     return [
         ("text_classification", ["--model_name_or_path", models["minilm"], "--train_file", str(sst2 / "train.tsv"),
@@ -94,14 +95,14 @@ def main() -> None:
         "ctc": tiny_models.tiny_wav2vec2_ctc(workdir / "ctc"),
     }
     rows = []
-    for recipe, args in recipe_runs(models, workdir):
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for recipe, args in recipe_runs(models):
         for precision in ("bf16", "fp32"):
             run_dir = workdir / f"{recipe}-{precision}"
             command = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *args, "--output_dir", str(run_dir),
                        "--max_steps", "30", "--precision", precision, "--do_predict", "false",
                        "--eval_strategy", "no", "--disable_tqdm", "true", "--report_to", "none",
                        "--max_eval_samples", "64"]
-            env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
             result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=150)
             if result.returncode != 0:
                 rows.append((recipe, precision, "failed", result.stderr.strip().splitlines()[-1][:80]))

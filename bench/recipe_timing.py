@@ -1,17 +1,15 @@
 """Time a recipe run from inside: epochs, evaluations, training batches, the feature-cache build, a profile.
 
 The recipes build their Trainer inside `common.runner`; `timed_run` wraps `build_trainer` for the duration of
-one run and attaches `RunTimer`, and times `common.feature_cache.cached_task` the same way. Two ways in:
-
-- in-process, `run_recipe(flags)` (bench/freezing.py);
-- as a probe around a recipe script, which is how bench/run.py runs every recipe, in a subprocess, through the
-  script's own command line:
+one run and attaches `RunTimer`, and times `common.feature_cache.cached_task` the same way. It runs as a probe
+around a recipe script, which is how bench/run.py and bench/freezing.py run every recipe, in a subprocess, through
+the script's own command line:
 
     python bench/recipe_timing.py --timing t.json [--profile 10:3:prof.json] -- recipes/sentiment.py --flags ...
 
-  The script runs as `__main__`; t.json gets the timings (seconds from process start) and the training-batch
-  counts below. `--profile START:STEPS:FILE` records torch.profiler over optimizer steps START..START+STEPS: FILE gets
-  the ops as JSON, FILE with .txt its table.
+The script runs as `__main__`; t.json gets the timings (seconds from process start) and the training-batch
+counts below. `--profile START:STEPS:FILE` records torch.profiler over optimizer steps START..START+STEPS: FILE gets
+the ops as JSON, FILE with .txt its table.
 """
 
 from __future__ import annotations
@@ -37,8 +35,6 @@ from transformers import TrainerCallback  # noqa: E402
 
 import common.feature_cache  # noqa: E402
 import common.runner  # noqa: E402
-
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
 
 
 def now() -> float:
@@ -95,7 +91,7 @@ class BatchCounter:
         return len(next(iter(batch.values()))) / c["examples"]
 
 
-def training_flops(model, batch) -> float:
+def counted_flops(model, batch) -> float:
     """FLOPs of one training step's forward and backward on `batch`, by torch's FlopCounterMode.
 
     Counts matmuls and convolutions (and fused attention kernels where torch has a formula: not the CPU flash
@@ -206,28 +202,6 @@ def timed_run(profile: tuple[int, int, str] | None = None):
         common.runner.build_trainer, common.feature_cache.cached_task = build_trainer, cached_task
 
 
-def sst2_flags(output_dir: Path, model: str, train_samples: int, epochs: int, **options) -> list[str]:
-    """Recipe flags for an SST-2 run: `train_samples` sentences, the whole dev set, no checkpoints."""
-    flags = ["--model_name_or_path", model, "--train_file", str(SST2 / "train.tsv"),
-             "--validation_file", str(SST2 / "dev.tsv"), "--max_train_samples", str(train_samples),
-             "--output_dir", str(output_dir), "--overwrite_output_dir", "--num_train_epochs", str(epochs),
-             "--per_device_train_batch_size", "32", "--eval_strategy", "no", "--save_strategy", "no",
-             "--do_predict", "false", "--logging_steps", "50", "--disable_tqdm", "true", "--seed", "0"]
-    for key, value in options.items():
-        flags += [f"--{key}", *(value if isinstance(value, list) else [str(value)])]
-    return flags
-
-
-def run_recipe(flags: list[str]) -> tuple[dict, dict, float]:
-    """(results, timing, wall seconds) of one text-classification run."""
-    from recipes import text_classification
-
-    start = time.perf_counter()
-    with timed_run() as timing:
-        results = text_classification.main(flags)
-    return results, timing, time.perf_counter() - start
-
-
 def probe(argv: list[str]) -> int:
     """Run a recipe script as __main__ under `timed_run`; write the timings as JSON. Returns its exit code."""
     import argparse
@@ -256,7 +230,7 @@ def probe(argv: list[str]) -> int:
     timing["torch_threads"] = torch.get_num_threads()
     live = timing.pop("_live")
     if code == 0 and live and live["counter"].sample is not None:
-        flops = training_flops(live["trainer"].model, live["counter"].sample)
+        flops = counted_flops(live["trainer"].model, live["counter"].sample)
         timing["training_flops"] = flops / live["counter"].sample_share()
     Path(options.timing).write_text(json.dumps(timing, indent=1))
     return code

@@ -259,6 +259,7 @@ def summarize(row: Row, timing: dict) -> dict:
     values = [e["metrics"][key] for e in evals]
     best = (max if row.target.higher_is_better else min)(values) if values else float("nan")
     before = [e for e in marks["evaluations"] if e["end"] < begin]
+    counted = timing.get("training_flops", 0.0)
     return {
         "train_s": train_s,
         "samples": batches.get("examples", 0),
@@ -267,8 +268,8 @@ def summarize(row: Row, timing: dict) -> dict:
         "padded_tokens_per_s": batches.get("padded_tokens", 0) / train_s,
         "audio_per_s": batches.get("audio_seconds", 0.0) / train_s,
         "batches": batches,
-        "flops": training_flops(row, batches, timing.get("training_flops", 0.0)),
-        "counter_flops": timing.get("training_flops", 0.0),
+        "flops": training_flops(row, batches, counted),
+        "counter_flops": counted,
         "reached_s": reached,
         "final": values[-1] if values else float("nan"),
         "best": best,
@@ -313,9 +314,13 @@ def training_flops(row: Row, batches: dict, counted: float) -> float:
     batches is the attention term (12·L·H·seq per token)."""
     if row.flops != "minilm":
         return counted
+    return minilm_flops(batches.get("padded_tokens", 0), batches.get("attention_positions", 0))
+
+
+def minilm_flops(tokens: int, attention_positions: int) -> float:
+    """6·N·tokens + 12·L·H·attention_positions, with MiniLM's N, L and H (see training_flops)."""
     shape = minilm_shape()
-    return (6 * shape["params"] * batches.get("padded_tokens", 0)
-            + 12 * shape["layers"] * shape["hidden"] * batches.get("attention_positions", 0))
+    return 6 * shape["params"] * tokens + 12 * shape["layers"] * shape["hidden"] * attention_positions
 
 
 def matmul_rate(size: int, repeats: int) -> dict:
@@ -479,8 +484,7 @@ def dropout_steps(steps: int) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
             if repeat:
                 seconds[name].append(time.perf_counter() - start)
-    shape = minilm_shape()
-    flops = 6 * shape["params"] * 16 * 128 + 12 * shape["layers"] * shape["hidden"] * 16 * 128**2
+    flops = minilm_flops(16 * 128, 16 * 128**2)
     return [{"variant": name, "step_s": statistics.median(s), "flops": flops} for name, s in seconds.items()]
 
 

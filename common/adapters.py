@@ -38,7 +38,6 @@ from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
 
-PEFT_METHODS = ("lora", "ia3")
 
 # peft's task types, by the transformers auto class the model belongs to. Other models (image, audio,
 # speech-to-text) go without a task type: peft then wraps them generically and records their class.
@@ -109,9 +108,7 @@ def default_target_modules(model: nn.Module, method: str) -> tuple[list[str], li
 
 def apply_peft(model: PreTrainedModel, finetune_args: FinetuneArguments) -> PeftModel:
     """Wrap a freshly loaded model in a LoRA or IA3 adapter; the head trains in full."""
-    method = finetune_args.peft.lower()
-    if method not in PEFT_METHODS:
-        raise RecipeInputError(f"--peft {finetune_args.peft} is not supported: use one of {', '.join(PEFT_METHODS)}.")
+    method = finetune_args.peft.lower()  # a known method: FinetuneArguments checked it
     if finetune_args.freeze not in (["none"], []) or finetune_args.unfreeze_schedule or finetune_args.cache_features:
         raise RecipeInputError("--peft freezes the base model itself: drop --freeze, --unfreeze_schedule and "
                                "--cache_features, or drop --peft.")

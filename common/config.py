@@ -39,7 +39,13 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "warmup_steps": 0.1,  # below 1: a fraction of the training steps
     "weight_decay": 0.01,
     "report_to": "none",  # no tracker is installed or reachable by default
+    # Recipe losses are per-example means; token averaging across devices would rescale them under DDP.
+    "average_tokens_across_devices": False,
+    # On SIGTERM, checkpoint at the next step boundary and stop (common.reliability.PreemptionCallback).
+    "enable_jit_checkpoint": True,
 }
+PEFT_METHODS = ("lora", "ia3")
+ENSEMBLE_METHODS = ("soft_vote", "hard_vote", "stack")
 
 UNFREEZE_UNDER_DDP = (
     "--unfreeze_schedule needs a single process, but {processes} are running: DistributedDataParallel "
@@ -219,13 +225,12 @@ class FinetuneArguments:
 
         freeze_strategies(self)
         check_options(self)
-        if self.peft and self.peft.lower() not in ("lora", "ia3"):
-            raise RecipeInputError(f"--peft {self.peft} is not supported: use one of lora, ia3"
-                                   f"{nearest(self.peft, ['lora', 'ia3'])}.")
-        methods = ["soft_vote", "hard_vote", "stack"]
-        if self.ensemble and self.ensemble not in methods:
-            raise RecipeInputError(f"--ensemble {self.ensemble}: choose one of {', '.join(methods)}"
-                                   f"{nearest(self.ensemble, methods)}.")
+        if self.peft and self.peft.lower() not in PEFT_METHODS:
+            raise RecipeInputError(f"--peft {self.peft} is not supported: use one of {', '.join(PEFT_METHODS)}"
+                                   f"{nearest(self.peft, PEFT_METHODS)}.")
+        if self.ensemble and self.ensemble not in ENSEMBLE_METHODS:
+            raise RecipeInputError(f"--ensemble {self.ensemble}: choose one of {', '.join(ENSEMBLE_METHODS)}"
+                                   f"{nearest(self.ensemble, ENSEMBLE_METHODS)}.")
         if self.hpo_space:
             parse_space(self.hpo_space)
 
@@ -300,13 +305,7 @@ def parse_args(
             config_path = argv[i + 1]
         elif token.startswith("--config="):
             config_path = token.split("=", 1)[1]
-    # Recipe losses are per-example means; token averaging across devices would rescale them under DDP.
-    # enable_jit_checkpoint: on SIGTERM, checkpoint at the next step boundary and stop (common.reliability).
-    values: dict[str, Any] = {
-        "average_tokens_across_devices": False,
-        "enable_jit_checkpoint": True,
-        **(defaults or {}),
-    }
+    values: dict[str, Any] = dict(defaults or {})
     from_config: dict[str, str] = {}
     if config_path:
         for key, value in _read_yaml(config_path).items():

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 def cv_groups(dataset, column: str, where: str) -> list:
     """The --cv_group_column values of the train split, or a clear error when the column is missing."""
     require_columns(dataset, [column], where, "--cv_group_column")
-    return dataset[column]
+    return list(dataset[column])
 
 
 def fold_indices(

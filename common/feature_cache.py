@@ -41,7 +41,6 @@ from transformers.utils import find_labels
 
 from common.config import FinetuneArguments
 from common.errors import RecipeInputError
-from common.freezing import check_options
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +199,6 @@ def _cached_split(model, head: str, dataset, collator, args: TrainingArguments, 
 
 def cached_task(task, args: TrainingArguments, finetune_args: FinetuneArguments):
     """The same Task, its model the head alone and its splits the cached features of the frozen backbone."""
-    check_options(finetune_args)
     if task.augmentation is not None:
         raise RecipeInputError("--cache_features cannot be combined with data augmentation: the cached features "
                                "would freeze one random augmentation of each example. Drop one of the two.")

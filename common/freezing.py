@@ -219,7 +219,7 @@ def freeze_strategies(finetune_args: FinetuneArguments) -> list[str]:
 
 
 def check_options(finetune_args: FinetuneArguments) -> None:
-    """Reject option values and combinations that cannot work; runs before any training step."""
+    """Reject option values and combinations that cannot work; FinetuneArguments runs it when it is built."""
     decay = finetune_args.layer_lr_decay
     if decay is not None and not 0.0 < decay <= 1.0:
         raise RecipeInputError(f"--layer_lr_decay {decay} must be in (0, 1], e.g. 0.8.")
@@ -241,8 +241,9 @@ def check_options(finetune_args: FinetuneArguments) -> None:
 
 
 def apply_freezing(model: nn.Module, finetune_args: FinetuneArguments) -> list[str]:
-    """Apply --freeze, --unfreeze_patterns and --train_norm_layers; return the names frozen here."""
-    check_options(finetune_args)
+    """Apply --freeze, --unfreeze_patterns and --train_norm_layers; return the names frozen here.
+
+    The option values were checked when FinetuneArguments was built (`check_options`)."""
     entries = freeze_strategies(finetune_args)
     if not entries:
         if finetune_args.unfreeze_patterns or finetune_args.train_norm_layers:

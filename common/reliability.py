@@ -6,7 +6,7 @@
   last, so a save cut short never leaves a model that looks complete.
 - `last_complete_checkpoint`: `--resume_from_checkpoint latest` skips a checkpoint a crash left half-written.
 - `load_checkpoint_weights`: resuming reloads weights that transformers 5 renamed (ViT) through `from_pretrained`.
-- `NonFiniteSkips` and `grads_finite`: the NaN/inf guard of `FinetuneTrainerMixin` (`--nan_policy`).
+- `NonFiniteSkips`: the steps skipped by the NaN/inf guard of `FinetuneTrainerMixin` (`--nan_policy`).
 - `PreemptionCallback`: on SIGTERM, a checkpoint at the end of the current optimizer step, then a clean stop.
 """
 
@@ -262,11 +262,6 @@ class NonFiniteSkips(TrainerCallback, ExportableState):
 
     def state(self) -> dict[str, Any]:
         return {"args": {}, "attributes": {"steps": list(self.steps)}}
-
-
-def grads_finite(model: torch.nn.Module) -> bool:
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 # --- preemption -------------------------------------------------------------------------------------------------

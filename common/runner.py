@@ -94,7 +94,8 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     logger.info("precision %s (%s)", precision, run_args.precision_reason)
     from accelerate import PartialState
 
-    processes = PartialState().num_processes  # known before Trainer exists, unlike a fresh TrainingArguments
+    state = PartialState()
+    processes = state.num_processes  # known before Trainer exists, unlike a fresh TrainingArguments
     scale = processes * training_args.gradient_accumulation_steps
     if run_args.scale_lr_with_batch and scale > 1:
         training_args.learning_rate *= scale
@@ -108,7 +109,7 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader
 
     out = Path(training_args.output_dir)
-    if PartialState().is_main_process:  # the main process alone takes the lock, in run()
+    if state.is_main_process:  # the main process alone takes the lock, in run()
         check_output_lock(out)
     resume = training_args.resume_from_checkpoint
     if resume:

@@ -4,6 +4,7 @@ losses (--nan_policy) and checkpoint on SIGTERM (--enable_jit_checkpoint)."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -14,7 +15,6 @@ from common.errors import NonFiniteLossError, RecipeInputError
 from common.reliability import (
     NonFiniteSkips,
     PreemptionCallback,
-    grads_finite,
     last_complete_checkpoint,
     load_checkpoint_weights,
     write_training_args,
@@ -61,15 +61,20 @@ class FinetuneTrainerMixin:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._nonfinite_loss is None and not bool(torch.isfinite(loss).all()):
             self._nonfinite_loss = loss.float().mean().item()
-        if self.accelerator.sync_gradients:  # the last micro-batch before the optimizer step
-            self._guard_optimizer_step(model)
         return loss
 
-    def _guard_optimizer_step(self, model: torch.nn.Module) -> None:
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Trainer takes the gradient norm right before every optimizer step: the guard reads that one.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        self._guard_optimizer_step(model, grad_norm)
+        return grad_norm
+
+    def _guard_optimizer_step(self, model: torch.nn.Module, grad_norm) -> None:
         """A NaN/inf loss or gradient in this step stops training or drops its update, per --nan_policy."""
         loss, self._nonfinite_loss = self._nonfinite_loss, None
         # Under fp16 loss scaling inf gradients are routine: the grad scaler skips those steps itself.
-        if loss is None and (self.accelerator.scaler is not None or grads_finite(model)):
+        grads_ok = grad_norm is None or math.isfinite(float(grad_norm))
+        if loss is None and (self.accelerator.scaler is not None or grads_ok):
             return
         step = self.state.global_step + 1
         what = f"training loss {loss}" if loss is not None else "a NaN/inf gradient"

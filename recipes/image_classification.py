@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
     #    for its augmentation.
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
-    groups = (list(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"]))
+    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
               if finetune_args.cv_group_column else None)
     predicted = predicted_split(splits)
     test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None

@@ -15,11 +15,14 @@ from common.errors import run_main
 from recipes import text_classification
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "sentiment_demo"
-DEFAULTS = {
-    "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+# Used only when neither the command line nor --config names data (no train_file, no dataset_name).
+SAMPLE_DATA = {
     "train_file": str(DEMO_DATA / "train.csv"),
     "validation_file": str(DEMO_DATA / "test.csv"),
     "test_file": str(DEMO_DATA / "test.csv"),
+}
+DEFAULTS = {
+    "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
     "output_dir": "outputs/sentiment-demo",
     "learning_rate": 1e-4,
     "num_train_epochs": 5,
@@ -50,29 +53,8 @@ def print_examples(output_dir: str, texts: list[str] = EXAMPLES) -> None:
         print(f"  {prediction['label']:>13} ({prediction['score']:.2f})  {text}")
 
 
-def gives_data(argv: list[str]) -> bool:
-    """Whether the command line or its --config names data; then the bundled sample is not used at all."""
-    import yaml
-
-    keys = {"--train_file", "--dataset_name"}
-    if any(token.split("=")[0] in keys for token in argv):
-        return True
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
-        path = Path(argv[argv.index("--config") + 1])
-        try:
-            config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (yaml.YAMLError, UnicodeDecodeError):
-            return False  # parse_args reads the file again and reports what is wrong with it
-        return isinstance(config, dict) and bool({"train_file", "dataset_name"} & config.keys())
-    return False
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = DEFAULTS if not gives_data(argv) else {k: v for k, v in DEFAULTS.items() if not k.endswith("_file")}
-    results = text_classification.main(argv, defaults, SENTIMENT_NAMES.get)
+    results = text_classification.main(argv, DEFAULTS, SENTIMENT_NAMES.get, SAMPLE_DATA)
     output_dir = results.get("output_dir")
     from accelerate import PartialState
 

@@ -92,6 +92,7 @@ def main(
     argv: list[str] | None = None,
     defaults: dict | None = None,
     default_class_names: Callable[[int], list[str] | None] | None = None,
+    sample_data: dict[str, str] | None = None,
 ) -> dict[str, float]:
     # 1. Arguments: recipe defaults < --config YAML < command line.
     model_args, data_args, finetune_args, run_args, training_args = parse_args(
@@ -99,6 +100,10 @@ def main(
         argv,
         {**DEFAULTS, **(defaults or {})},
     )
+    if sample_data and not (data_args.train_file or data_args.dataset_name):
+        for key, value in sample_data.items():  # the data files the user left unset
+            if getattr(data_args, key) is None:
+                setattr(data_args, key, value)
     setup_run(training_args, run_args)
     set_seed(training_args.seed)
 

@@ -50,6 +50,11 @@ def csv_file(tmp_path):
     return write
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a recipe run as a subprocess: offline, one thread, plus `extra`."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
 def fast_args(output_dir, **extra) -> list[str]:
     """Command-line flags for a quick run: small batches, no checkpoints, quiet."""
     args = {"output_dir": str(output_dir), "num_train_epochs": 1, "per_device_train_batch_size": 8,

@@ -451,15 +451,13 @@ CASES: dict[str, Case] = {
             speech_recognition=lambda d: d.table(SPEECH, ["clip,text", *d.rows(SPEECH)[1:]]),
         ),
         {
-            TEXT: (
-                "no text column found in train split ({d}/train.csv)",
-                "Columns present: review, label",
-                "Set --text_columns",
-            ),
-            SENTIMENT: (
-                "no text column found in train split ({d}/train.csv)",
-                "Columns present: review, label",
-                "Set --text_columns",
+            **dict.fromkeys(
+                TEXTS,
+                (
+                    "no text column found in train split ({d}/train.csv)",
+                    "Columns present: review, label",
+                    "Set --text_columns",
+                ),
             ),
             IMAGE: (
                 "no image column found in train split ({d}/train.csv)",
@@ -487,15 +485,13 @@ CASES: dict[str, Case] = {
             speech_recognition=lambda d: d.table(SPEECH, ["audio,words", *d.rows(SPEECH)[1:]]),
         ),
         {
-            TEXT: (
-                "'label' not found in train split ({d}/train.csv)",
-                "Columns present: text, stars",
-                "Set --text_columns / --label_column",
-            ),
-            SENTIMENT: (
-                "'label' not found in train split ({d}/train.csv)",
-                "Columns present: text, stars",
-                "Set --text_columns / --label_column",
+            **dict.fromkeys(
+                TEXTS,
+                (
+                    "'label' not found in train split ({d}/train.csv)",
+                    "Columns present: text, stars",
+                    "Set --text_columns / --label_column",
+                ),
             ),
             IMAGE: (
                 "'label' not found in train split ({d}/train.csv)",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, fast_args
+from conftest import ROOT, fast_args, subprocess_env
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 
@@ -39,8 +38,7 @@ def _run(launcher: list[str], out: Path, tiny_bert: str, shared_data: Path, batc
             "--validation_file", str(shared_data / "sst2/dev.tsv"), "--max_train_samples", "640",
             "--max_eval_samples", "200", "--do_predict", "false",
             *fast_args(out, num_train_epochs=2, learning_rate=2e-3, per_device_train_batch_size=batch)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    result = subprocess.run([*launcher, "recipes/text_classification.py", *args], cwd=ROOT, env=env,
+    result = subprocess.run([*launcher, "recipes/text_classification.py", *args], cwd=ROOT, env=subprocess_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"results": json.loads((out / "all_results.json").read_text()), "log": result.stdout + result.stderr}
