@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from common.data.options import check_reader_options
 from common.errors import RecipeInputError, nearest
 
 # Extra spellings accepted for TrainingArguments fields, on the command line and in YAML.
@@ -103,9 +104,40 @@ class DataArguments:
         default=0.1,
         metadata={"help": "Fraction of train held out (stratified) when there is no validation split. In (0, 1)."},
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation rows."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test rows."})
+    delimiter: str | None = field(
+        default=None,
+        metadata={"help": "Field delimiter of csv/tsv/txt (or extension-less) tables: any single character, '\\t' for "
+                          "tab. Default: tab for .tsv, comma for .csv, sniffed for .txt and files without extension."},
+    )
+    column_names: list[str] | None = field(
+        default=None,
+        metadata={"help": "Column names, in order, for header-less csv/tsv/txt files (e.g. label,title,body); "
+                          "the first line is then read as data."},
+    )
+    quoting: str | None = field(
+        default=None,
+        metadata={"help": "Quote handling of delimited tables, as the csv module: minimal | all | nonnumeric | none. "
+                          "Default: none for tab-delimited files (quotes are text), minimal otherwise."},
+    )
+    data_field: str | None = field(
+        default=None,
+        metadata={"help": "JSON/JSONL: the field holding the records (a list in a .json document, or a nested "
+                          "object per line whose keys become the columns)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training rows: a seeded random sample, stratified "
+                                        "by class for single-label classification."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation rows (sampled as above)."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test rows (sampled as above)."})
+    skip_bad_examples: bool = field(
+        default=False,
+        metadata={"help": "Drop bad rows (empty text, unparsable labels, unreadable or empty files) instead of "
+                          "failing; they are counted per split in all_results.json."},
+    )
+    max_bad_fraction: float = field(
+        default=0.05,
+        metadata={"help": "With --skip_bad_examples, fail anyway when more than this fraction of a split is bad."},
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for dataset .map()."})
 
     def __post_init__(self) -> None:
@@ -114,6 +146,10 @@ class DataArguments:
                 f"--validation_split {self.validation_split} is outside (0, 1): give the fraction of train to hold "
                 "out, e.g. --validation_split 0.1."
             )
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise RecipeInputError(f"--max_bad_fraction {self.max_bad_fraction} is outside [0, 1]: give a fraction "
+                                   "of a split, e.g. 0.05.")
+        check_reader_options(self)
 
 
 @dataclass

@@ -75,6 +75,8 @@ class Task:
     compute_loss_func: Callable | None = None
     # Extra TrainerCallbacks, e.g. outputs that must wait until training really starts (every check passed).
     callbacks: list = dataclasses.field(default_factory=list)
+    # Facts about the data (skipped bad rows, truncation, class counts) written with the run's results.
+    data_results: dict = dataclasses.field(default_factory=dict)
 
 
 def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
@@ -242,6 +244,7 @@ def train_evaluate_predict(
     elif main and eval_output is not None and task.test_dataset is None and task.write_predictions is not None:
         task.write_predictions(eval_output, out)  # no test split: the validation predictions are the ones to read
 
+    results.update(task.data_results)
     if main and report:
         write_report(trainer, task, results, eval_output, out)
     trainer.results = results

@@ -12,8 +12,11 @@ import datasets
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from common.config import DataArguments
+from typing import TYPE_CHECKING
 from common.errors import RecipeInputError, nearest
+
+if TYPE_CHECKING:
+    from common.config import DataArguments
 
 logger = logging.getLogger(__name__)
 

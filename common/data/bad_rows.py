@@ -1,0 +1,75 @@
+"""Bad rows (empty text, unparsable labels, unreadable files): one policy for every recipe.
+
+Without --skip_bad_examples a bad row stops the run before training, listing the rows. With it, the rows are
+dropped, counted per split (the counts go to all_results.json) and the first few named in the log, unless more
+than --max_bad_fraction of a split is bad: that many usually means a wrong column, delimiter or path, not a
+few broken rows, and training on what is left would hide it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import DatasetDict
+
+from common.errors import RecipeInputError
+
+logger = logging.getLogger(__name__)
+
+SHOWN = 10  # bad rows named in a message
+
+
+@dataclass
+class BadRow:
+    index: int  # position in the split as loaded
+    where: str  # what a person looks for: "line 7", a file path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where} ({self.problem})"
+
+
+def listing(rows: list[BadRow], shown: int = SHOWN) -> str:
+    text = "; ".join(str(row) for row in rows[:shown])
+    return text + (f"; and {len(rows) - shown} more" if len(rows) > shown else "")
+
+
+def drop_bad_rows(
+    splits: DatasetDict,
+    bad: dict[str, list[BadRow]],
+    sources: dict[str, str],
+    skip: bool,
+    max_fraction: float,
+) -> tuple[DatasetDict, dict[str, int]]:
+    """Fail naming the bad rows, or (skip) drop them; returns the splits and the skipped counts.
+
+    The counts are `skipped_bad_examples_<split>` plus their total `skipped_bad_examples`, present whenever
+    `skip` is set (zeros included), so a results file always says whether anything was dropped.
+    """
+    bad = {split: rows for split, rows in bad.items() if rows}
+    if bad and not skip:
+        details = " ".join(f"{sources[split]}: {len(rows)} bad row{'s' if len(rows) > 1 else ''}: {listing(rows)}."
+                           for split, rows in bad.items())
+        raise RecipeInputError(f"{details} Fix or remove them, or pass --skip_bad_examples to train without them "
+                               "(they are counted in all_results.json).")
+    counts = {f"skipped_bad_examples_{split}": len(bad.get(split, [])) for split in splits} if skip else {}
+    if skip:
+        counts["skipped_bad_examples"] = sum(len(rows) for rows in bad.values())
+    result = DatasetDict(splits)
+    for split, rows in bad.items():
+        total = len(splits[split])
+        if len(rows) > max_fraction * total:
+            raise RecipeInputError(
+                f"{sources[split]}: {len(rows)} of {total} rows ({len(rows) / total:.1%}) are bad, more than "
+                f"--max_bad_fraction {max_fraction:g} allows: {listing(rows)}. So many usually means a wrong "
+                "column, delimiter or path rather than a few broken rows: check those first, or raise "
+                "--max_bad_fraction if the data really is that noisy."
+            )
+        keep = np.ones(total, dtype=bool)
+        keep[[row.index for row in rows]] = False
+        result[split] = splits[split].select(np.flatnonzero(keep))
+        logger.warning("--skip_bad_examples: skipped %d of %d rows of %s: %s", len(rows), total, sources[split],
+                       listing(rows))
+    return result, counts
