@@ -25,7 +25,7 @@ from datasets import Audio, DatasetDict
 from transformers import EvalPrediction
 
 from common.config import DataArguments
-from common.data import SPLIT_ALIASES, load_splits, source
+from common.data import SPLIT_ALIASES, BadRow, drop_bad_rows, load_splits, source
 from common.errors import RecipeInputError, nearest
 from common.trainer import FinetuneSeq2SeqTrainer, FinetuneTrainer
 
@@ -202,40 +202,21 @@ def _listing(rows: list[tuple[str, str]]) -> str:
     return shown + (f"; and {len(rows) - SHOWN} more" if len(rows) > SHOWN else "")
 
 
-def check_examples(splits: DatasetDict, text_column: str | None, sources: dict[str, str], skip: bool,
+def check_examples(splits: DatasetDict, text_column: str | None, sources: dict[str, str], args: DataArguments,
                    normalize: Callable[[str], str]) -> tuple[DatasetDict, dict[str, int]]:
-    """Fail listing every bad clip and empty transcript, or (skip=True) drop them; returns the counts."""
-    bad: dict[str, list[tuple[str, str]]] = {}
+    """Fail listing every bad clip and empty transcript, or (--skip_bad_examples) drop them; returns the counts."""
+    bad: dict[str, list[BadRow]] = {}
     for split, dataset in splits.items():
-        problems = dataset["problem"]
-        texts = dataset[text_column] if text_column in dataset.column_names else [None] * len(dataset)
-        files = dataset[FILE]
         has_text = text_column in dataset.column_names
+        texts = dataset[text_column] if has_text else [None] * len(dataset)
         rows = []
-        for i, (file, problem, text) in enumerate(zip(files, problems, texts)):
+        for i, (file, problem, text) in enumerate(zip(dataset[FILE], dataset["problem"], texts)):
             if not problem and has_text and not normalize(text):
                 problem = "empty transcript" if not (text or "").strip() else f"transcript {text!r} is empty once normalised"
             if problem:
-                rows.append((i, file, problem))
-        if rows:
-            bad[split] = rows
-    counts = {f"skipped_bad_examples_{split}": len(rows) for split, rows in bad.items()}
-    counts["skipped_bad_examples"] = sum(len(rows) for rows in bad.values())
-    if not bad:
-        return splits, counts
-    if not skip:
-        details = " ".join(f"{sources[split]}: {len(rows)} bad example(s): {_listing([r[1:] for r in rows])}."
-                           for split, rows in bad.items())
-        raise RecipeInputError(f"{details} Fix or remove these rows, or pass --skip_bad_examples to skip them.")
-    result = DatasetDict(splits)
-    for split, rows in bad.items():
-        drop = {r[0] for r in rows}
-        result[split] = splits[split].select([i for i in range(len(splits[split])) if i not in drop])
-        logger.warning("--skip_bad_examples: skipped %d of %d rows of %s: %s", len(rows), len(splits[split]),
-                       sources[split], _listing([r[1:] for r in rows]))
-        if len(result[split]) == 0:
-            raise RecipeInputError(f"{sources[split]}: every row was bad, nothing is left to use.")
-    return result, counts
+                rows.append(BadRow(i, file, problem))
+        bad[split] = rows
+    return drop_bad_rows(splits, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 
 def filter_durations(splits: DatasetDict, sampling_rate: int, min_s: float | None, max_s: float | None,

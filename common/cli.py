@@ -4,12 +4,14 @@
     finetune-recipes cp sentiment my_sentiment.py
     finetune-recipes cp sentiment/sst2_minilm my_config.yaml
     finetune-recipes run sentiment --config my_config.yaml
+    finetune-recipes inspect sentiment --config my_config.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import runpy
 import shutil
 import sys
@@ -69,6 +71,33 @@ def cmd_run(args: argparse.Namespace) -> None:
     importlib.import_module(f"recipes.{args.recipe}").main(args.args)
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    """Run the recipe up to its prepared data, print the report, stop: no model loaded, nothing trained."""
+    from common.inspection import InspectionDone, inspecting
+
+    if args.recipe.endswith(".py"):
+        script = Path(args.recipe)
+        if not script.is_file():
+            raise RecipeInputError(f"{args.recipe} does not exist.")
+        if "stop_for_inspection" not in script.read_text(encoding="utf-8"):
+            raise RecipeInputError(f"{args.recipe} never calls common.inspection.stop_for_inspection, so inspect "
+                                   "cannot stop it before training. Copy the recipe again, or add the call.")
+    elif args.recipe not in available():
+        raise RecipeInputError(f"no recipe named '{args.recipe}'{nearest(args.recipe, available())}. See `finetune-recipes list`.")
+    # The report goes to stdout; the recipe's log to stderr (setup_run's basicConfig is then a no-op).
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    with inspecting():  # setup_run then leaves the output dir alone: nothing is written, nothing resumed
+        try:
+            if args.recipe.endswith(".py"):
+                sys.argv = [args.recipe, *args.args]
+                runpy.run_path(args.recipe, run_name="__main__")
+            else:
+                importlib.import_module(f"recipes.{args.recipe}").main(args.args)
+        except InspectionDone:
+            return
+    raise RecipeInputError(f"{args.recipe} finished without reaching stop_for_inspection.")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from common.comparison import compare
 
@@ -84,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     cp.add_argument("dest", help="destination file or directory")
     cp.set_defaults(func=cmd_cp)
     for name, func, text in (("run", cmd_run, "run a recipe (name or path to a copied .py) with its options"),
+                             ("inspect", cmd_inspect, "read a recipe's data as a run would and report on it; trains nothing"),
                              ("compare", cmd_compare, "fine-tune versus from scratch on the same data and budget")):
         sub = commands.add_parser(name, help=text, add_help=False)
         sub.add_argument("recipe")

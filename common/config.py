@@ -350,6 +350,15 @@ def parse_args(
             values[dests[key]] = value
             from_config[dests[key]] = config_path
     given = {dests.get(token[2:].split("=")[0]) for token in argv if token.startswith("--")}
+    # Local data named on the command line replaces a Hub dataset that only the YAML names.
+    local_data = {"train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir",
+                  "audio_folder", *(f"{split}_{side}_file" for split in ("train", "validation", "test")
+                                    for side in ("source", "target"))}
+    if given & local_data and "dataset_name" in from_config and "dataset_name" not in given:
+        for dest in ("dataset_name", "dataset_config_name"):
+            if dest not in given:
+                values[dest] = None
+                from_config.pop(dest, None)
     parser.from_config = {dest: path for dest, path in from_config.items() if dest not in given}
     parser.set_defaults(**values)
 

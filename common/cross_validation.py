@@ -27,8 +27,8 @@ from transformers import TrainingArguments
 
 from common.config import FinetuneArguments
 from common.data import require_columns
+from common.data.labels import REGRESSION, SINGLE
 from common.errors import RecipeInputError
-from common.labels import REGRESSION, SINGLE
 from common.metrics import predictions_from_scores, score_predictions, scores_from_logits
 from common.reporting import plot_bars, write_json
 

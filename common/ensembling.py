@@ -36,8 +36,8 @@ from transformers import PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import PredictionOutput
 
 from common.config import FinetuneArguments
+from common.data.labels import MULTI, REGRESSION, SINGLE
 from common.errors import RecipeInputError
-from common.labels import MULTI, REGRESSION, SINGLE
 from common.metrics import predictions_from_scores, score_predictions, scores_from_logits
 from common.reporting import plot_bars, write_json
 

@@ -20,6 +20,7 @@ from datasets import Dataset, DatasetDict
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.data import BadRow, drop_bad_rows, load_splits, source
 from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
@@ -136,34 +137,11 @@ def find_bad_images(dataset: Dataset, column: str, num_proc: int | None = None) 
     return [(i, image_name(v, i), problems[i]) for i, v in zip(bad, values)]
 
 
-def drop_bad_images(
-    splits: DatasetDict, column: str, sources: dict[str, str], skip: bool, num_proc: int | None = None
-) -> tuple[DatasetDict, dict[str, int]]:
-    """Check every split's images; fail listing the bad files, or with `skip` drop them and count them."""
-    bad = {split: find_bad_images(ds, column, num_proc) for split, ds in splits.items()}
-    found = [(split, entry) for split, entries in bad.items() for entry in entries]
-    if found and not skip:
-        shown = "; ".join(f"{name} ({problem})" for _, (_, name, problem) in found[:20])
-        more = f" and {len(found) - 20} more" if len(found) > 20 else ""
-        raise RecipeInputError(
-            f"{len(found)} image file{'s' if len(found) > 1 else ''} cannot be read: {shown}{more}. "
-            "Fix or remove them, or pass --skip_bad_examples to train without them."
-        )
-    result = DatasetDict(splits)
-    counts = {}
-    for split, entries in bad.items():
-        if entries:
-            rows = {row for row, _, _ in entries}
-            result[split] = splits[split].select([i for i in range(len(splits[split])) if i not in rows])
-            counts[split] = len(entries)
-            logger.warning("skipped %d unreadable image(s) in %s: %s", len(entries), sources[split],
-                           ", ".join(name for _, name, _ in entries[:10]))
-            if len(result[split]) == 0:
-                raise RecipeInputError(f"every image in {sources[split]} is unreadable: nothing left to use.")
-    return result, counts
-
-
-SPLITS = ("train", "validation", "test")
+def drop_bad_images(splits: DatasetDict, column: str, sources: dict[str, str], args: Any) -> tuple[DatasetDict, dict[str, int]]:
+    """Check every split's images; fail listing the bad files, or with --skip_bad_examples drop and count them."""
+    bad = {split: [BadRow(row, name, problem) for row, name, problem in
+                   find_bad_images(ds, column, args.preprocessing_num_workers)] for split, ds in splits.items()}
+    return drop_bad_rows(splits, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 
 def load_image_splits(args: Any) -> tuple[DatasetDict, dict[str, str]]:
@@ -172,16 +150,7 @@ def load_image_splits(args: Any) -> tuple[DatasetDict, dict[str, str]]:
     Returns the splits and, per split, where it came from (for error messages). Relative image paths in
     csv/jsonl/parquet files are read relative to the file's folder.
     """
-    from common.data import load_splits, source
-
-    dirs = {split: getattr(args, f"{split}_dir", None) for split in SPLITS}
-    if any(dirs.values()):
-        others = [f"--{s}_file" for s in SPLITS if getattr(args, f"{s}_file")] + (["--dataset_name"] if args.dataset_name else [])
-        if others:
-            raise RecipeInputError(f"give image folders (--train_dir ...) or {', '.join(others)}, not both.")
-        splits = DatasetDict({s: load_image_folder(d, f"--{s}_dir", s) for s, d in dirs.items() if d})
-        return splits, {s: f"{s} split ({d})" for s, d in dirs.items() if d}
-    splits = load_splits(args)
+    splits = load_splits(args, load_image_folder)
     return splits, {split: source(args, split) for split in splits}
 
 

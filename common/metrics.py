@@ -10,8 +10,8 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn import metrics as skm
 from transformers import EvalPrediction
 
+from common.data.labels import MULTI, REGRESSION
 from common.errors import RecipeInputError
-from common.labels import MULTI, REGRESSION
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

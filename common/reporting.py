@@ -100,7 +100,7 @@ def write_classification_predictions(
     """One row per example: its inputs, the predicted label name(s), its score, and every class score."""
     import pandas as pd
 
-    from common.labels import MULTI, REGRESSION
+    from common.data.labels import MULTI, REGRESSION
 
     table = pd.DataFrame(inputs)
     if problem_type == REGRESSION:

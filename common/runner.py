@@ -23,9 +23,11 @@ import transformers
 from transformers import EarlyStoppingCallback, PreTrainedModel, TrainingArguments
 from transformers.trainer_utils import PredictionOutput
 
+from common import inspection
+from common.baseline import constant_baseline, judge_run, model_card_warning
 from common.config import FinetuneArguments, RunArguments
+from common.data.labels import SINGLE, LabelSpec
 from common.errors import Preempted, RecipeInputError
-from common.labels import SINGLE, LabelSpec
 from common.metrics import scores_from_logits
 from common.reliability import (
     STAGING_NAME,
@@ -77,6 +79,9 @@ class Task:
     callbacks: list = dataclasses.field(default_factory=list)
     # Facts about the data (skipped bad rows, truncation, class counts) written with the run's results.
     data_results: dict = dataclasses.field(default_factory=dict)
+    # The constant baseline of tasks that common.baseline cannot derive from label_spec (translation, speech):
+    # () -> its metrics on the eval split plus a "description", e.g. partial(common.baseline.speech_baseline, ...).
+    baseline: Callable[[], dict[str, float | str]] | None = None
 
 
 def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
@@ -110,6 +115,8 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader
 
+    if inspection.active():  # a dry run writes nothing, so the output dir and checkpoints are not its concern
+        return
     out = Path(training_args.output_dir)
     if state.is_main_process:  # the main process alone takes the lock, in run()
         check_output_lock(out)
@@ -208,6 +215,11 @@ def train_evaluate_predict(
     out = Path(args.output_dir)
     results: dict[str, float] = {}
 
+    # Every run states what a model that ignores its input would score, so a collapsed model cannot pass for
+    # a trained one; fitted on train labels, it is known before training and costs no forward pass.
+    baseline = constant_baseline(task) if args.do_eval and task.eval_dataset is not None else None
+    if baseline is not None:
+        logger.info("constant baseline (%s): %s %.4f", baseline.description, baseline.metric, baseline.value)
     if args.do_train and args.do_eval and task.eval_dataset is not None:
         before = trainer.evaluate(metric_key_prefix="before")
         logger.info("before fine-tuning: %s", format_metrics(before, ["loss", task.main_metric]))
@@ -236,6 +248,9 @@ def train_evaluate_predict(
         results.update(eval_output.metrics)
         results["eval_samples"] = len(task.eval_dataset)
         logger.info("after fine-tuning: %s", format_metrics(eval_output.metrics, ["loss", task.main_metric]))
+        if baseline is not None:
+            results.update(judge_run(baseline, eval_output, task.label_spec, args.learning_rate,
+                                     trainer.state.global_step if args.do_train else None))
     if args.do_predict and task.test_dataset is not None:
         test_output = trainer.predict(task.test_dataset, metric_key_prefix="test")
         results.update({k: v for k, v in test_output.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
@@ -270,6 +285,10 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
         trainer.create_model_card(model_name=out.name, finetuned_from=task.model_name or None, tasks=task.pipeline_task)
     except Exception as err:  # noqa: BLE001 - a card is a nicety; its Hub look-ups may fail offline
         logger.warning("model card not written: %s", err)
+    warning = model_card_warning(results)
+    if warning is not None:  # the card travels with the model, so the warning must too (even without a card)
+        with open(out / "README.md", "a", encoding="utf-8") as card:
+            card.write(warning)
     logger.info("results, plots and model written to %s", out)
 
 

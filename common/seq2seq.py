@@ -23,7 +23,7 @@ import torch
 from datasets import Dataset, DatasetDict
 from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig
 
-from common.data import check_utf8, require_columns
+from common.data import BadRow, check_utf8, drop_bad_rows, require_columns
 from common.errors import RecipeInputError
 from common.metrics import load_hub_metric
 
@@ -121,33 +121,45 @@ def _numbers(mask: np.ndarray) -> str:
     return shown + (f", ... ({len(rows)} in all)" if len(rows) > SHOWN else "")
 
 
-def drop_empty_pairs(dataset: Dataset, names: dict[str, str], unit: str) -> Dataset:
-    """Drop pairs empty on both sides (reported); a side empty alone is an error naming its line numbers.
+def drop_empty_pairs(dataset: Dataset, names: dict[str, str], unit: str, split: str, skip: bool = False,
+                     max_fraction: float = 0.05) -> tuple[Dataset, int]:
+    """Drop pairs empty on both sides (reported). A side empty alone is an error naming its line numbers, or
+    with `skip` a bad row, dropped and counted; returns the dataset and that count.
 
     `names` says where each column came from (file or column name), `unit` is "line" or "row".
     """
     source = _blank(dataset[SOURCE])
-    if TARGET not in dataset.column_names:
-        if source.any():
-            raise RecipeInputError(f"{names[SOURCE]} has empty text at {unit}s {_numbers(source)}. Remove them.")
-        return dataset
-    target = _blank(dataset[TARGET])
-    for column, alone in ((SOURCE, source & ~target), (TARGET, target & ~source)):
-        if alone.any():
-            other = names[TARGET if column == SOURCE else SOURCE]
-            raise RecipeInputError(
-                f"{names[column]} is empty at {unit}s {_numbers(alone)}, where {other} has text: a missing "
-                f"translation or a misalignment. Remove those {unit}s from both sides, or fill in the missing text."
-            )
+    target = _blank(dataset[TARGET]) if TARGET in dataset.column_names else np.zeros_like(source)
     both = source & target
     if both.any():
         logger.warning("dropped %d pair(s) empty on both sides of %s and %s, at %ss %s", both.sum(), names[SOURCE],
                        names[TARGET], unit, _numbers(both))
-        dataset = dataset.select(np.flatnonzero(~both))
-        if len(dataset) == 0:
+        if both.all():
             raise RecipeInputError(f"{names[SOURCE]} and {names[TARGET]} hold no non-empty pair: every {unit} is "
                                    "blank on both sides. Check that these are the right files (or columns).")
-    return dataset
+    alone = {SOURCE: source & ~target, TARGET: target & ~source}
+    if skip:
+        bad = [BadRow(int(i), f"{unit} {i + 1}", f"empty {column}") for column, mask in alone.items()
+               for i in np.flatnonzero(mask)]
+        where = f"{names[SOURCE]} / {names[TARGET]}" if TARGET in dataset.column_names else names[SOURCE]
+        kept, _ = drop_bad_rows(DatasetDict({split: dataset}), {split: sorted(bad, key=lambda r: r.index)},
+                                {split: where}, True, max_fraction)
+        dropped = np.zeros(len(dataset), bool)
+        dropped[[row.index for row in bad]] = True
+        keep = ~(dropped | both)
+        return dataset.select(np.flatnonzero(keep)), len(bad)
+    if TARGET not in dataset.column_names and source.any():
+        raise RecipeInputError(f"{names[SOURCE]} has empty text at {unit}s {_numbers(source)}. Remove them, or pass "
+                               "--skip_bad_examples to leave them out.")
+    for column, mask in alone.items():
+        if mask.any():
+            other = names[TARGET if column == SOURCE else SOURCE]
+            raise RecipeInputError(
+                f"{names[column]} is empty at {unit}s {_numbers(mask)}, where {other} has text: a missing "
+                f"translation or a misalignment. Remove those {unit}s from both sides, or fill in the missing text; "
+                "or pass --skip_bad_examples to leave them out (counted in all_results.json)."
+            )
+    return (dataset.select(np.flatnonzero(~both)) if both.any() else dataset), 0
 
 
 def encode_truncated(tokenizer, texts: list[str], max_length: int, target: bool = False) -> tuple[list, list[int]]:

@@ -10,7 +10,6 @@ is fresh every epoch. Every option: `python recipes/image_classification.py --he
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,7 +39,16 @@ from common.config import (
     parse_args,
 )
 from common.cross_validation import cv_groups
-from common.data import add_validation_split, cap_splits, require_columns
+from common.data import (
+    add_validation_split,
+    cap_splits,
+    check_class_balance,
+    drop_bad_rows,
+    find_bad_rows,
+    require_columns,
+)
+from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.sampling import column_codes
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.images import (
@@ -50,10 +58,10 @@ from common.images import (
     load_image_splits,
     prepare_image_column,
 )
-from common.labels import SINGLE, encode_labels, infer_label_spec
+from common.inspection import DataReport, chosen, stop_for_inspection
 from common.metrics import build_compute_metrics, scores_from_logits
 from common.models import load_config, load_model, load_processor
-from common.reporting import write_classification_predictions, write_json
+from common.reporting import write_classification_predictions
 from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
 
 logger = logging.getLogger(__name__)
@@ -77,10 +85,11 @@ class ImageDataArguments(DataArguments):
     )
     label_column: str = field(default="label", metadata={"help": "Column holding the class (name or id)."})
     class_names: list[str] | None = field(
-        default=None, metadata={"help": "Names for integer class ids 0..N-1 (folder and string labels name themselves)."}
+        default=None,
+        metadata={"help": "Class names for integer labels, in sorted id order; folder and string labels name themselves."},
     )
-    skip_bad_examples: bool = field(
-        default=False, metadata={"help": "Drop unreadable, corrupt or empty image files (counted in all_results.json) instead of failing."}
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "A text file with one class name per line, in sorted id order (classes.txt)."}
     )
     max_image_side: int = field(
         default=1024, metadata={"help": "Decode larger images reduced to this longer side (JPEG draft mode), so huge files stay small."}
@@ -111,16 +120,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         label = [data_args.label_column] if split != "test" else []
         require_columns(dataset, [column, *label], sources[split], "--image_column / --label_column")
     splits = prepare_image_column(splits, column, data_args)
+    bad = {split: find_bad_rows(ds, [], data_args.label_column, sources[split]) for split, ds in splits.items()}
+    splits, skipped_labels = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples,
+                                           data_args.max_bad_fraction)
 
-    # 3. Labels (one class per image), validation split.
-    spec = infer_label_spec(splits, data_args.label_column, sources["train"], data_args.class_names)
+    # 3. Labels (one class per image); validation held out and every split sampled, keeping every class.
+    class_names = class_names_option(data_args.class_names, data_args.class_names_file)
+    spec = infer_label_spec(splits, data_args.label_column, sources["train"], class_names)
     if spec.problem_type != SINGLE:
         raise RecipeInputError(f"label column '{data_args.label_column}' of {sources['train']} holds {spec.problem_type} "
                                "labels; this recipe classifies each image into one class.")
+    splits = encode_labels(splits, spec, data_args.label_column, sources)
+    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
+              if finetune_args.cv_group_column else None)
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
-                                  splits["train"][data_args.label_column])
+                                  column_codes(splits["train"], "labels"), groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    splits = cap_splits(encode_labels(splits, spec, data_args.label_column, sources), data_args)
+    splits = cap_splits(splits, data_args, training_args.seed, "labels")
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (it checks the image files itself)
+        "image_classification", splits, sources, label_spec=spec, data_args=data_args, image_column=column,
+        columns={"image": chosen(column, "--image_column", data_args.image_column, ("image", "img")),
+                 "label": chosen(data_args.label_column, "--label_column", data_args.label_column != "label")}))
 
     # 4. Model and image processor (its size, mean and std drive every transform); then the image files.
     processor = load_processor(AutoImageProcessor, model_args)
@@ -129,8 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                          problem_type=SINGLE)
     model_init = partial(prepare_model, partial(load_model, AutoModelForImageClassification, model_args, config),
                          finetune_args)
-    splits, skipped = drop_bad_images(splits, column, sources, data_args.skip_bad_examples,
-                                      data_args.preprocessing_num_workers)
+    splits, skipped = drop_bad_images(splits, column, sources, data_args)
+    skipped = {key: count + skipped_labels.get(key, 0) for key, count in skipped.items()}
+    check_class_balance(splits, spec.names, sources)
     logger.info("%d classes: %s; images %s", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()})
 
     # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
@@ -182,14 +203,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         augmentation=augmentation,
         compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
         callbacks=callbacks,
+        data_results=skipped,
     )
     results = run(task, training_args, finetune_args)
-    if data_args.skip_bad_examples:  # the count joins the results the run already wrote
-        counts = {"skipped_bad_examples": sum(skipped.values()), **{f"skipped_bad_examples_{s}": n for s, n in skipped.items()}}
-        results.update(counts)
-        out = Path(training_args.output_dir) / "all_results.json"
-        if training_args.should_save:
-            write_json(out, {**(json.loads(out.read_text()) if out.is_file() else {}), **counts})
     results["output_dir"] = training_args.output_dir
     logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
     return results

@@ -10,7 +10,6 @@ manifests with an audio path column and a transcript column. Every option: `pyth
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +51,7 @@ from common.audio import (
 )
 from common.augment import TrainAugmentation
 from common.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.baseline import speech_baseline
 from common.config import (
     TRAINING_DEFAULTS,
     DataArguments,
@@ -60,11 +60,12 @@ from common.config import (
     RunArguments,
     parse_args,
 )
+from common.cross_validation import cv_groups
 from common.data import add_validation_split, cap_splits, require_columns
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
+from common.inspection import DataReport, chosen, stop_for_inspection
 from common.models import load_config, load_processor
-from common.reporting import write_json
 from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
 
 logger = logging.getLogger(__name__)
@@ -124,11 +125,6 @@ class SpeechDataArguments(DataArguments):
     )
     min_duration_s: float | None = field(default=None, metadata={"help": "Drop clips shorter than this (counted)."})
     max_duration_s: float | None = field(default=None, metadata={"help": "Drop clips longer than this (counted)."})
-    skip_bad_examples: bool = field(
-        default=False,
-        metadata={"help": "Skip missing, unreadable or zero-length audio and empty transcripts (counted in "
-                          "all_results.json) instead of failing."},
-    )
 
 
 ARGUMENTS = (SpeechModelArguments, SpeechDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,
@@ -154,11 +150,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split, dataset in splits.items():
         text = [text_column] if split != "test" else []
         require_columns(dataset, [audio_column, *text], sources[split], "--audio_column / --text_column")
-    splits = add_validation_split(splits, data_args.validation_split, training_args.seed)
+    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
+              if finetune_args.cv_group_column else None)
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed, groups=groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     bases.setdefault("validation", bases["train"])
-    # Manifests are often sorted (FSDD by digit): a capped split is a seeded random sample, not the first rows.
-    splits = cap_splits(splits, data_args, seed=training_args.seed)
+    splits = cap_splits(splits, data_args, training_args.seed)
 
     # 3. Model family (from the config) and feature extractor, whose sampling rate the audio is decoded at.
     config = load_config(model_args)
@@ -172,12 +169,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="decode audio"):
         splits = decode_splits(splits, audio_column, sampling_rate, bases, data_args.preprocessing_num_workers)
     normalize = partial(normalize_text, chars_to_ignore=data_args.chars_to_ignore or None)
-    splits, counts = check_examples(splits, text_column, sources, data_args.skip_bad_examples, normalize)
+    splits, counts = check_examples(splits, text_column, sources, data_args, normalize)
     splits, filtered = filter_durations(splits, sampling_rate, data_args.min_duration_s, data_args.max_duration_s,
                                         limit, sources)
     counts.update(filtered)
     logger.info("%s model (%s); clips %s at %d Hz", family, config.model_type, {k: len(v) for k, v in splits.items()},
                 sampling_rate)
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (the config and feature extractor only)
+        "speech_recognition", splits, sources, skipped=counts, data_args=data_args,
+        columns={"audio": chosen(audio_column, "--audio_column", data_args.audio_column, AUDIO_COLUMNS),
+                 "text": chosen(text_column, "--text_column", data_args.text_column, TEXT_COLUMNS)},
+        audio_column=audio_column, sampling_rate=sampling_rate))
 
     # 5. Transcripts and tokenizer: CTC builds a character vocabulary when the checkpoint has none.
     references = {split: list(d[text_column]) for split, d in splits.items() if text_column in d.column_names}
@@ -259,12 +261,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer_class=CTCTrainer if family == CTC else SpeechSeq2SeqTrainer,
         write_predictions=write_predictions if predicted else None,
         augmentation=augmentation,
+        data_results=counts,
+        baseline=partial(speech_baseline, references["train"], references.get("validation", []), normalize),
     )
     results = run(task, training_args, finetune_args)
-    results.update(counts)
-    out = Path(training_args.output_dir) / "all_results.json"
-    if training_args.should_save and out.is_file():  # the data counts join the results the run already wrote
-        write_json(out, {**json.loads(out.read_text()), **counts})
     results["output_dir"] = training_args.output_dir
     logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
     return results

@@ -34,10 +34,22 @@ from common.config import (
     parse_args,
 )
 from common.cross_validation import cv_groups
-from common.data import add_validation_split, cap_splits, load_splits, require_columns, source
+from common.data import (
+    add_validation_split,
+    cap_splits,
+    check_class_balance,
+    drop_bad_rows,
+    find_bad_rows,
+    load_splits,
+    load_text_folder,
+    require_columns,
+    source,
+)
+from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.sampling import column_codes
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
-from common.labels import SINGLE, LabelSpec, encode_labels, infer_label_spec
+from common.inspection import DataReport, chosen, stop_for_inspection
 from common.metrics import build_compute_metrics, scores_from_logits
 from common.models import load_config, load_model, load_processor
 from common.reporting import write_classification_predictions
@@ -59,8 +71,18 @@ class TextDataArguments(DataArguments):
     )
     label_column: str = field(default="label", metadata={"help": "Column holding the label(s)."})
     class_names: list[str] | None = field(
-        default=None, metadata={"help": "Names for integer class ids 0..N-1 (string labels name themselves)."}
+        default=None,
+        metadata={"help": "Class names for integer labels, in sorted id order (ids 1..4 -> 4 names); string labels "
+                          "name themselves. Comma list or several values."},
     )
+    class_names_file: str | None = field(
+        default=None, metadata={"help": "A text file with one class name per line, in sorted id order (classes.txt)."}
+    )
+    train_dir: str | None = field(
+        default=None, metadata={"help": "Training texts as one sub-folder per class holding .txt files."}
+    )
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation texts, one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={"help": "Test texts, one sub-folder per class."})
     problem_type: str | None = field(
         default=None,
         metadata={"help": "single_label_classification | multi_label_classification | regression. Default: inferred."},
@@ -100,36 +122,53 @@ def main(
         argv,
         {**DEFAULTS, **(defaults or {})},
     )
-    if sample_data and not (data_args.train_file or data_args.dataset_name):
+    if sample_data and not (data_args.train_file or data_args.train_dir or data_args.dataset_name):
         for key, value in sample_data.items():  # the data files the user left unset
             if getattr(data_args, key) is None:
                 setattr(data_args, key, value)
     setup_run(training_args, run_args)
     set_seed(training_args.seed)
 
-    # 2. Data: load, check columns, hold out validation, cap sizes.
-    splits = load_splits(data_args)
+    # 2. Data: load (files, class folders or a Hub dataset), check columns, report or skip bad rows.
+    splits = load_splits(data_args, load_text_folder)
     if "train" not in splits:
-        raise RecipeInputError("no training split: pass --train_file or a --dataset_name with a train split.")
+        raise RecipeInputError("no training split: pass --train_file, --train_dir or a --dataset_name with a train split.")
     sources = {split: source(data_args, split) for split in splits}
     text_columns = resolve_text_columns(splits["train"].column_names, data_args.text_columns, sources["train"])
+    label_column = data_args.label_column
     for split, dataset in splits.items():
-        label = [data_args.label_column] if split != "test" else []
+        label = [label_column] if split != "test" else []
         require_columns(dataset, text_columns + label, sources[split], "--text_columns / --label_column")
+    bad = {split: find_bad_rows(ds, text_columns, label_column, sources[split], data_args.label_separator)
+           for split, ds in splits.items()}
+    splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
 
-    # 3. Labels: infer the problem type, map names to ids.
-    spec = infer_label_spec(splits, data_args.label_column, sources["train"], data_args.class_names,
-                            data_args.problem_type, data_args.label_separator)
-    if default_class_names and not data_args.class_names and spec.names == [str(i) for i in range(spec.num_labels)]:
-        spec = LabelSpec(spec.problem_type, default_class_names(spec.num_labels) or spec.names)
+    # 3. Labels: infer the problem type, map values to ids; hold out validation and sample, keeping every class.
+    class_names = class_names_option(data_args.class_names, data_args.class_names_file)
+    spec = infer_label_spec(splits, label_column, sources["train"], class_names, data_args.problem_type,
+                            data_args.label_separator)
+    if default_class_names and spec.from_ids:
+        spec = spec.renamed(default_class_names(spec.num_labels) or spec.names)
     if training_args.label_smoothing_factor and spec.problem_type != SINGLE:
         raise RecipeInputError(f"--label_smoothing applies to single-label classification, not {spec.problem_type}.")
-    stratify = splits["train"][data_args.label_column] if spec.problem_type == SINGLE else None
-    splits = add_validation_split(splits, data_args.validation_split, training_args.seed, stratify)
+    single = spec.problem_type == SINGLE
+    splits = encode_labels(splits, spec, label_column, sources, data_args.label_separator)
+    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
+              if finetune_args.cv_group_column else None)
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
+                                  column_codes(splits["train"], "labels") if single else None, groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    splits = cap_splits(encode_labels(splits, spec, data_args.label_column, sources, data_args.label_separator), data_args)
+    splits = cap_splits(splits, data_args, training_args.seed, "labels" if single else None)
+    if single:
+        check_class_balance(splits, spec.names, sources)
     logger.info("task %s with %d labels: %s; rows %s", spec.problem_type, spec.num_labels, spec.names,
                 {k: len(v) for k, v in splits.items()})
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
+        "text_classification", splits, sources, label_spec=spec, problem_type_given=data_args.problem_type is not None,
+        columns={"text": chosen(text_columns, "--text_columns", data_args.text_columns, TEXT_COLUMN_CANDIDATES),
+                 "label": chosen(label_column, "--label_column", label_column != "label")},
+        bad_rows=bad, skipped=skipped, data_args=data_args, text_columns=text_columns, model_args=model_args,
+        max_seq_length=data_args.max_seq_length))
 
     # 4. Model and tokenizer.
     tokenizer = load_processor(AutoTokenizer, model_args)
@@ -182,9 +221,10 @@ def main(
         label_spec=spec,
         write_predictions=write_predictions if raw_test is not None else None,
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
-        groups=cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
-        if finetune_args.cv_group_column else None,
+        groups=(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
+                if finetune_args.cv_group_column else None),
         augmentation=augmentation,
+        data_results=skipped,
     )
     results = run(task, training_args, finetune_args)
     results["output_dir"] = training_args.output_dir

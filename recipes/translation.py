@@ -27,6 +27,7 @@ from transformers import (
 
 from common.augment import TrainAugmentation
 from common.augment.text import text_augmenter
+from common.baseline import translation_baseline
 from common.config import (
     TRAINING_DEFAULTS,
     DataArguments,
@@ -38,6 +39,7 @@ from common.config import (
 from common.data import add_validation_split, cap_splits, load_splits, source
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
+from common.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
 from common.models import load_config, load_model, load_processor
 from common.runner import Task, predicted_split, run, setup_run
 from common.seq2seq import (
@@ -104,8 +106,9 @@ class TranslationDataArguments(DataArguments):
     )
 
 
-def load_pairs(args: TranslationDataArguments) -> DatasetDict:
-    """Every split as `source`/`target` columns, from line-aligned files or tables; empty text checked."""
+def load_pairs(args: TranslationDataArguments) -> tuple[DatasetDict, dict[str, int]]:
+    """Every split as `source`/`target` columns, from line-aligned files or tables; empty text checked or
+    skipped (the skipped counts are returned)."""
     pair_files = {s: (getattr(args, f"{s}_source_file"), getattr(args, f"{s}_target_file")) for s in SPLITS}
     for split, (src, tgt) in pair_files.items():
         if src and getattr(args, f"{split}_file"):
@@ -129,9 +132,13 @@ def load_pairs(args: TranslationDataArguments) -> DatasetDict:
     if "train" not in splits:
         raise RecipeInputError("no training data: pass --train_source_file/--train_target_file, --train_file "
                                "or --dataset_name.")
+    counts = {}
     for split, (names, unit) in checks.items():
-        splits[split] = drop_empty_pairs(splits[split], names, unit)
-    return splits
+        splits[split], counts[f"skipped_bad_examples_{split}"] = drop_empty_pairs(
+            splits[split], names, unit, split, args.skip_bad_examples, args.max_bad_fraction)
+    if args.skip_bad_examples:
+        counts["skipped_bad_examples"] = sum(counts.values())
+    return splits, counts if args.skip_bad_examples else {}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -147,9 +154,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                "validation split (use --hpo_trials to tune).")
 
     # 2. Data: parallel text from any shape, a validation split held out when none is given, sizes capped.
-    splits = add_validation_split(load_pairs(data_args), data_args.validation_split, training_args.seed)
-    splits = cap_splits(splits, data_args)
+    splits, skipped = load_pairs(data_args)
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed)
+    splits = cap_splits(splits, data_args, training_args.seed)
     logger.info("sentence pairs per split: %s", {k: len(v) for k, v in splits.items()})
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
+        "translation", splits, pair_sources(data_args, splits), pair_columns(data_args), skipped=skipped,
+        data_args=data_args, model_args=model_args, source_column=SOURCE, target_column=TARGET,
+        source_prefix=data_args.source_prefix or "", max_source_length=data_args.max_source_length,
+        max_target_length=data_args.max_target_length))
 
     # 3. Model and tokenizer: languages, prefix and generation settings travel with the saved model.
     tokenizer = load_processor(AutoTokenizer, model_args)
@@ -214,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer_class=FinetuneSeq2SeqTrainer,
         write_predictions=write_predictions if raw_test is not None else None,
         augmentation=augmentation,
+        data_results=skipped,
+        baseline=lambda: translation_baseline(splits["train"][TARGET], splits["validation"][TARGET]),
     )
     results = run(task, training_args, finetune_args)
     out = Path(training_args.output_dir)

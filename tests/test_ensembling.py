@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from common.config import FinetuneArguments
+from common.data.labels import REGRESSION, SINGLE, LabelSpec
 from common.ensembling import Ensemble, check_ensemble_options, load_ensemble
 from common.errors import RecipeInputError
-from common.labels import REGRESSION, SINGLE, LabelSpec
 from common.runner import Task
 from tests.conftest import fast_args
 

@@ -180,7 +180,11 @@ def test_shipped_configs_parse():
     assert len(configs) == 4
     for path in configs:
         model, data, *_ = parse_args(speech_recognition.ARGUMENTS, ["--config", str(path)], speech_recognition.DEFAULTS)
-        assert data.split_column == "split" and data.train_file.endswith("fsdd/metadata.csv"), path
+        assert (data.dataset_name, data.audio_column, data.text_column) == ("PolyAI/minds14", "audio", "transcription")
+        # An FSDD-style manifest on the command line replaces the Hub dataset.
+        model, data, *_ = parse_args(speech_recognition.ARGUMENTS, ["--config", str(path), "--train_file", "m.csv",
+                                                                    "--split_column", "split"], speech_recognition.DEFAULTS)
+        assert data.dataset_name is None and data.dataset_config_name is None and data.train_file == "m.csv", path
 
 
 def test_data_pipeline_resamples_builds_vocab_and_augments_train_only(fsdd, tiny_ctc, tmp_path, monkeypatch, caplog):

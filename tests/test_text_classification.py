@@ -94,12 +94,12 @@ def test_multi_label_from_jsonl(tiny_bert, tmp_path):
 def test_label_separator_and_regression_pairs(tiny_bert, csv_file, tmp_path):
     rows = [{"text": r["text"], "tags": ";".join(r["labels"])} for r in _synthetic(40)]
     from common.data import load_file
-    from common.labels import infer_label_spec
+    from common.data.labels import infer_label_spec
 
     spec = infer_label_spec({"train": load_file(csv_file(rows), "--train_file")}, "tags", "train", separator=";")
     assert spec.problem_type == "multi_label_classification" and spec.names == ["fruit", "vehicle"]
 
-    pairs = [{"s1": f"a {w} here", "s2": f"the {w} there", "score": float(i % 5)} for i, w in enumerate(["x", "y"] * 40)]
+    pairs = [{"s1": f"a {w} here", "s2": f"the {w} there", "score": (i % 5) * 0.75} for i, w in enumerate(["x", "y"] * 40)]
     out = tmp_path / "reg"
     results = text_classification.main([
         "--model_name_or_path", tiny_bert, "--train_file", csv_file(pairs, "pairs.csv"),

@@ -112,7 +112,7 @@ def test_line_aligned_files_load_like_jsonl_and_csv(multi30k, tmp_path):
     pd.DataFrame({"english": en, "german": de}).to_parquet(tmp_path / "train.parquet")
 
     def load(*argv: str):
-        return translation.load_pairs(translation.TranslationDataArguments(**dict(zip(argv[::2], argv[1::2]))))
+        return translation.load_pairs(translation.TranslationDataArguments(**dict(zip(argv[::2], argv[1::2]))))[0]
 
     lines = load("train_source_file", write_lines(tmp_path / "t.en", en), "train_target_file",
                  write_lines(tmp_path / "t.de", de))["train"]
@@ -269,7 +269,7 @@ def test_pairs_empty_on_both_sides_are_dropped_with_a_report(tmp_path, caplog):
     args = translation.TranslationDataArguments(train_source_file=write_lines(tmp_path / "t.en", en),
                                                 train_target_file=write_lines(tmp_path / "t.de", de))
     with caplog.at_level(logging.WARNING):
-        train = translation.load_pairs(args)["train"]
+        train = translation.load_pairs(args)[0]["train"]
     assert train["source"] == ["a cat", "a dog", "a bird"] and train["target"] == ["eine Katze", "ein Hund", "ein Vogel"]
     assert "dropped 2 pair(s) empty on both sides" in caplog.text and "at lines 2, 5" in caplog.text
 

@@ -12,8 +12,12 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from datasets import DatasetDict
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
 
+from common.data.arrow import column_chunks
+from common.data.labels import bad_label_rows
 from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
@@ -73,3 +77,26 @@ def drop_bad_rows(
         logger.warning("--skip_bad_examples: skipped %d of %d rows of %s: %s", len(rows), total, sources[split],
                        listing(rows))
     return result, counts
+
+
+def empty_text_rows(dataset: Dataset, columns: list[str]) -> dict[int, str]:
+    """Rows whose text is missing or only whitespace in any of `columns`: {row: problem}."""
+    bad: dict[int, str] = {}
+    for column in columns:
+        for start, values in column_chunks(dataset, column):
+            if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+                values = values.cast(pa.string())
+            blank = pc.equal(pc.utf8_trim_whitespace(values), "").fill_null(True)
+            for i in np.flatnonzero(blank.to_numpy(zero_copy_only=False)):
+                bad.setdefault(start + int(i), f"empty text in '{column}'")
+    return bad
+
+
+def find_bad_rows(dataset: Dataset, text_columns: list[str], label_column: str | None, where: str,
+                  separator: str | None = None) -> list[BadRow]:
+    """Empty texts and missing or unparsable labels of one split, in row order."""
+    problems = empty_text_rows(dataset, text_columns)
+    if label_column is not None and label_column in dataset.column_names:
+        for row, problem in bad_label_rows(dataset, label_column, separator, where).items():
+            problems[row] = f"{problems[row]}, {problem}" if row in problems else problem
+    return [BadRow(row, f"row {row + 1}", problems[row]) for row in sorted(problems)]

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import datasets
-import numpy as np
 from datasets import Dataset, DatasetDict
 
-from typing import TYPE_CHECKING
+from common.data.options import QUOTING
 from common.errors import RecipeInputError, nearest
 
 if TYPE_CHECKING:
@@ -20,16 +22,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# File extension -> (datasets builder, builder kwargs).
-FORMATS: dict[str, tuple[str, dict]] = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
-    ".json": ("json", {}),
-    ".jsonl": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
-TEXT_FORMATS = {".csv", ".tsv", ".json", ".jsonl", ".txt"}
+# File extension -> datasets builder. Delimited tables take --delimiter/--column_names/--quoting; files without
+# an extension (or .txt) are delimited tables whose delimiter is sniffed unless --delimiter gives it.
+FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "csv", ".txt": "csv", "": "csv", ".psv": "csv",
+                           ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+DEFAULT_DELIMITERS = {".csv": ",", ".tsv": "\t", ".psv": "|"}
+SNIFFED = "\t,|;"  # delimiters tried on a file whose extension does not say
+TEXT_FORMATS = {".csv", ".tsv", ".json", ".jsonl", ".txt", "", ".psv"}
 SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "eval": "validation"}
+SPLITS = ("train", "validation", "test")
+LONG_HEADER = 40  # a header name longer than this is almost surely a data value
+HEAD_ROWS = 1000  # rows checked against the header's field count before the real read
 
 
 def check_utf8(path: str | Path) -> None:
@@ -65,39 +68,182 @@ def check_file(path: str, option: str, formats: Sequence[str] = tuple(FORMATS)) 
     if not file.is_file():
         raise RecipeInputError(f"{option} {path} is not a file.")
     if file.suffix.lower() not in formats:
-        raise RecipeInputError(
-            f"{option} {path}: unsupported extension '{file.suffix}'. Use one of: {', '.join(formats)}."
-        )
+        shown = ", ".join(f or "no extension" for f in formats)
+        raise RecipeInputError(f"{option} {path}: unsupported extension '{file.suffix}'. Use one of: {shown}.")
     if file.suffix.lower() in TEXT_FORMATS:
         check_utf8(file)
     return file
 
 
-def load_file(path: str, option: str, split: str = "train") -> Dataset:
+def _delimiter(file: Path, option: str, args: Any) -> str:
+    given = getattr(args, "delimiter", None)
+    if given:
+        return given
+    suffix = file.suffix.lower()
+    if suffix in DEFAULT_DELIMITERS:
+        return DEFAULT_DELIMITERS[suffix]
+    with open(file, encoding="utf-8", newline="") as handle:
+        sample = handle.read(1 << 16)
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=SNIFFED).delimiter
+    except csv.Error:
+        raise RecipeInputError(
+            f"{option} {file}: cannot tell how its columns are separated (it has no .csv/.tsv extension and no "
+            "consistent delimiter). Give --delimiter, e.g. --delimiter '\\t' or --delimiter '|'."
+        ) from None
+    logger.info("%s %s: columns separated by %r (sniffed; set --delimiter to override)", option, file, found)
+    return found
+
+
+def _check_header(file: Path, option: str, delimiter: str, quoting: int, names: list[str] | None) -> None:
+    """The first lines, read as the table will be: a header that looks like data would silently lose a row and
+    name the columns after it, and rows whose field count differs from the header mean a wrong delimiter."""
+    with open(file, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        first = next(reader, [])
+        rows = [row for _, row in zip(range(HEAD_ROWS), reader)]
+    width = len(names) if names is not None else len(first)
+    if names is not None and first and len(first) != width:
+        raise RecipeInputError(
+            f"{option} {file}: --column_names gives {width} names ({', '.join(names)}) but its first line "
+            f"has {len(first)} fields separated by {delimiter!r}. Give one name per column, or fix --delimiter."
+        )
+    ragged = next(((i, row) for i, row in enumerate(rows, start=2) if row and len(row) != width), None)
+    if ragged is not None:
+        others = [c for c in SNIFFED if c != delimiter and c in "".join(first)]
+        hint = f" Its first line contains {others[0]!r}: try --delimiter {others[0]!r}." if others else ""
+        raise RecipeInputError(
+            f"{option} {file}: line {ragged[0]} has {len(ragged[1])} fields but line 1 has {width}, reading fields "
+            f"separated by {delimiter!r}.{hint} Set --delimiter to the file's separator, or --quoting none if quote "
+            "characters are part of the text."
+        )
+    if names is not None:
+        return
+    suspicious = [name for name in first if _is_number(name) or len(name.strip()) > LONG_HEADER or not name.strip()]
+    if suspicious:
+        shown = suspicious[0] if len(suspicious[0]) <= 60 else suspicious[0][:57] + "..."
+        raise RecipeInputError(
+            f"{option} {file}: its first line looks like data, not a header: {shown!r} is not a column name. If "
+            f"the file has no header row, name its {len(first)} columns with --column_names, e.g. --column_names "
+            f"{','.join(f'col{i}' for i in range(1, len(first) + 1))}."
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_kwargs(file: Path, option: str, args: Any) -> dict[str, Any]:
+    """datasets builder kwargs for one file: delimiter, header and quoting for tables; the JSON field."""
+    builder = FORMATS[file.suffix.lower()]
+    if builder == "csv":
+        delimiter = _delimiter(file, option, args)
+        quoting = QUOTING[getattr(args, "quoting", None) or ("none" if delimiter == "\t" else "minimal")]
+        names = getattr(args, "column_names", None)
+        _check_header(file, option, delimiter, quoting, names)
+        # Only empty fields are missing: pandas' default also turns texts like "NA", "null" or "None" into nulls.
+        kwargs = {"delimiter": delimiter, "quoting": quoting, "keep_default_na": False, "na_values": [""]}
+        return {**kwargs, "column_names": names} if names else kwargs
+    field = getattr(args, "data_field", None)
+    if builder == "json" and field and _is_json_document(file, field):
+        return {"field": field}
+    return {}
+
+
+def _is_json_document(file: Path, field: str) -> bool:
+    """True for one JSON document holding its records as a list under `field` (read with datasets' `field=`),
+    False for JSON lines whose `field` holds one nested record per line."""
+    with open(file, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return True  # a document spread over several lines
+    return isinstance(record, dict) and isinstance(record.get(field), list)
+
+
+def _unnest(dataset: Dataset, field: str, option: str, path: str) -> Dataset:
+    """JSON lines whose records sit under `field`: its keys become the columns (other top-level keys stay)."""
+    if field not in dataset.column_names:
+        raise RecipeInputError(f"{option} {path}: --data_field {field!r} is not a field of its records"
+                               f"{nearest(field, dataset.column_names)}. Fields: {', '.join(dataset.column_names)}.")
+    feature = dataset.features[field]
+    if not isinstance(feature, dict):
+        raise RecipeInputError(f"{option} {path}: --data_field {field!r} holds {type(feature).__name__} values, "
+                               "not nested records. Leave out --data_field, or name the field holding the records.")
+    clash = sorted(set(feature) & (set(dataset.column_names) - {field}))
+    if clash:
+        raise RecipeInputError(f"{option} {path}: --data_field {field!r} holds {', '.join(clash)}, which also exist "
+                               "outside it. Rename one of them.")
+    flat = dataset.flatten()
+    return flat.rename_columns({f"{field}.{key}": key for key in feature})
+
+
+def load_file(path: str, option: str, split: str = "train", args: Any = None) -> Dataset:
     """Load one local data file as a Dataset, turning reader failures into errors naming the file."""
     file = check_file(path, option)
-    builder, kwargs = FORMATS[file.suffix.lower()]
+    builder = FORMATS[file.suffix.lower()]
     fix = "Give a file with a header and data rows" + ("." if split == "train" else f", or leave out {option}.")
     empty = RecipeInputError(f"{option} {path} has no rows: the {split} split is empty. {fix}")
     if file.stat().st_size == 0:
         raise empty
+    kwargs = _read_kwargs(file, option, args)
     try:
         dataset = datasets.load_dataset(builder, data_files={split: str(file)}, split=split, **kwargs)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
         if "corresponds to no data" in str(err):  # a header and no rows
             raise empty from None
         cause = err.__cause__ or err.__context__ or err
-        raise RecipeInputError(
-            f"{option} {path} could not be read as {builder}: {cause}. Its extension '{file.suffix}' chose the "
-            f"{builder} reader: fix the file, or rename it to the extension of its real format."
-        ) from None
+        hint = ("fix the file, or set --delimiter/--quoting/--column_names to match it" if builder == "csv"
+                else "fix the file, or rename it to the extension of its real format")
+        raise RecipeInputError(f"{option} {path} could not be read as {builder}: {cause}. {hint.capitalize()}.") from None
     if len(dataset) == 0:
         raise empty
+    field = getattr(args, "data_field", None)
+    if builder == "json" and field and "field" not in kwargs:
+        dataset = _unnest(dataset, field, option, path)
     return dataset
 
 
-def load_splits(args: DataArguments) -> DatasetDict:
-    """Train/validation/test splits from a Hub dataset or from --train_file/--validation_file/--test_file."""
+def load_text_folder(directory: str, option: str, split: str) -> Dataset:
+    """One sub-folder per class holding .txt files (the text twin of imagefolder): columns text, label, file."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise RecipeInputError(f"{option} {directory} is not a directory. Give a folder with one sub-folder per "
+                               "class holding .txt files, e.g. train/pos/1.txt, train/neg/2.txt.")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    loose = sorted(entry.name for entry in os.scandir(root) if entry.is_file() and entry.name.endswith(".txt"))
+    if loose or not classes:
+        raise RecipeInputError(f"{option} {directory}: put the .txt files in one sub-folder per class (found "
+                               f"{'loose files such as ' + loose[0] if loose else 'no class sub-folders'}).")
+    texts, labels, files = [], [], []
+    for name in classes:
+        paths = sorted((root / name).rglob("*.txt"))
+        if not paths and split == "train":
+            raise RecipeInputError(f"{option} {directory}: class folder {name} has no .txt files, so the model "
+                                   "could never predict it. Add files or remove the folder.")
+        for path in paths:
+            check_utf8(path)
+            texts.append(path.read_text(encoding="utf-8").strip())
+            labels.append(name)
+            files.append(str(path))
+    return Dataset.from_dict({"text": texts, "label": labels, "file": files})
+
+
+def load_splits(args: DataArguments, folder_loader: Callable[[str, str, str], Dataset] | None = None) -> DatasetDict:
+    """Train/validation/test splits from a Hub dataset, --train_file/--validation_file/--test_file, or (with a
+    `folder_loader`) class folders given as --train_dir/--validation_dir/--test_dir."""
+    dirs = {split: getattr(args, f"{split}_dir", None) for split in SPLITS}
+    files = {split: getattr(args, f"{split}_file", None) for split in SPLITS}
+    if any(dirs.values()) and folder_loader is not None:
+        others = [f"--{s}_file" for s, f in files.items() if f] + (["--dataset_name"] if args.dataset_name else [])
+        if others:
+            raise RecipeInputError(f"give class folders (--train_dir ...) or {', '.join(others)}, not both.")
+        return DatasetDict({s: folder_loader(d, f"--{s}_dir", s) for s, d in dirs.items() if d})
     if args.dataset_name:
         try:
             loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name)
@@ -112,19 +258,16 @@ def load_splits(args: DataArguments) -> DatasetDict:
             if len(ds) == 0:
                 raise RecipeInputError(f"split '{name}' of Hub dataset '{args.dataset_name}' is empty.")
         return splits
-    files = {"train": args.train_file, "validation": args.validation_file, "test": args.test_file}
     if not any(files.values()):
         raise RecipeInputError("no data given: pass --dataset_name, or --train_file (plus --validation_file/--test_file).")
-    return DatasetDict(
-        {split: load_file(path, f"--{split}_file", split) for split, path in files.items() if path}
-    )
+    return DatasetDict({split: load_file(path, f"--{split}_file", split, args) for split, path in files.items() if path})
 
 
 def source(args: DataArguments, split: str) -> str:
     """Where a split came from, for error messages."""
-    if args.dataset_name:
+    path = getattr(args, f"{split}_dir", None) or getattr(args, f"{split}_file", None)
+    if args.dataset_name and not path:
         return f"split '{split}' of {args.dataset_name}"
-    path = getattr(args, f"{split}_file", None)
     return f"{split} split ({path})" if path else f"{split} split"
 
 
@@ -136,43 +279,3 @@ def require_columns(dataset: Dataset, columns: Sequence[str], where: str, option
             f"column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} not found in {where}{hints}. "
             f"Columns present: {', '.join(dataset.column_names)}. Set {option} to the right name."
         )
-
-
-def add_validation_split(
-    splits: DatasetDict, fraction: float, seed: int, stratify: Sequence | None = None
-) -> DatasetDict:
-    """Hold out `fraction` of train as validation (stratified by `stratify` when every class has 2+ rows)."""
-    if "validation" in splits or "train" not in splits:
-        return splits
-    from sklearn.model_selection import train_test_split
-
-    indices = np.arange(len(splits["train"]))
-    labels = None
-    if stratify is not None:
-        values, counts = np.unique(np.asarray([str(v) for v in stratify]), return_counts=True)
-        n_eval = int(round(fraction * len(indices)))
-        if counts.min() >= 2 and n_eval >= len(values):
-            labels = [str(v) for v in stratify]
-        else:
-            logger.warning("validation split is not stratified: some class has fewer than 2 rows")
-    try:
-        train_idx, eval_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=labels)
-    except ValueError as err:
-        raise RecipeInputError(f"cannot hold out {fraction} of {len(indices)} training rows: {err}") from None
-    logger.info("no validation split given: held out %d of %d training rows (seed %d)", len(eval_idx), len(indices), seed)
-    result = DatasetDict(splits)
-    result["train"] = splits["train"].select(sorted(train_idx))
-    result["validation"] = splits["train"].select(sorted(eval_idx))
-    return result
-
-
-def cap_splits(splits: DatasetDict, args: DataArguments, seed: int | None = None) -> DatasetDict:
-    """Apply --max_train_samples / --max_eval_samples / --max_predict_samples: the first N rows, as HF examples do,
-    or with `seed` a seeded random sample (for data files sorted by label)."""
-    caps = {"train": args.max_train_samples, "validation": args.max_eval_samples, "test": args.max_predict_samples}
-    result = DatasetDict(splits)
-    for split, cap in caps.items():
-        if cap is not None and split in result and len(result[split]) > cap:
-            dataset = result[split] if seed is None else result[split].shuffle(seed=seed)
-            result[split] = dataset.select(range(cap))
-    return result
