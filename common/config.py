@@ -129,6 +129,11 @@ class DataArguments:
                                         "by class for single-label classification."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation rows (sampled as above)."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test rows (sampled as above)."})
+    dedupe: bool = field(
+        default=False,
+        metadata={"help": "Drop validation rows that repeat a train row verbatim, and test rows that repeat train or "
+                          "validation (they are counted and logged either way)."},
+    )
     skip_bad_examples: bool = field(
         default=False,
         metadata={"help": "Drop bad rows (empty text, unparsable labels, unreadable or empty files) instead of "
@@ -174,7 +179,16 @@ class RunArguments:
         default=False,
         metadata={"help": "Multiply learning_rate by processes x gradient_accumulation_steps (linear scaling rule)."},
     )
+    resume_ignore_changes: bool = field(
+        default=False,
+        metadata={"help": "With --resume_from_checkpoint: resume even when options or data files differ from those "
+                          "the checkpoint was trained with (each change is logged and recorded in "
+                          "training_args.json). Without it such a resume is refused."},
+    )
     precision_reason: str = field(default="", init=False, repr=False)  # why `precision` was chosen, for the log
+    # The other argument groups parse_args built with this one (data, model, fine-tuning, training), so that
+    # setup_run can fingerprint what shapes training for the checkpoints (common.reliability.run_fingerprint).
+    arguments: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
 
 
 @dataclass
@@ -382,6 +396,9 @@ def parse_args(
             raise RecipeInputError(f"invalid {dtype.__name__}: {err}") from None
         if isinstance(instances[-1], RunArguments):
             instances[-1].precision_reason = precision_reason
+    for instance in instances:
+        if isinstance(instance, RunArguments):
+            instance.arguments = tuple(other for other in instances if other is not instance)
     return tuple(instances)
 
 

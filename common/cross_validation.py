@@ -10,8 +10,12 @@ split, the held-out fold serves as the per-epoch evaluation too.
 
 The output dir gets `fold_k/` (a complete model dir per fold), `cv_results.json` (metrics per fold,
 mean and sample std, and metrics of the pooled out-of-fold predictions), `cv.png` and, for
-classification and regression, `oof_predictions.parquet` (row, fold, label, prediction and per-class
-scores). Under several processes every process trains every fold; only the main one writes files.
+classification and regression, `oof_predictions.parquet`: one line per train row with `row` (its 0-based
+data row in the train file, header excluded, as `load_splits` read it: the recipe numbers the rows before bad
+rows are dropped, validation is held out or samples are drawn, and passes them as `Task.source_rows`), `fold`,
+`label` and `prediction` (both class names, so `(label == prediction).mean()` is the out-of-fold accuracy;
+integer labels without --class_names stay integers, as in the file), `label_id` and one score column per
+class. Under several processes every process trains every fold; only the main one writes files.
 """
 
 from __future__ import annotations
@@ -23,20 +27,46 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from datasets import Dataset, DatasetDict
 from transformers import TrainingArguments
 
 from common.config import FinetuneArguments
 from common.data import require_columns
-from common.data.labels import REGRESSION, SINGLE
+from common.data.arrow import column_array
+from common.data.labels import MULTI, REGRESSION
 from common.errors import RecipeInputError
 from common.metrics import predictions_from_scores, score_predictions, scores_from_logits
 from common.reporting import plot_bars, write_json
 
 logger = logging.getLogger(__name__)
 
+SOURCE_ROW = "__source_row__"  # the train rows' numbers in the file as loaded; see `number_rows`
+
+
+def number_rows(dataset: Dataset) -> Dataset:
+    """The train split as loaded, plus a column of its 0-based row numbers. `Dataset.select` keeps it, so after
+    dropped bad rows, a held-out validation split and sampling it still says which file row each row is."""
+    if SOURCE_ROW in dataset.column_names:
+        raise RecipeInputError(f"the train data has a column named {SOURCE_ROW!r}, a name this toolkit reserves; "
+                               "rename it.")
+    return dataset.add_column(SOURCE_ROW, np.arange(len(dataset), dtype=np.int64))
+
+
+def take_source_rows(splits: DatasetDict) -> tuple[DatasetDict, list[int] | None]:
+    """The splits without the `number_rows` column (it must reach no model, collator or report), and train's
+    row numbers (`Task.source_rows`; None when the train split was not numbered)."""
+    train = splits.get("train")
+    rows = (column_array(train, SOURCE_ROW).to_numpy().tolist()
+            if train is not None and SOURCE_ROW in train.column_names else None)
+    result = DatasetDict({name: ds.remove_columns(SOURCE_ROW) if SOURCE_ROW in ds.column_names else ds
+                          for name, ds in splits.items()})
+    return result, rows
+
 
 def cv_groups(dataset, column: str, where: str) -> list:
     """The --cv_group_column values of the train split, or a clear error when the column is missing."""
+    if column not in dataset.column_names and SOURCE_ROW in dataset.column_names:
+        dataset = dataset.remove_columns(SOURCE_ROW)  # not the user's: leave it out of the columns listed
     require_columns(dataset, [column], where, "--cv_group_column")
     return list(dataset[column])
 
@@ -105,6 +135,9 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: FinetuneA
         raise RecipeInputError(f"--cv_group_column {finetune_args.cv_group_column}: the {task.name} recipe does not "
                                "pass groups for cross-validation.")
     train = task.train_dataset
+    source_rows = np.arange(len(train)) if task.source_rows is None else np.asarray(task.source_rows)
+    if len(source_rows) != len(train):
+        raise ValueError(f"Task.source_rows has {len(source_rows)} entries for {len(train)} train rows.")
     splits = fold_indices(len(train), finetune_args.cv_folds, args.seed, task.stratify, task.groups)
     out = Path(args.output_dir)
     main = args.process_index == 0
@@ -142,7 +175,8 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: FinetuneA
 
     results = {}
     if main:
-        oof_metrics = write_oof_predictions(spec, oof_scores, labels, fold_of, out) if spec is not None else {}
+        oof_metrics = (write_oof_predictions(spec, oof_scores, labels, fold_of, out, source_rows)
+                       if spec is not None else {})
         results = write_cv_results(task.main_metric, per_fold, oof_metrics, out)
     if finetune_args.ensemble:
         from common.ensembling import run_ensemble
@@ -152,17 +186,35 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: FinetuneA
     return results
 
 
-def write_oof_predictions(spec, scores: np.ndarray, labels: np.ndarray, fold_of: np.ndarray,
-                          out: Path) -> dict[str, float]:
-    """oof_predictions.parquet: row, fold, label, prediction, per-class scores; returns the pooled metrics."""
+def oof_class_names(spec) -> list:
+    """What `label` and `prediction` hold per class id: its name; for integer labels without --class_names,
+    whose names are those integers as text, the integers themselves, so they compare equal to the file's."""
+    return list(spec.values) if spec.from_ids and spec.values is not None else list(spec.names)
+
+
+def write_oof_predictions(spec, scores: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, out: Path,
+                          rows: np.ndarray | None = None) -> dict[str, float]:
+    """oof_predictions.parquet: row (in the train file), fold, label, prediction, label_id, per-class scores;
+    returns the pooled metrics. `label` and `prediction` are in the same terms, class names."""
     import pandas as pd
 
-    table = pd.DataFrame({"row": np.arange(len(labels)), "fold": fold_of, "label": list(labels)})
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    table = pd.DataFrame({"row": rows, "fold": fold_of})
     if spec.problem_type == REGRESSION:
+        table["label"] = np.asarray(labels, dtype=np.float64).reshape(-1)
         table["prediction"] = scores.reshape(-1)
     else:
-        if spec.problem_type == SINGLE:
-            table["prediction"] = [spec.names[i] for i in predictions_from_scores(scores, SINGLE)]
+        names = oof_class_names(spec)
+        predicted = predictions_from_scores(scores, spec.problem_type)
+        if spec.problem_type == MULTI:  # label sets: lists of names and of ids
+            table["label"] = [[names[i] for i in np.flatnonzero(hot)] for hot in np.asarray(labels)]
+            table["prediction"] = [[names[i] for i in np.flatnonzero(hot)] for hot in predicted]
+            table["label_id"] = [np.flatnonzero(hot).tolist() for hot in np.asarray(labels)]
+        else:
+            ids = np.asarray(labels, dtype=np.int64)
+            table["label"] = [names[i] for i in ids]
+            table["prediction"] = [names[i] for i in predicted]
+            table["label_id"] = ids
         for i, name in enumerate(spec.names):
             table[f"score_{name}"] = scores[:, i]
     out.mkdir(parents=True, exist_ok=True)

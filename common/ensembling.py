@@ -2,7 +2,11 @@
 
 Members are the cross-validation fold models (--cv_folds K --ensemble ...) or any saved model dirs
 (--ensemble_models DIR DIR ...; nothing is trained then). Members must share the recipe's labels and its
-tokenizer/processor, since they predict on the recipe's preprocessed splits.
+tokenizer/processor, since they predict on the recipe's preprocessed splits: `check_member_processors`
+loads the tokenizer or image processor saved in each member dir and refuses, before any member predicts, a
+member whose processor would encode the same input differently from another member's or from the recipe's
+(tokenizer: vocabulary, special tokens, the encoding of a probe text; image processor: resize, crop,
+rescale, normalization and resampling settings).
 
 - soft_vote: the mean of the members' probabilities (for regression, the mean prediction).
 - hard_vote: the majority class; a tie goes to the class with the higher mean probability.
@@ -77,6 +81,126 @@ def check_ensemble_options(task, finetune_args: FinetuneArguments) -> None:
             raise RecipeInputError("--hpo_trials with --ensemble_models: nothing is trained, so there is nothing to tune.")
         for path in models:
             _check_model_dir(path, "--ensemble_models")
+
+
+PROBE = ("Héllo WORLD, naïve café-au-lait: 12,345 ÜBER déjà-vu!", "a Second SEGMENT")  # case, accents, pairs
+# Image processor settings that change what the model sees; a step that is off makes its settings moot.
+IMAGE_FIELDS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "crop_pct", "do_rescale",
+                "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb", "do_pad", "pad_size",
+                "size_divisor")
+MOOT_WHEN_OFF = {"crop_size": "do_center_crop", "rescale_factor": "do_rescale", "image_mean": "do_normalize",
+                 "image_std": "do_normalize", "pad_size": "do_pad"}
+# Bookkeeping in a saved feature extractor config that does not change its output.
+IDENTITY_FIELDS = {"feature_extractor_type", "image_processor_type", "processor_class", "_processor_class", "auto_map",
+                   "name_or_path", "_name_or_path"}
+AUTO_CLASSES = {"tokenizer": "AutoTokenizer", "image processor": "AutoImageProcessor",
+                "feature extractor": "AutoFeatureExtractor"}
+
+
+def _processor_kind(processor: Any) -> str | None:
+    from transformers import PreTrainedTokenizerBase
+    from transformers.feature_extraction_utils import FeatureExtractionMixin
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    if isinstance(processor, PreTrainedTokenizerBase):
+        return "tokenizer"
+    if isinstance(processor, BaseImageProcessor):
+        return "image processor"
+    if isinstance(processor, FeatureExtractionMixin):
+        return "feature extractor"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A setting as plain JSON data: enums by value, tuples as lists, dicts sorted."""
+    if hasattr(value, "value") and not isinstance(value, (str, int, float)):
+        value = value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def processor_fields(processor: Any) -> dict[str, str]:
+    """What decides the model inputs a tokenizer or processor makes, field -> a comparable description."""
+    import hashlib
+
+    kind = _processor_kind(processor)
+    if kind == "tokenizer":
+        vocab = sorted(processor.get_vocab().items())
+        digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+        special = {name: _plain(token) for name, token in sorted(processor.special_tokens_map.items())}
+        ids = processor(*PROBE)["input_ids"]
+        return {"vocabulary": f"{len(vocab)} entries (sha256 {digest})",
+                "special tokens": json.dumps(special, ensure_ascii=False, default=str),
+                f"encoding of the probe text {PROBE!r}": " ".join(processor.convert_ids_to_tokens(ids))}
+    settings = processor.to_dict()
+    if kind == "image processor":
+        plain = {k: _plain(settings.get(k)) for k in IMAGE_FIELDS}
+        plain.update({k: bool(v) for k, v in plain.items() if k.startswith("do_")})  # unset: not done
+        return {k: json.dumps(v) for k, v in plain.items() if not (k in MOOT_WHEN_OFF and not plain[MOOT_WHEN_OFF[k]])}
+    return {k: json.dumps(_plain(v)) for k, v in sorted(settings.items()) if k not in IDENTITY_FIELDS}
+
+
+def _member_processor(path: str | Path, kind: str) -> Any:
+    import transformers
+
+    try:
+        return getattr(transformers, AUTO_CLASSES[kind]).from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001 - whatever the loader raises, the member cannot be checked
+        raise RecipeInputError(
+            f"ensemble member {path}: cannot load the {kind} saved with it ({err}). Members must carry their {kind} "
+            f"(the recipes save it beside the model), so that they can be checked against each other and predict "
+            "through pipeline()."
+        ) from None
+
+
+def _first_difference(a: dict[str, str], b: dict[str, str]) -> tuple[str, str, str] | None:
+    for key in list(a) + [k for k in b if k not in a]:
+        if a.get(key) != b.get(key):
+            return key, a.get(key, "(not set)"), b.get(key, "(not set)")
+    return None
+
+
+def check_member_processors(task, members: list[str]) -> None:
+    """Refuse members whose saved tokenizer/processor differs from another member's or from the recipe's.
+
+    Every member predicts on the splits as the recipe's processor encoded them, so a member with a different
+    vocabulary or image size would score inputs that mean something else to it, and the ensemble would
+    average silently wrong predictions. Nothing is combined when this fails.
+    """
+    kind = _processor_kind(task.processing_class)
+    if kind is None:
+        if task.processing_class is not None:
+            logger.warning("ensemble: cannot compare the members' %s with the recipe's; make sure they match",
+                           type(task.processing_class).__name__)
+        return
+    first, first_fields = None, None
+    for path in members:
+        fields = processor_fields(_member_processor(path, kind))
+        if first is None:
+            first, first_fields = path, fields
+            continue
+        difference = _first_difference(first_fields, fields)
+        if difference is not None:
+            field_name, ours, theirs = difference
+            raise RecipeInputError(
+                f"ensemble members {first} and {path} have different {kind}s: {field_name} differs ({ours} in "
+                f"{first}; {theirs} in {path}). Every member predicts on inputs encoded by one {kind}, so members "
+                f"with different ones would be combined on inputs that mean something else to some of them. "
+                f"Ensemble models fine-tuned from the same base model (the same {kind})."
+            )
+    recipe = getattr(task.processing_class, "name_or_path", None) or task.model_name or "the recipe's model"
+    difference = _first_difference(first_fields, processor_fields(task.processing_class)) if first else None
+    if difference is not None:
+        field_name, ours, theirs = difference
+        raise RecipeInputError(
+            f"ensemble member {first} has a different {kind} from the recipe's ({recipe}, from --model_name_or_path "
+            f"/ --tokenizer_name): {field_name} differs ({ours} in {first}; {theirs} in the recipe's). The members "
+            f"predict on the data as the recipe's {kind} encodes it: pass --model_name_or_path {first}, or the base "
+            "model the members were fine-tuned from."
+        )
 
 
 def _check_model_dir(path: str | Path, where: str) -> None:
@@ -239,6 +363,7 @@ def run_ensemble(task, args: TrainingArguments, finetune_args: FinetuneArguments
                  oof_scores: np.ndarray | None = None, oof_labels: np.ndarray | None = None) -> dict[str, float]:
     """Combine `members`, score them and the ensemble side by side, save the ensemble into the output dir."""
     check_ensemble_options(task, finetune_args)
+    check_member_processors(task, list(members))  # before any member predicts
     spec = task.label_spec
     ensemble = Ensemble(finetune_args.ensemble, list(members), spec.problem_type, spec.names, task.pipeline_task)
     out = Path(args.output_dir)

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
+from common.data import BadRow, check_class_balance, drop_bad_rows, source
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 
 EXAMPLES = 3  # example rows per split
@@ -121,8 +122,6 @@ def pair_columns(args: Any) -> dict[str, str]:
 
 def pair_sources(args: Any, splits: Sequence[str]) -> dict[str, str]:
     """Where each translation split came from: its files, or the data-file split it was loaded as."""
-    from common.data import source
-
     sources = {}
     for split in splits:
         src, tgt = getattr(args, f"{split}_source_file", None), getattr(args, f"{split}_target_file", None)
@@ -388,8 +387,6 @@ def _char_lengths(report: DataReport, dataset: Dataset) -> list[str]:
 def _check_images(report: DataReport) -> None:
     """The recipe checks its image files after this point (once the processor is loaded): do the same check,
     with the same policy, so inspect fails or skips exactly as the run would."""
-    from common.data import BadRow, drop_bad_rows
-    from common.data.sampling import check_class_balance
     from common.images import find_bad_images
 
     args = report.data_args

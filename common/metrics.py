@@ -25,8 +25,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     result = {"subset_accuracy": skm.accuracy_score(y_true, y_pred)}
+    # Macro averages leave out labels that neither occur nor are predicted in this split, as the single-label
+    # metrics do (sklearn counts only the classes present there): an absent label is not a failure at 0.
+    present = np.flatnonzero((y_true.sum(0) + y_pred.sum(0)) > 0) if y_true.ndim == 2 else None
+    present = present if present is not None and present.size else None
     for average in ("micro", "macro"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0,
+                                                         labels=present if average == "macro" else None)
         result.update({f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f})
     return {k: float(v) for k, v in result.items()}
 

@@ -8,12 +8,18 @@
 - `load_checkpoint_weights`: resuming reloads weights that transformers 5 renamed (ViT) through `from_pretrained`.
 - `NonFiniteSkips`: the steps skipped by the NaN/inf guard of `FinetuneTrainerMixin` (`--nan_policy`).
 - `PreemptionCallback`: on SIGTERM, a checkpoint at the end of the current optimizer step, then a clean stop.
+- `run_fingerprint` / `check_resume`: every checkpoint keeps `run_fingerprint.json` (the options that shape
+  training and the data files' sizes and hashes); `--resume_from_checkpoint` refuses a run whose options or data
+  differ from the checkpoint's, naming each change, unless `--resume_ignore_changes`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import enum
+import hashlib
 import json
 import logging
 import os
@@ -188,9 +194,19 @@ def publish(staging: Path, out: Path) -> None:
 
 
 def write_training_args(folder: Path, args) -> None:
-    """training_args.json in place of Trainer's training_args.bin: the same settings, readable, and no pickle."""
+    """training_args.json in place of Trainer's training_args.bin: the same settings, readable, and no pickle.
+
+    A resumed run adds `resumed` (the checkpoint, and the option changes --resume_ignore_changes let through,
+    which the checkpoint's optimizer and scheduler state overrode); a checkpoint also gets run_fingerprint.json.
+    """
     (folder / "training_args.bin").unlink(missing_ok=True)
-    (folder / "training_args.json").write_text(args.to_json_string(), encoding="utf-8")
+    record: RunRecord | None = getattr(args, RUN_RECORD_ATTR, None)
+    text = args.to_json_string()
+    if record is not None and record.resumed is not None:
+        text = json.dumps({"resumed": record.resumed, **json.loads(text)}, indent=2) + "\n"
+    (folder / "training_args.json").write_text(text, encoding="utf-8")
+    if record is not None and _CHECKPOINT.match(folder.name):
+        (folder / FINGERPRINT_NAME).write_text(json.dumps(record.fingerprint, indent=2) + "\n", encoding="utf-8")
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
@@ -246,6 +262,194 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str | Path) -> A
         str(checkpoint), config=model.config, dtype=next(model.parameters()).dtype
     )
     return model.load_state_dict(saved.state_dict(), strict=False)
+
+
+# --- resume guard ----------------------------------------------------------------------------------------------
+
+FINGERPRINT_NAME = "run_fingerprint.json"
+FINGERPRINT_VERSION = 1
+# setup_run hangs a RunRecord on the TrainingArguments under this name; write_training_args reads it back.
+RUN_RECORD_ATTR = "run_record"
+# The TrainingArguments that shape the optimisation. Output, logging, evaluation and save cadence, reporting,
+# dataloader workers and the resume options themselves may change between a checkpoint and its resumption.
+TRAINING_OPTIONS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "auto_find_batch_size", "num_train_epochs",
+    "max_steps", "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim", "optim_args",
+    "optim_target_modules", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+    "label_smoothing_factor", "average_tokens_across_devices", "neftune_noise_alpha", "bf16", "fp16", "tf32",
+    "seed", "data_seed", "full_determinism", "train_sampling_strategy", "length_column_name",
+    "dataloader_drop_last", "remove_unused_columns", "label_names",
+)
+# Fields of the data, model and fine-tuning groups that do not shape training.
+NOT_FINGERPRINTED = frozenset({"preprocessing_num_workers", "cache_dir"})
+# Options of the data groups that name local files or folders: compared by content, not by path.
+_PATH_OPTION = re.compile(r"(_file|_dir|_folder)$|^dataset_name$")
+HASH_LIMIT = 256 * 2**20  # bigger files are compared by size and modification time
+
+
+@dataclasses.dataclass
+class RunRecord:
+    fingerprint: dict[str, Any]
+    resumed: dict[str, Any] | None = None  # set when the run resumed from a checkpoint
+
+
+def carry_run_record(source, target) -> None:
+    """Keep the record on TrainingArguments rebuilt with dataclasses.replace (which drops extra attributes)."""
+    record = getattr(source, RUN_RECORD_ATTR, None)
+    if record is not None:
+        setattr(target, RUN_RECORD_ATTR, record)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Size and content hash of a data file (size and mtime above HASH_LIMIT); for a folder, its files' names,
+    sizes and modification times (hidden entries aside)."""
+    path = Path(path)
+    if path.is_file():
+        stat = path.stat()
+        found = {"path": str(path.resolve()), "kind": "file", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        if stat.st_size <= HASH_LIMIT:
+            found["sha256"] = _sha256(path)
+        return found
+    listing, times, count, size = hashlib.sha256(), hashlib.sha256(), 0, 0
+    for root, dirs, files in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(f for f in files if not f.startswith(".")):
+            file = Path(root) / name
+            with contextlib.suppress(OSError):  # a dangling link is no data
+                stat = file.stat()
+                relative = file.relative_to(path).as_posix()
+                listing.update(f"{relative}\t{stat.st_size}\n".encode())
+                times.update(f"{relative}\t{stat.st_mtime_ns}\n".encode())
+                count, size = count + 1, size + stat.st_size
+    return {"path": str(path.resolve()), "kind": "folder", "files": count, "size": size,
+            "listing_sha256": listing.hexdigest(), "mtimes_sha256": times.hexdigest()}
+
+
+def run_fingerprint(training_args, arguments: tuple[Any, ...], processes: int) -> dict[str, Any]:
+    """What a checkpoint was trained with: every data, model, fine-tuning and augmentation option (a few aside),
+    the TRAINING_OPTIONS, the number of processes, and the content of each local data file or folder named."""
+    from transformers import TrainingArguments
+
+    from common.config import FinetuneArguments, ModelArguments, RunArguments
+
+    options: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    for group in arguments:
+        if isinstance(group, (TrainingArguments, RunArguments)) or not dataclasses.is_dataclass(group):
+            continue
+        data_group = not isinstance(group, (ModelArguments, FinetuneArguments))
+        for item in dataclasses.fields(group):
+            if not item.init or item.name in NOT_FINGERPRINTED:
+                continue
+            value = getattr(group, item.name)
+            options[item.name] = _plain(value)
+            if data_group and isinstance(value, str) and _PATH_OPTION.search(item.name) and Path(value).exists():
+                data[item.name] = data_fingerprint(value)
+    settings = training_args.to_dict()
+    options.update({name: _plain(settings[name]) for name in TRAINING_OPTIONS if name in settings})
+    return {"version": FINGERPRINT_VERSION, "processes": processes, "options": options, "data": data}
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value) if not isinstance(value, str) else value
+
+
+def _data_change(name: str, old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """None when both name the same data; otherwise what differs."""
+    where = f"--{name} {old['path']}" + (f" -> {new['path']}" if new["path"] != old["path"] else "")
+    if old.get("kind") != new.get("kind"):
+        return f"{where}: a {old.get('kind')} then, a {new.get('kind')} now"
+    if old["kind"] == "file":
+        if old["size"] != new["size"]:
+            return f"{where}: different data file ({old['size']} -> {new['size']} bytes)"
+        if old.get("sha256") and new.get("sha256"):
+            if old["sha256"] != new["sha256"]:
+                return f"{where}: different data file (same size, sha256 {old['sha256'][:12]} -> {new['sha256'][:12]})"
+            return None
+        if old["mtime_ns"] != new["mtime_ns"]:
+            return f"{where}: the data file was modified since the checkpoint (same size, newer modification time)"
+        return None
+    if old["listing_sha256"] != new["listing_sha256"]:
+        return (f"{where}: different data folder ({old['files']} files, {old['size']} bytes -> "
+                f"{new['files']} files, {new['size']} bytes, or other file names or sizes)")
+    if old["mtimes_sha256"] != new["mtimes_sha256"]:
+        return f"{where}: files in the data folder were modified since the checkpoint (same names and sizes)"
+    return None
+
+
+def compare_fingerprints(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Every difference, one line each: `--option old -> new`, or the data file or folder that changed."""
+    changes: list[str] = []
+    old_options, new_options = old.get("options", {}), new.get("options", {})
+    old_data, new_data = old.get("data", {}), new.get("data", {})
+    for name, value in new_options.items():
+        if name not in old_options:  # an option the checkpoint's code did not have
+            continue
+        if name in old_data and name in new_data:
+            change = _data_change(name, old_data[name], new_data[name])
+            if change:
+                changes.append(change)
+        elif old_options[name] != value:
+            changes.append(f"--{name} {_show(old_options[name])} -> {_show(value)}")
+    if old.get("processes") not in (None, new.get("processes")):
+        changes.append(f"processes {old['processes']} -> {new.get('processes')} (the effective batch size changes)")
+    return changes
+
+
+def check_resume(checkpoint: str | Path, fingerprint: dict[str, Any], ignore_changes: bool) -> dict[str, Any]:
+    """Before any data is loaded: refuse to resume `checkpoint` with other options or data than it was trained
+    with, naming each change, unless `ignore_changes` (then a WARNING per change). Returns the `resumed` record."""
+    path = Path(checkpoint) / FINGERPRINT_NAME
+    resumed: dict[str, Any] = {"from_checkpoint": str(checkpoint)}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        logger.warning(
+            "resuming %s without comparing options: it has no readable %s (written by an older version), so "
+            "nothing could be compared. Make sure the data and options are those it was trained with.",
+            checkpoint, FINGERPRINT_NAME,
+        )
+        return {**resumed, "options_compared": False}
+    changes = compare_fingerprints(saved, fingerprint)
+    if changes and not ignore_changes:
+        listed = "".join(f"\n  {change}" for change in changes)
+        raise RecipeInputError(
+            f"--resume_from_checkpoint {checkpoint}: this run differs from the one that wrote the checkpoint:"
+            f"{listed}\nResuming restores the checkpoint's optimizer and learning-rate schedule, so these changes "
+            "would not take effect as written (or would silently mix two runs). Resume with the checkpoint's "
+            "options and data, start afresh in another --output_dir, or pass --resume_ignore_changes to continue "
+            "anyway (training_args.json then records the ignored changes)."
+        )
+    for change in changes:
+        logger.warning("--resume_ignore_changes: resuming %s despite %s", checkpoint, change)
+    resumed.update(options_compared=True, ignored_changes=changes)
+    if changes:
+        resumed["note"] = (
+            "Resumed with --resume_ignore_changes: the optimizer and learning-rate scheduler state restored from "
+            "the checkpoint governed the learning rate, so where an ignored change concerns the optimisation "
+            "(learning_rate, schedule, warmup, steps, batch size), the value in this file is not what trained."
+        )
+    return resumed
 
 
 # --- NaN / inf guard --------------------------------------------------------------------------------------------

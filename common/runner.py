@@ -30,13 +30,18 @@ from common.data.labels import SINGLE, LabelSpec
 from common.errors import Preempted, RecipeInputError
 from common.metrics import scores_from_logits
 from common.reliability import (
+    RUN_RECORD_ATTR,
     STAGING_NAME,
     OutputDirLock,
+    RunRecord,
+    carry_run_record,
     check_output_lock,
+    check_resume,
     clear_preemption,
     last_complete_checkpoint,
     preempted,
     publish,
+    run_fingerprint,
     write_training_args,
 )
 from common.reporting import format_metrics, plot_confusion_matrix, plot_training_curves, write_json
@@ -71,6 +76,9 @@ class Task:
     # Row labels of the train split, for stratified CV folds (None: plain k-fold).
     stratify: list | None = None
     groups: list | None = None
+    # Per train row, its 0-based data row in the train file as loaded (`common.cross_validation.number_rows`):
+    # the `row` of oof_predictions.parquet. None: rows are numbered as the train split holds them.
+    source_rows: list[int] | None = None
     # On-the-fly augmentation of the train split (each CV fold's too); eval and test data stay as they are.
     augmentation: TrainAugmentation | None = None
     # Trainer's compute_loss_func: (outputs, labels, num_items_in_batch) -> loss, e.g. for MixUp soft targets.
@@ -85,7 +93,12 @@ class Task:
 
 
 def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
-    """Logging, then the output-dir guard: both before any data or model is loaded."""
+    """Logging, then the output-dir guard and the resume check: all before any data or model is loaded.
+
+    The fingerprint of the run (common.reliability.run_fingerprint: the options parse_args built, through
+    run_args.arguments, and the data files) rides on training_args to every checkpoint; a resumed run must match
+    its checkpoint's, unless --resume_ignore_changes.
+    """
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)]
     )
@@ -128,6 +141,10 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
             f"output_dir {out} already exists and is not empty. Choose another --output_dir, pass "
             "--overwrite_output_dir to write into it, or --resume_from_checkpoint latest to continue its run."
         )
+    fingerprint = run_fingerprint(training_args, run_args.arguments, processes)
+    resumed = (check_resume(training_args.resume_from_checkpoint, fingerprint, run_args.resume_ignore_changes)
+               if resume else None)
+    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed))
 
 
 def resolve_checkpoint(value: str, output_dir: Path) -> str:
@@ -316,7 +333,8 @@ def _run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) 
         from common.hpo import run_hpo
 
         best = run_hpo(task, args, finetune_args)
-        args = dataclasses.replace(args, **best)
+        args, searched = dataclasses.replace(args, **best), args
+        carry_run_record(searched, args)
     if finetune_args.cv_folds:
         from common.cross_validation import run_cross_validation
 

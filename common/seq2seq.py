@@ -7,7 +7,8 @@
   side only is an error naming the file (or column) and the line (or row) numbers: it is a missing
   translation or a sign of misalignment, and training on it teaches the model to emit nothing.
 - Tokenization reports how many sources and targets were longer than their limit and got truncated.
-- Metrics need no Hub: corpus sacreBLEU and chrF (sacrebleu) and the mean generated length in tokens.
+- Metrics need no Hub: corpus sacreBLEU and chrF (sacrebleu) against each split's raw reference text (not the
+  truncated labels) and the mean generated length in tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, EvalPred
 from common.data import BadRow, check_utf8, drop_bad_rows, require_columns
 from common.errors import RecipeInputError
 from common.metrics import load_hub_metric
+from common.truncation import report_truncation, tokenize_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -162,19 +164,6 @@ def drop_empty_pairs(dataset: Dataset, names: dict[str, str], unit: str, split: 
     return (dataset.select(np.flatnonzero(~both)) if both.any() else dataset), 0
 
 
-def encode_truncated(tokenizer, texts: list[str], max_length: int, target: bool = False) -> tuple[list, list[int]]:
-    """Token ids truncated to max_length, and each text's untruncated length in tokens."""
-    key = "text_target" if target else "text"
-    ids = tokenizer(**{key: texts})["input_ids"]
-    lengths = [len(row) for row in ids]
-    long = [i for i, n in enumerate(lengths) if n > max_length]
-    if long:  # tokenize these again with truncation, so special tokens (EOS, language codes) stay in place
-        cut = tokenizer(**{key: [texts[i] for i in long]}, truncation=True, max_length=max_length)["input_ids"]
-        for i, row in zip(long, cut):
-            ids[i] = row
-    return ids, lengths
-
-
 def tokenize_pairs(
     splits: DatasetDict, tokenizer, max_source_length: int, max_target_length: int, prefix: str = "",
     keep_source: Sequence[str] = (), num_proc: int | None = None,
@@ -186,11 +175,13 @@ def tokenize_pairs(
     limits = {SOURCE: max_source_length, TARGET: max_target_length}
 
     def encode(batch: dict) -> dict:
-        ids, lengths = encode_truncated(tokenizer, [prefix + s for s in batch[SOURCE]], max_source_length)
+        sources, lengths = tokenize_truncated(tokenizer, [[prefix + s for s in batch[SOURCE]]], max_source_length)
+        ids = sources["input_ids"]
         out = {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids], f"{SOURCE}_tokens": lengths}
         if TARGET in batch:
-            out["labels"], out[f"{TARGET}_tokens"] = encode_truncated(tokenizer, batch[TARGET], max_target_length,
-                                                                      target=True)
+            targets, out[f"{TARGET}_tokens"] = tokenize_truncated(tokenizer, [batch[TARGET]], max_target_length,
+                                                                  target=True)
+            out["labels"] = targets["input_ids"]
         return out
 
     result = DatasetDict()
@@ -200,11 +191,7 @@ def tokenize_pairs(
         for side, limit in limits.items():
             if f"{side}_tokens" not in encoded.column_names:
                 continue
-            lengths = np.asarray(encoded[f"{side}_tokens"])
-            if (lengths > limit).any():
-                logger.warning("%s: %d of %d %ss were longer than --max_%s_length %d tokens and were truncated "
-                               "(longest: %d tokens)", split, (lengths > limit).sum(), len(lengths), side, side,
-                               limit, lengths.max())
+            report_truncation(split, encoded[f"{side}_tokens"], limit, f"{side}s", f"--max_{side}_length", 0)
             encoded = encoded.remove_columns(f"{side}_tokens")
         result[split] = encoded
     return result
@@ -247,17 +234,53 @@ def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str
     }
 
 
-def build_generation_metrics(tokenizer, hub_metric_id: str | None = None) -> Callable[[EvalPrediction], dict]:
-    """compute_metrics for Seq2SeqTrainer with predict_with_generate: bleu, chrf, gen_len (+ a Hub metric)."""
+class RawReferences:
+    """The reference text of each scored split, before tokenization: BLEU and chrF are scored against it, never
+    against text decoded from the label ids, which --max_target_length truncated and the tokenizer re-spelled
+    (unknown characters, normalisation). `splits` holds (label ids, reference texts) per split, row-aligned.
+
+    Trainer hands compute_metrics only the predictions and label ids, not the split's name, so the split is the
+    one whose label ids these are: the count alone cannot tell apart a validation and a test split of one size.
+    """
+
+    def __init__(self, splits: Sequence[tuple[Sequence[Sequence[int]], Sequence[str]]] = ()):
+        self.splits = [(labels, list(texts)) for labels, texts in splits]
+
+    def find(self, label_ids: np.ndarray, pad_id: int | None) -> list[str] | None:
+        """The references of the split whose label ids these are; None if no split's. The rows come padded with
+        -100 (collator, batches) and then with `pad_id` (Seq2SeqTrainer pads labels to the generation length)."""
+        rows = [row[row >= 0] for row in np.asarray(label_ids)]
+
+        def same(row: np.ndarray, ids: Sequence[int]) -> bool:
+            return len(row) >= len(ids) and np.array_equal(row[: len(ids)], ids) and bool((row[len(ids):] == pad_id).all())
+
+        for labels, texts in self.splits:
+            if len(labels) == len(rows) and all(same(row, ids) for row, ids in zip(rows, labels)):
+                return texts
+        return None
+
+
+def build_generation_metrics(tokenizer, hub_metric_id: str | None = None,
+                             references: RawReferences | None = None) -> Callable[[EvalPrediction], dict]:
+    """compute_metrics for Seq2SeqTrainer with predict_with_generate: bleu, chrf, gen_len (+ a Hub metric),
+    scored against `references` (the raw text of the split evaluated). Label ids that are no split's of
+    `references` are decoded instead, with a warning: such references are truncated at --max_target_length."""
     hub_metric = load_hub_metric(hub_metric_id) if hub_metric_id else None
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         generated = np.asarray(prediction.predictions)
-        hypotheses, references = decode(tokenizer, generated), decode(tokenizer, prediction.label_ids)
-        result = generation_metrics(hypotheses, references)
+        hypotheses = decode(tokenizer, generated)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        raw = references.find(prediction.label_ids, pad_id) if references is not None else None
+        if raw is None:
+            if references is not None:
+                logger.warning("the %d evaluated label rows belong to no known split: BLEU and chrF are scored "
+                               "against references decoded from the (truncated) label ids", len(hypotheses))
+            raw = decode(tokenizer, prediction.label_ids)
+        result = generation_metrics(hypotheses, raw)
         result["gen_len"] = float(np.mean(np.sum((generated >= 0) & (generated != tokenizer.pad_token_id), axis=-1)))
         if hub_metric is not None:
-            extra = hub_metric.compute(predictions=hypotheses, references=[[r] for r in references])
+            extra = hub_metric.compute(predictions=hypotheses, references=[[r] for r in raw])
             result.update({f"{hub_metric_id}_{k}" if k in result else k: v for k, v in extra.items()
                            if isinstance(v, (int, float))})
         return result

@@ -38,7 +38,7 @@ from common.config import (
     RunArguments,
     parse_args,
 )
-from common.cross_validation import cv_groups
+from common.cross_validation import cv_groups, number_rows, take_source_rows
 from common.data import (
     add_validation_split,
     cap_splits,
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         label = [data_args.label_column] if split != "test" else []
         require_columns(dataset, [column, *label], sources[split], "--image_column / --label_column")
     splits = prepare_image_column(splits, column, data_args)
+    splits["train"] = number_rows(splits["train"])  # file row numbers: the `row` of oof_predictions.parquet
     bad = {split: find_bad_rows(ds, [], data_args.label_column, sources[split]) for split, ds in splits.items()}
     splits, skipped_labels = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples,
                                            data_args.max_bad_fraction)
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     splits = cap_splits(splits, data_args, training_args.seed, "labels")
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (it checks the image files itself)
-        "image_classification", splits, sources, label_spec=spec, data_args=data_args, image_column=column,
+        "image_classification", take_source_rows(splits)[0], sources, label_spec=spec, data_args=data_args,
+        image_column=column,
         columns={"image": chosen(column, "--image_column", data_args.image_column, ("image", "img")),
                  "label": chosen(data_args.label_column, "--label_column", data_args.label_column != "label")}))
 
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_init = partial(prepare_model, partial(load_model, AutoModelForImageClassification, model_args, config),
                          finetune_args)
     splits, skipped = drop_bad_images(splits, column, sources, data_args)
+    splits, source_rows = take_source_rows(splits)  # out of the data before the transforms and collator
     skipped = {key: count + skipped_labels.get(key, 0) for key, count in skipped.items()}
     check_class_balance(splits, spec.names, sources)
     logger.info("%d classes: %s; images %s", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()})
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_predictions=write_predictions if test_names is not None else None,
         stratify=stratify,
         groups=groups,
+        source_rows=source_rows,
         augmentation=augmentation,
         compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
         callbacks=callbacks,

@@ -15,10 +15,10 @@ from common.errors import run_main
 from recipes import text_classification
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "sentiment_demo"
-# Used only when neither the command line nor --config names data (no train_file, no dataset_name).
+# Used only when neither the command line nor --config names data (no train_file, no dataset_name). Validation
+# is held out of train (--validation_split): early stopping or HPO must never select on the test file.
 SAMPLE_DATA = {
     "train_file": str(DEMO_DATA / "train.csv"),
-    "validation_file": str(DEMO_DATA / "test.csv"),
     "test_file": str(DEMO_DATA / "test.csv"),
 }
 DEFAULTS = {

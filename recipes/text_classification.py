@@ -33,7 +33,7 @@ from common.config import (
     RunArguments,
     parse_args,
 )
-from common.cross_validation import cv_groups
+from common.cross_validation import cv_groups, number_rows, take_source_rows
 from common.data import (
     add_validation_split,
     cap_splits,
@@ -45,6 +45,7 @@ from common.data import (
     require_columns,
     source,
 )
+from common.data.duplicates import find_duplicates
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.sampling import column_codes
 from common.errors import RecipeInputError, run_main
@@ -54,6 +55,7 @@ from common.metrics import build_compute_metrics, scores_from_logits
 from common.models import load_config, load_model, load_processor
 from common.reporting import write_classification_predictions
 from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
+from common.truncation import LENGTH_COLUMN, count_truncated, tokenize_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ def main(
     for split, dataset in splits.items():
         label = [label_column] if split != "test" else []
         require_columns(dataset, text_columns + label, sources[split], "--text_columns / --label_column")
+    splits["train"] = number_rows(splits["train"])  # file row numbers: the `row` of oof_predictions.parquet
     bad = {split: find_bad_rows(ds, text_columns, label_column, sources[split], data_args.label_separator)
            for split, ds in splits.items()}
     splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
@@ -158,7 +161,9 @@ def main(
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
                                   column_codes(splits["train"], "labels") if single else None, groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    splits, duplicates = find_duplicates(splits, text_columns, sources, data_args.dedupe)
     splits = cap_splits(splits, data_args, training_args.seed, "labels" if single else None)
+    splits, source_rows = take_source_rows(splits)  # out of the data before it reaches a report or the model
     if single:
         check_class_balance(splits, spec.names, sources)
     logger.info("task %s with %d labels: %s; rows %s", spec.problem_type, spec.num_labels, spec.names,
@@ -178,10 +183,13 @@ def main(
                          finetune_args)
 
     # 5. Tokenize once, on the main process first so the others reuse its cache.
-    def tokenize(batch: dict) -> dict:
+    def tokenize(batch: dict, count: bool = False) -> dict:
         texts = [[t if t is not None else "" for t in batch[c]] for c in text_columns]
-        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length,
-                         padding="max_length" if data_args.pad_to_max_length else False)
+        padding = "max_length" if data_args.pad_to_max_length else False
+        if count:  # the pass over every split: each row's (pair's) untruncated length too, to count the cut rows
+            encoded, lengths = tokenize_truncated(tokenizer, texts, data_args.max_seq_length, padding=padding)
+            return {**encoded, LENGTH_COLUMN: lengths}
+        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length, padding=padding)
 
     # --text_augment: train keeps its raw text, re-tokenized per batch after augmentation (common.augment).
     augmentation = None
@@ -193,9 +201,11 @@ def main(
     raw_test = splits[predicted] if predicted else None
     with training_args.main_process_first(desc="tokenize"):
         tokenized = splits.map(
-            tokenize, batched=True, num_proc=data_args.preprocessing_num_workers,
+            partial(tokenize, count=True), batched=True, num_proc=data_args.preprocessing_num_workers,
             remove_columns=[c for c in splits["train"].column_names if c != "labels" and c not in keep],
         )
+    tokenized, truncated = count_truncated(tokenized, data_args.max_seq_length,
+                                           "pairs" if len(text_columns) > 1 else "texts", "--max_seq_length")
     if augmentation:
         for split in set(tokenized) - {"train"}:
             tokenized[split] = tokenized[split].remove_columns(keep)
@@ -223,8 +233,9 @@ def main(
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
         groups=(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
                 if finetune_args.cv_group_column else None),
+        source_rows=source_rows,
         augmentation=augmentation,
-        data_results=skipped,
+        data_results={**skipped, **duplicates, **truncated},
     )
     results = run(task, training_args, finetune_args)
     results["output_dir"] = training_args.output_dir

@@ -37,6 +37,7 @@ from common.config import (
     parse_args,
 )
 from common.data import add_validation_split, cap_splits, load_splits, source
+from common.data.duplicates import find_duplicates
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
@@ -45,6 +46,7 @@ from common.runner import Task, predicted_split, run, setup_run
 from common.seq2seq import (
     SOURCE,
     TARGET,
+    RawReferences,
     build_generation_metrics,
     decode,
     drop_empty_pairs,
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 2. Data: parallel text from any shape, a validation split held out when none is given, sizes capped.
     splits, skipped = load_pairs(data_args)
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed)
+    splits, duplicates = find_duplicates(splits, [SOURCE], pair_sources(data_args, list(splits)), data_args.dedupe)
     splits = cap_splits(splits, data_args, training_args.seed)
     logger.info("sentence pairs per split: %s", {k: len(v) for k, v in splits.items()})
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
@@ -219,7 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=tokenized.get("validation"),
         test_dataset=tokenized.get("test"),
         data_collator=seq2seq_collator(tokenizer, config, model_args.trust_remote_code, 8 if fp else None),
-        compute_metrics=build_generation_metrics(tokenizer, run_args.metric),
+        # BLEU and chrF against each split's raw targets; --max_target_length truncates the label ids only.
+        compute_metrics=build_generation_metrics(tokenizer, run_args.metric, RawReferences(
+            (tokenized[s]["labels"][:], splits[s][TARGET][:]) for s in ("validation", "test")
+            if s in tokenized and "labels" in tokenized[s].column_names)),
         processing_class=tokenizer,
         main_metric="bleu",
         pipeline_task="translation",
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer_class=FinetuneSeq2SeqTrainer,
         write_predictions=write_predictions if raw_test is not None else None,
         augmentation=augmentation,
-        data_results=skipped,
+        data_results={**skipped, **duplicates},
         baseline=lambda: translation_baseline(splits["train"][TARGET], splits["validation"][TARGET]),
     )
     results = run(task, training_args, finetune_args)

@@ -215,6 +215,12 @@ def _with_good(*flags: str) -> Callable[[Data, str], list[str]]:
     return lambda d, recipe: [*d.good(recipe), *flags]
 
 
+def _text_folder_with_empty_class(d: Data) -> list[str]:
+    d.write("texts/train/pos/1.txt", "great")
+    d.mkdir("texts/train/neg")
+    return ["--train_dir", str(d.root / "texts/train")]
+
+
 def _config(text: str | bytes) -> Callable[[Data, str], list[str]]:
     return lambda d, recipe: [*d.good(recipe), "--config", d.write("config.yaml", text)]
 
@@ -367,6 +373,69 @@ CASES: dict[str, Case] = {
             "--validation_file {d}/validation.csv has no rows: the validation split is empty",
             "or leave out --validation_file",
         ),
+    ),
+    # --- #12: reader options, sampling, bad rows ---------------------------------------------------------------
+    "header_looks_like_data": Case(
+        ALL,
+        lambda d, r: d.table(r, ["1,the first row is data", "2,and so is the second"]),
+        (
+            "--train_file {d}/train.csv: its first line looks like data, not a header: '1' is not a column name",
+            "name its 2 columns with --column_names, e.g. --column_names col1,col2",
+        ),
+    ),
+    "wrong_delimiter": Case(
+        ALL,
+        lambda d, r: d.table(r, ["text|label", "one, two|pos", "three|neg"]),
+        (
+            "--train_file {d}/train.csv: its header 'text|label' is a single column when split on ','",
+            "Set --delimiter '|'",
+        ),
+    ),
+    "rows_wider_than_the_header": Case(
+        TEXTS,
+        lambda d, r: d.table(r, ["text,label", "one,pos", "two, three,neg"]),
+        ("--train_file {d}/train.csv: line 3 has 3 fields but line 1 has 2", "Set --delimiter"),
+    ),
+    "column_names_count_mismatch": Case(
+        ALL,
+        lambda d, r: [*d.table(r, ["a,b", "c,d"]), "--column_names", "x,y,z"],
+        ("--column_names gives 3 names (x, y, z) but its first line has 2 fields", "Give one name per column"),
+    ),
+    "delimiter_not_one_character": Case(
+        ALL,
+        _with_good("--delimiter", "::"),
+        ("--delimiter '::' must be a single character",),
+    ),
+    "unknown_quoting": Case(
+        ALL,
+        _with_good("--quoting", "minimum"),
+        ("--quoting minimum: use one of minimal, all, nonnumeric, none", "did you mean 'minimal'"),
+    ),
+    "data_field_missing": Case(
+        ALL,
+        lambda d, r: [*d.table(r, '{"record": {"text": "a"}}\n', "train.jsonl"), "--data_field", "records"],
+        ("--data_field 'records' is not a field of its records", "did you mean 'record'"),
+    ),
+    "too_many_bad_rows": Case(
+        TEXTS,
+        lambda d, r: [*_labels(["pos", "", "neg", "pos", "", "neg", "pos", "neg"] * 3)(d, r), "--skip_bad_examples"],
+        ("6 of 24 rows (25.0%) are bad, more than --max_bad_fraction 0.05 allows", "wrong column, delimiter or path"),
+    ),
+    "class_names_file_missing": Case(
+        CLASSIFIERS,
+        _with_good("--class_names_file", "missing_classes.txt"),
+        ("--class_names_file missing_classes.txt does not exist", "one class name per line"),
+    ),
+    "class_names_count_mismatch": Case(
+        TEXTS,
+        lambda d, r: [*_labels(["1", "2", "3", "1", "2", "3"])(d, r), "--class_names", "a,b"],
+        ("--class_names gives 2 names but label column 'label'", "holds 3 distinct ids (1, 2, 3)",
+         "Give one name per id, in sorted id order"),
+    ),
+    "text_folder_class_without_files": Case(
+        TEXTS,
+        lambda d, r: _text_folder_with_empty_class(d),
+        ("--train_dir {d}/texts/train: class folder neg has no .txt files", "Add files or remove the folder"),
     ),
     "empty_audio_folder": Case(
         (SPEECH,),
@@ -1039,7 +1108,7 @@ def _huge_image(d: Data) -> list[str]:
 PROCEEDS: dict[str, Proceeds] = {
     "image_classification-skip_bad_examples": Proceeds(
         IMAGE,
-        lambda d: [*_bad_images(d), "--skip_bad_examples"],
+        lambda d: [*_bad_images(d), "--skip_bad_examples", "--max_bad_fraction", "0.5"],
         ("--skip_bad_examples: skipped 3 of 9 rows of train split ({d}/img/train)",),
         {"skipped_bad_examples": 3, "skipped_bad_examples_train": 3},
         train_rows=6,
@@ -1088,7 +1157,7 @@ PROCEEDS: dict[str, Proceeds] = {
     ),
     "speech_recognition-skip_bad_examples": Proceeds(
         SPEECH,
-        lambda d: [*_bad_clips(d), *_speech_validation(d), "--skip_bad_examples"],
+        lambda d: [*_bad_clips(d), *_speech_validation(d), "--skip_bad_examples", "--max_bad_fraction", "0.5"],
         ("--skip_bad_examples: skipped 4 of 10 rows of train split ({d}/train.csv)",),
         {"skipped_bad_examples": 4, "skipped_bad_examples_train": 4},
     ),

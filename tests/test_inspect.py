@@ -264,3 +264,30 @@ def test_translation_pairs(capsys, in_tmp, parallel):
     assert share and 0 < float(share.group(1)) < 100
     assert "--max_target_length 128 would truncate 0.0%" in block
     assert not any(in_tmp.iterdir())
+
+
+def test_text_folder_nested_jsonl_and_label_sorted_layouts(capsys, in_tmp, tmp_path, minilm):
+    for name, words in (("pos", "a fine film"), ("neg", "a dull film")):
+        folder = tmp_path / "texts" / name
+        folder.mkdir(parents=True)
+        for i in range(20):
+            (folder / f"{i}.txt").write_text(f"{words} {i}")
+    code, out, _ = inspect(capsys, "text_classification", "--train_dir", str(tmp_path / "texts"),
+                           "--model_name_or_path", minilm)
+    assert code == 0 and re.search(r"neg\s+18\b", section(out, "train")) and re.search(r"pos\s+18\b", out)
+
+    nested = tmp_path / "train.jsonl"
+    nested.write_text("".join(f'{{"id": {i}, "record": {{"text": "note {i}", "label": "{"ab"[i % 2]}"}}}}\n'
+                              for i in range(30)))
+    code, out, _ = inspect(capsys, "text_classification", "--train_file", str(nested), "--data_field", "record",
+                           "--model_name_or_path", minilm)
+    assert code == 0  # 30 rows, 3 held out: 27 train rows, the two classes 13 and 14 either way round
+    assert re.search(r"\ba\s+1[34]\b", section(out, "train")) and re.search(r"\bb\s+1[34]\b", section(out, "train"))
+
+    sorted_file = tmp_path / "sorted.tsv"
+    sorted_file.write_text("sentence\tlabel\n" + "".join(f"good {i}\t1\n" for i in range(500))
+                           + "".join(f"bad {i}\t0\n" for i in range(500)))
+    code, out, _ = inspect(capsys, "sentiment", "--train_file", str(sorted_file), "--max_train_samples", "200",
+                           "--model_name_or_path", minilm)
+    assert code == 0
+    assert re.search(r"negative\s+100\b", section(out, "train")) and re.search(r"positive\s+100\b", out)

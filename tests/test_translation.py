@@ -89,13 +89,14 @@ def test_tiny_marian_learns_multi30k_from_line_aligned_files(marian, multi30k, t
     assert (out / "training_curves.png").is_file()
     rows = [line.split("\t") for line in (out / "predictions.txt").read_text().splitlines()]
     assert rows[0] == ["source", "reference", "hypothesis"] and len(rows) == 13
-    test_en = read_lines(multi30k / "test_2016_flickr.en", "en")[:12]
-    assert [r[0] for r in rows[1:]] == test_en
-    assert [r[1] for r in rows[1:]] == read_lines(multi30k / "test_2016_flickr.de", "de")[:12]
+    test_en = read_lines(multi30k / "test_2016_flickr.en", "en")
+    test_de = read_lines(multi30k / "test_2016_flickr.de", "de")
+    positions = [test_en.index(r[0]) for r in rows[1:]]  # a seeded sample of 12 test pairs, kept in file order
+    assert positions == sorted(positions) and [r[1] for r in rows[1:]] == [test_de[i] for i in positions]
 
     # pipeline() loads the output and translates exactly as evaluation did (same generation settings).
     translate = pipeline("translation", model=str(out), trust_remote_code=True, device="cpu")
-    outputs = translate(test_en[:3])
+    outputs = translate([r[0] for r in rows[1:4]])
     assert [o["translation_text"] for o in outputs] == [r[2] for r in rows[1:4]]
     assert translate("A dog runs.")[0]["translation_text"].strip()
 
@@ -243,8 +244,8 @@ def test_text_augment_changes_sources_and_never_targets(marian, multi30k, tmp_pa
         assert sum(item["input_ids"] != original["input_ids"][i] for i, item in enumerate(items)) > len(rows) // 2
         assert all(tokenizer.decode(item["input_ids"]).startswith(PREFIX.strip()) for item in items)
     assert [i["input_ids"] for i in epochs[0]] != [i["input_ids"] for i in epochs[1]]
-    assert tokenizer.batch_decode(list(original["labels"]), skip_special_tokens=True) == \
-        read_lines(multi30k / "train.de", "de")[: len(rows)]
+    decoded = tokenizer.batch_decode(list(original["labels"]), skip_special_tokens=True)
+    assert len(decoded) == len(rows) and set(decoded) <= set(read_lines(multi30k / "train.de", "de"))
     assert "source" not in task.eval_dataset.column_names
 
 

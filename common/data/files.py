@@ -103,6 +103,12 @@ def _check_header(file: Path, option: str, delimiter: str, quoting: int, names: 
         first = next(reader, [])
         rows = [row for _, row in zip(range(HEAD_ROWS), reader)]
     width = len(names) if names is not None else len(first)
+    others = [c for c in SNIFFED if c != delimiter and c in "".join(first)]
+    if names is None and len(first) == 1 and others:
+        raise RecipeInputError(
+            f"{option} {file}: its header {first[0]!r} is a single column when split on {delimiter!r}, and it contains "
+            f"{others[0]!r}. Set --delimiter {others[0]!r} (or --delimiter to the file's real separator)."
+        )
     if names is not None and first and len(first) != width:
         raise RecipeInputError(
             f"{option} {file}: --column_names gives {width} names ({', '.join(names)}) but its first line "
@@ -110,7 +116,6 @@ def _check_header(file: Path, option: str, delimiter: str, quoting: int, names: 
         )
     ragged = next(((i, row) for i, row in enumerate(rows, start=2) if row and len(row) != width), None)
     if ragged is not None:
-        others = [c for c in SNIFFED if c != delimiter and c in "".join(first)]
         hint = f" Its first line contains {others[0]!r}: try --delimiter {others[0]!r}." if others else ""
         raise RecipeInputError(
             f"{option} {file}: line {ragged[0]} has {len(ragged[1])} fields but line 1 has {width}, reading fields "
@@ -203,10 +208,27 @@ def load_file(path: str, option: str, split: str = "train", args: Any = None) ->
         raise RecipeInputError(f"{option} {path} could not be read as {builder}: {cause}. {hint.capitalize()}.") from None
     if len(dataset) == 0:
         raise empty
+    if builder == "csv" and kwargs["quoting"] != csv.QUOTE_NONE:
+        _warn_merged_lines(file, option, len(dataset) + (0 if kwargs.get("column_names") else 1))
     field = getattr(args, "data_field", None)
     if builder == "json" and field and "field" not in kwargs:
         dataset = _unnest(dataset, field, option, path)
     return dataset
+
+
+def _warn_merged_lines(file: Path, option: str, rows: int) -> None:
+    """Quoted fields may hold newlines, so a csv can have more lines than rows; but an unbalanced quote that is
+    part of the text (SMS, tweets) also swallows the lines up to the next quote, silently."""
+    lines = 0
+    with open(file, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            lines += chunk.count(b"\n")
+        handle.seek(-1, os.SEEK_END)
+        lines += handle.read(1) != b"\n"  # a last line without its newline
+    if lines > rows:
+        logger.warning("%s %s: %d lines became %d rows, so %d line breaks sit inside quoted fields. If quote "
+                       "characters are part of your text, read it with --quoting none.", option, file, lines, rows,
+                       lines - rows)
 
 
 def load_text_folder(directory: str, option: str, split: str) -> Dataset:
