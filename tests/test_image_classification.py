@@ -314,7 +314,7 @@ def test_corrupt_and_empty_files_fail_listing_both(vit, bad_folder, tmp_path):
     with pytest.raises(RecipeInputError) as err:
         _run(vit, bad_folder, out)
     message = str(err.value)
-    assert "2 image files cannot be read" in message and "--skip_bad_examples" in message
+    assert "2 bad rows" in message and "--skip_bad_examples" in message
     assert "hat/corrupt.jpg (corrupt: image file is truncated" in message
     assert "shoes/empty.jpg (empty file (0 bytes))" in message
     assert not out.exists()
@@ -324,7 +324,7 @@ def test_skip_bad_examples_trains_and_reports_count(vit, bad_folder, tmp_path):
     # A huge photo in the same folder trains like any other.
     Image.fromarray(np.full((3000, 3000, 3), 128, np.uint8)).save(bad_folder["train"] / "hat" / "huge.jpg")
     out = tmp_path / "out"
-    results = _run(vit, bad_folder, out, "--skip_bad_examples", eval_strategy="no")
+    results = _run(vit, bad_folder, out, "--skip_bad_examples", "--max_bad_fraction", "0.2", eval_strategy="no")
     assert results["skipped_bad_examples"] == 2 and results["train_samples"] == 9
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["skipped_bad_examples"] == 2 and saved["skipped_bad_examples_train"] == 2
@@ -355,7 +355,7 @@ def test_bad_layouts_fail_before_training(case, shared_data, vit, tmp_path):
         pattern = r"--train_dir .* has images directly inside it \(loose.jpg\); put them in one sub-folder per class"
     elif case == "both sources":
         extra = ["--train_file", str(tmp_path / "x.csv")]
-        pattern = r"give image folders \(--train_dir ...\) or --train_file, not both"
+        pattern = r"give class folders \(--train_dir ...\) or --train_file, not both"
     else:
         dirs["train"] = tmp_path / "missing"
         pattern = r"--train_dir .*missing is not a directory"

@@ -29,6 +29,7 @@ from common.audio import (
 )
 from common.augment import TrainAugmentation
 from common.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.config import DataArguments
 from common.errors import RecipeInputError
 from recipes import speech_recognition
 
@@ -127,12 +128,14 @@ def test_decoding_resamples_downmixes_and_lists_bad_files(fsdd, tmp_path):
     assert problems[3] == "zero-length file (0 bytes)"
     assert problems[4] == "file not found"
 
+    strict = DataArguments(train_file="train.csv")
     with pytest.raises(RecipeInputError) as err:
-        check_examples({"train": decoded}, "text", {"train": "train.csv"}, False, normalize_text)
+        check_examples({"train": decoded}, "text", {"train": "train.csv"}, strict, normalize_text)
     message = str(err.value)
     assert all(name in message for name in ("corrupt.wav", "empty.wav", "gone.wav", "--skip_bad_examples"))
-    assert "3 bad example(s)" in message  # the empty transcript belongs to the missing file, listed once
-    kept, counts = check_examples({"train": decoded}, "text", {"train": "train.csv"}, True, normalize_text)
+    assert "3 bad rows" in message  # the empty transcript belongs to the missing file, listed once
+    lenient = DataArguments(train_file="train.csv", skip_bad_examples=True, max_bad_fraction=0.6)
+    kept, counts = check_examples({"train": decoded}, "text", {"train": "train.csv"}, lenient, normalize_text)
     assert len(kept["train"]) == 2 and counts["skipped_bad_examples"] == 3
 
 
@@ -292,7 +295,7 @@ def test_bad_files_fail_together_or_are_skipped(fsdd, tiny_ctc, tmp_path):
         speech_recognition.main(argv)
     assert all(name in str(err.value) for name in ("corrupt.wav", "empty.wav", "missing.wav"))
     assert not out.exists()
-    results = speech_recognition.main([*argv, "--skip_bad_examples"])
+    results = speech_recognition.main([*argv, "--skip_bad_examples", "--max_bad_fraction", "0.25"])
     assert results["skipped_bad_examples"] == 3
     assert json.loads((out / "all_results.json").read_text())["skipped_bad_examples"] == 3
 
@@ -308,7 +311,8 @@ def test_bad_input_errors(fsdd, tiny_ctc, tiny_whisper, tiny_bert, tmp_path, mon
     with pytest.raises(RecipeInputError, match="column 'wav' not found"):
         dry_run(monkeypatch, ["--model_name_or_path", tiny_ctc, "--audio_column", "wav", *base])
     with pytest.raises(RecipeInputError, match="set --language"):
-        dry_run(monkeypatch, ["--model_name_or_path", tiny_whisper, "--skip_bad_examples", *base])
+        dry_run(monkeypatch, ["--model_name_or_path", tiny_whisper, "--skip_bad_examples", "--max_bad_fraction", "0.2",
+                              *base])
 
     # The ten digits in a row (over 3 s) are past the tiny Whisper's 3 s window: an error, or dropped on request.
     long_clip = np.concatenate([sf.read(fsdd / f"recordings/{d}_theo_8.wav")[0] for d in range(10)])
