@@ -38,6 +38,7 @@ lint: install
 
 bench: install
 	$(OFFLINE) $(BIN)/python bench/run.py
+	$(OFFLINE) $(BIN)/python bench/data_prep.py
 
 clean:
 	rm -rf outputs .pytest_cache

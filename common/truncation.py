@@ -13,6 +13,8 @@ import numpy as np
 import transformers
 from datasets import DatasetDict
 
+from common.data.arrow import column_array
+
 logger = logging.getLogger(__name__)
 
 LENGTH_COLUMN = "untruncated_tokens"  # per-row length column, removed again by `count_truncated`
@@ -66,6 +68,7 @@ def count_truncated(splits: DatasetDict, limit: int, what: str, option: str) -> 
     counts = {}
     for split, dataset in splits.items():
         if LENGTH_COLUMN in dataset.column_names:
-            counts[f"truncated_{split}"] = report_truncation(split, dataset[LENGTH_COLUMN], limit, what, option)
+            counts[f"truncated_{split}"] = report_truncation(split, column_array(dataset, LENGTH_COLUMN).to_numpy(), limit, what,
+                                                                 option)
             splits[split] = dataset.remove_columns(LENGTH_COLUMN)
     return splits, counts

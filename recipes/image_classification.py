@@ -44,6 +44,7 @@ from common.data import (
     cap_splits,
     check_class_balance,
     drop_bad_rows,
+    drop_unused_splits,
     find_bad_rows,
     require_columns,
 )
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
                                   column_codes(splits["train"], "labels"), groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    splits = cap_splits(splits, data_args, training_args.seed, "labels")
+    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed, "labels")
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (it checks the image files itself)
         "image_classification", take_source_rows(splits)[0], sources, label_spec=spec, data_args=data_args,
         image_column=column,

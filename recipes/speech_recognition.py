@@ -61,7 +61,7 @@ from common.config import (
     parse_args,
 )
 from common.cross_validation import cv_groups
-from common.data import add_validation_split, cap_splits, require_columns
+from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.inspection import DataReport, chosen, stop_for_inspection
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed, groups=groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     bases.setdefault("validation", bases["train"])
-    splits = cap_splits(splits, data_args, training_args.seed)
+    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed)
 
     # 3. Model family (from the config) and feature extractor, whose sampling rate the audio is decoded at.
     config = load_config(model_args)

@@ -39,6 +39,7 @@ from common.data import (
     cap_splits,
     check_class_balance,
     drop_bad_rows,
+    drop_unused_splits,
     find_bad_rows,
     load_splits,
     load_text_folder,
@@ -162,6 +163,7 @@ def main(
                                   column_codes(splits["train"], "labels") if single else None, groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     splits, duplicates = find_duplicates(splits, text_columns, sources, data_args.dedupe)
+    splits = drop_unused_splits(splits, training_args)
     splits = cap_splits(splits, data_args, training_args.seed, "labels" if single else None)
     splits, source_rows = take_source_rows(splits)  # out of the data before it reaches a report or the model
     if single:

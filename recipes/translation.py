@@ -36,7 +36,7 @@ from common.config import (
     RunArguments,
     parse_args,
 )
-from common.data import add_validation_split, cap_splits, load_splits, source
+from common.data import add_validation_split, cap_splits, drop_unused_splits, load_splits, source
 from common.data.duplicates import find_duplicates
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits, skipped = load_pairs(data_args)
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed)
     splits, duplicates = find_duplicates(splits, [SOURCE], pair_sources(data_args, list(splits)), data_args.dedupe)
-    splits = cap_splits(splits, data_args, training_args.seed)
+    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed)
     logger.info("sentence pairs per split: %s", {k: len(v) for k, v in splits.items()})
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
         "translation", splits, pair_sources(data_args, splits), pair_columns(data_args), skipped=skipped,

@@ -12,8 +12,8 @@ from common.data.files import (
     require_columns,
     source,
 )
-from common.data.sampling import add_validation_split, cap_splits, check_class_balance
+from common.data.sampling import add_validation_split, cap_splits, check_class_balance, drop_unused_splits
 
 __all__ = ["FORMATS", "SPLIT_ALIASES", "BadRow", "add_validation_split", "cap_splits", "check_class_balance",
-           "check_file", "check_utf8", "drop_bad_rows", "find_bad_rows", "load_file", "load_splits", "load_text_folder",
+           "check_file", "check_utf8", "drop_bad_rows", "drop_unused_splits", "find_bad_rows", "load_file", "load_splits", "load_text_folder",
            "require_columns", "source"]

@@ -94,6 +94,13 @@ def add_validation_split(
     return result
 
 
+def drop_unused_splits(splits: DatasetDict, args: Any) -> DatasetDict:
+    """Leave out validation without --do_eval and test without --do_predict: nothing reads them, and tokenizing
+    or decoding them costs as much as the data the run uses (a held-out 10% of a big file)."""
+    unused = {"validation": not args.do_eval, "test": not args.do_predict}
+    return DatasetDict({split: ds for split, ds in splits.items() if not unused.get(split, False)})
+
+
 def cap_splits(splits: DatasetDict, args: Any, seed: int, stratify_column: str | None = None) -> DatasetDict:
     """Apply --max_train_samples / --max_eval_samples / --max_predict_samples as a seeded random sample,
     stratified by `stratify_column` (the class ids) where a split has it."""
