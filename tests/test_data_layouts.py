@@ -256,3 +256,16 @@ def vit(tmp_path_factory) -> str:
     from common.tiny_models import tiny_vit
 
     return tiny_vit(tmp_path_factory.mktemp("vit"))
+
+
+def test_reader_options_reach_translation_tables_and_name_lists(tmp_path):
+    table = tmp_path / "pairs"  # no header, no extension, tab-separated, quotes that are text
+    table.write_text('a "small" cat\teine "kleine" Katze\na dog\tein Hund\n')
+    args = translation.TranslationDataArguments(train_file=str(table), delimiter="tab", column_names=["en", "de"],
+                                                source_lang="en", target_lang="de")
+    train = translation.load_pairs(args)[0]["train"]
+    assert train["source"] == ['a "small" cat', "a dog"] and train["target"][0] == 'eine "kleine" Katze'
+    from common.data.options import split_names
+
+    assert split_names("label,title,body") == split_names(["label,title,body"]) == ["label", "title", "body"]
+    assert split_names(["Business, Finance", "World"]) == ["Business, Finance", "World"]  # a YAML list stays whole

@@ -13,13 +13,16 @@ QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "nonnumeric": csv
 TAB_SPELLINGS = {"\\t", "tab", "\t", "TAB"}
 
 
-def split_names(values: list[str] | None) -> list[str] | None:
-    """['a,b', 'c'] -> ['a', 'b', 'c']: names given as one comma list or as separate values."""
+def split_names(values: list[str] | str | None) -> list[str] | None:
+    """'a,b,c' or ['a,b,c'] -> ['a', 'b', 'c']: names given as one comma list. Several values (a YAML list, or
+    separate values on the command line) are names as they stand, commas included ('Business, Finance')."""
     if values is None:
         return None
     if isinstance(values, str):
         values = [values]
-    return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+    if len(values) == 1:
+        return [part.strip() for part in str(values[0]).split(",") if part.strip()]
+    return [str(value).strip() for value in values]
 
 
 def check_reader_options(args: Any) -> None:
