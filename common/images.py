@@ -121,8 +121,8 @@ def image_problem(value: Any) -> str | None:
     return None
 
 
-def find_bad_images(dataset: Dataset, column: str, num_proc: int | None = None) -> list[tuple[int, str, str]]:
-    """(row, file, problem) for every image that cannot be decoded, checked in parallel with `map`."""
+def find_bad_images(dataset: Dataset, column: str, num_proc: int | None = None) -> list[BadRow]:
+    """Every image that cannot be decoded (row, file, problem), checked in parallel with `map`."""
 
     def check(batch: dict[str, list]) -> dict[str, list]:
         return {"_problem": [image_problem(v) for v in batch[column]]}
@@ -134,13 +134,12 @@ def find_bad_images(dataset: Dataset, column: str, num_proc: int | None = None) 
     problems = checked["_problem"]
     bad = [i for i, p in enumerate(problems) if p]
     values = dataset.select(bad)[column] if bad else []
-    return [(i, image_name(v, i), problems[i]) for i, v in zip(bad, values)]
+    return [BadRow(i, image_name(v, i), problems[i]) for i, v in zip(bad, values)]
 
 
 def drop_bad_images(splits: DatasetDict, column: str, sources: dict[str, str], args: Any) -> tuple[DatasetDict, dict[str, int]]:
     """Check every split's images; fail listing the bad files, or with --skip_bad_examples drop and count them."""
-    bad = {split: [BadRow(row, name, problem) for row, name, problem in
-                   find_bad_images(ds, column, args.preprocessing_num_workers)] for split, ds in splits.items()}
+    bad = {split: find_bad_images(ds, column, args.preprocessing_num_workers) for split, ds in splits.items()}
     return drop_bad_rows(splits, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 

@@ -35,12 +35,16 @@ LONG_HEADER = 40  # a header name longer than this is almost surely a data value
 HEAD_ROWS = 1000  # rows checked against the header's field count before the real read
 
 
-def check_utf8(path: str | Path) -> None:
-    """Fail with the file name and byte offset of the first byte that is not UTF-8."""
+def check_utf8(path: str | Path) -> int:
+    """Fail with the file name and byte offset of the first byte that is not UTF-8; else return its number of
+    lines (a last line without a newline counts), counted in the same pass."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0
+    offset = lines = 0
+    last = b"\n"
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
             pending = len(decoder.getstate()[0])
             try:
                 decoder.decode(chunk)
@@ -58,10 +62,11 @@ def check_utf8(path: str | Path) -> None:
             f"{path} is not valid UTF-8: it ends inside a multi-byte character (byte offset {offset}). "
             "Re-encode the file as UTF-8."
         ) from None
+    return lines + (last != b"\n")
 
 
 def check_file(path: str, option: str, formats: Sequence[str] = tuple(FORMATS)) -> Path:
-    """A readable file with a supported extension, or a clear error naming the option that gave it."""
+    """An existing file with a supported extension, or a clear error naming the option that gave it."""
     file = Path(path)
     if not file.exists():
         raise RecipeInputError(f"{option} {path} does not exist. Check the path (relative to {Path.cwd()}).")
@@ -70,8 +75,6 @@ def check_file(path: str, option: str, formats: Sequence[str] = tuple(FORMATS)) 
     if file.suffix.lower() not in formats:
         shown = ", ".join(f or "no extension" for f in formats)
         raise RecipeInputError(f"{option} {path}: unsupported extension '{file.suffix}'. Use one of: {shown}.")
-    if file.suffix.lower() in TEXT_FORMATS:
-        check_utf8(file)
     return file
 
 
@@ -191,6 +194,7 @@ def _unnest(dataset: Dataset, field: str, option: str, path: str) -> Dataset:
 def load_file(path: str, option: str, split: str = "train", args: Any = None) -> Dataset:
     """Load one local data file as a Dataset, turning reader failures into errors naming the file."""
     file = check_file(path, option)
+    lines = check_utf8(file) if file.suffix.lower() in TEXT_FORMATS else None
     builder = FORMATS[file.suffix.lower()]
     fix = "Give a file with a header and data rows" + ("." if split == "train" else f", or leave out {option}.")
     empty = RecipeInputError(f"{option} {path} has no rows: the {split} split is empty. {fix}")
@@ -209,26 +213,15 @@ def load_file(path: str, option: str, split: str = "train", args: Any = None) ->
     if len(dataset) == 0:
         raise empty
     if builder == "csv" and kwargs["quoting"] != csv.QUOTE_NONE:
-        _warn_merged_lines(file, option, len(dataset) + (0 if kwargs.get("column_names") else 1))
+        rows = len(dataset) + (0 if kwargs.get("column_names") else 1)  # the header is a line too
+        if lines > rows:  # quoted fields may hold line breaks, but so does text that an unbalanced quote swallowed
+            logger.warning("%s %s: %d lines became %d rows, so %d line breaks sit inside quoted fields. If quote "
+                           "characters are part of your text, read it with --quoting none.", option, file, lines,
+                           rows, lines - rows)
     field = getattr(args, "data_field", None)
     if builder == "json" and field and "field" not in kwargs:
         dataset = _unnest(dataset, field, option, path)
     return dataset
-
-
-def _warn_merged_lines(file: Path, option: str, rows: int) -> None:
-    """Quoted fields may hold newlines, so a csv can have more lines than rows; but an unbalanced quote that is
-    part of the text (SMS, tweets) also swallows the lines up to the next quote, silently."""
-    lines = 0
-    with open(file, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            lines += chunk.count(b"\n")
-        handle.seek(-1, os.SEEK_END)
-        lines += handle.read(1) != b"\n"  # a last line without its newline
-    if lines > rows:
-        logger.warning("%s %s: %d lines became %d rows, so %d line breaks sit inside quoted fields. If quote "
-                       "characters are part of your text, read it with --quoting none.", option, file, lines, rows,
-                       lines - rows)
 
 
 def load_text_folder(directory: str, option: str, split: str) -> Dataset:
@@ -249,8 +242,11 @@ def load_text_folder(directory: str, option: str, split: str) -> Dataset:
             raise RecipeInputError(f"{option} {directory}: class folder {name} has no .txt files, so the model "
                                    "could never predict it. Add files or remove the folder.")
         for path in paths:
-            check_utf8(path)
-            texts.append(path.read_text(encoding="utf-8").strip())
+            try:
+                texts.append(path.read_bytes().decode("utf-8").strip())
+            except UnicodeDecodeError:
+                check_utf8(path)  # raises, naming the byte offset
+                raise
             labels.append(name)
             files.append(str(path))
     return Dataset.from_dict({"text": texts, "label": labels, "file": files})

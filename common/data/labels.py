@@ -164,7 +164,7 @@ def infer_label_spec(
     kind = values.type
     if pa.types.is_list(kind):
         found = sorted(pc.unique(pc.list_flatten(values)).to_pylist())
-        return LabelSpec(problem_type or MULTI, _named(found, names, where, column))
+        return LabelSpec(problem_type or MULTI, _named(found, names, where))
     if problem_type == REGRESSION:
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
             raise RecipeInputError(f"--problem_type regression needs numbers in label column '{column}' of {where}, "
@@ -192,7 +192,7 @@ def infer_label_spec(
         raise RecipeInputError(f"--problem_type {MULTI} needs a list of labels per row in '{column}' of {where}: "
                                "a list column (jsonl/parquet) or --label_separator for text like 'a;b'.")
     if pa.types.is_string(kind):
-        return LabelSpec(SINGLE, _named(found, names, where, column))
+        return LabelSpec(SINGLE, _named(found, names, where))
     if not names:
         return LabelSpec(SINGLE, [_text(v) for v in found], found, from_ids=True)
     return LabelSpec(SINGLE, _names_for_ids(found, names, where, column), found)
@@ -202,7 +202,7 @@ def _text(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _named(found: list[str], names: list[str] | None, where: str, column: str) -> list[str]:
+def _named(found: list[str], names: list[str] | None, where: str) -> list[str]:
     """String labels name themselves; --class_names fixes their order, and must cover every one."""
     if not names:
         return found
@@ -210,11 +210,12 @@ def _named(found: list[str], names: list[str] | None, where: str, column: str) -
     if unknown:
         raise RecipeInputError(f"labels {unknown[:SHOWN]} in {where} are not in --class_names {names}. Add them or "
                                "fix the data.")
-    absent = [n for n in names if n not in set(found)]
+    present = set(found)
+    absent = [n for n in names if n not in present]
     if absent:
         logger.warning("--class_names %s have no rows in %s: left out, since the model could not learn them",
                        absent, where)
-    return [n for n in names if n in set(found)]
+    return [n for n in names if n in present]
 
 
 def _names_for_ids(found: list, names: list[str], where: str, column: str) -> list[str]:
@@ -222,7 +223,8 @@ def _names_for_ids(found: list, names: list[str], where: str, column: str) -> li
     if len(names) == len(found):
         return list(names)
     if all(isinstance(v, int) and 0 <= v < len(names) for v in found):
-        absent = [names[i] for i in range(len(names)) if i not in set(found)]
+        present = set(found)
+        absent = [names[i] for i in range(len(names)) if i not in present]
         logger.warning("class ids of %s: %s have no training rows and are left out", where, absent)
         return [names[v] for v in found]
     raise RecipeInputError(
@@ -256,16 +258,16 @@ def encode_labels(splits: DatasetDict, spec: LabelSpec, column: str, sources: di
                 raise RecipeInputError(f"label column '{column}' of {sources[split]}: {err}; regression needs "
                                        "numbers.") from None
         elif spec.problem_type == MULTI:
-            labels, feature = _multi_hot(values, spec, sources[split], column), Sequence(Value("float32"))
+            labels, feature = _multi_hot(values, spec, sources[split]), Sequence(Value("float32"))
         else:
-            labels, feature = _ids(values, spec, sources[split], column), Value("int64")
+            labels, feature = _ids(values, spec, sources[split]), Value("int64")
         # Added under a temporary name: the raw column may itself be called `labels`, or be the only column.
         dataset = dataset.add_column("__labels__", labels, feature=feature).remove_columns(column)
         encoded[split] = dataset.rename_column("__labels__", "labels")
     return encoded
 
 
-def _ids(values: pa.Array, spec: LabelSpec, where: str, column: str) -> pa.Array:
+def _ids(values: pa.Array, spec: LabelSpec, where: str) -> pa.Array:
     known = spec.values if spec.values is not None else spec.names
     value_set = pa.array(known)
     if not values.type.equals(value_set.type):
@@ -285,7 +287,7 @@ def _ids(values: pa.Array, spec: LabelSpec, where: str, column: str) -> pa.Array
     return ids.cast(pa.int64())
 
 
-def _multi_hot(values: pa.Array, spec: LabelSpec, where: str, column: str) -> pa.Array:
+def _multi_hot(values: pa.Array, spec: LabelSpec, where: str) -> pa.Array:
     flat = pc.list_flatten(values)
     ids = pc.index_in(flat, value_set=pa.array(spec.names))
     if ids.null_count:

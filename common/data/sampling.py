@@ -52,7 +52,8 @@ def stratified_sample(codes: np.ndarray, size: int, seed: int) -> np.ndarray:
             take[c] += 1
     while take.sum() > size:  # the minimum of one per class overshot: trim the largest classes
         take[np.argmax(take)] -= 1
-    chosen = [rng.choice(np.flatnonzero(inverse == c), take[c], replace=False) for c in range(len(classes)) if take[c]]
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # one sort, not a scan per class
+    chosen = [rng.choice(rows, n, replace=False) for rows, n in zip(by_class, take) if n]
     return np.sort(np.concatenate(chosen))
 
 
