@@ -57,6 +57,12 @@ UNFREEZE_UNDER_DDP = (
 )
 
 
+# Options naming local data; one given on the command line overrides a --dataset_name from the YAML (parse_args).
+LOCAL_DATA_OPTIONS = frozenset({
+    "train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir", "audio_folder",
+    *(f"{split}_{side}_file" for split in ("train", "validation", "test") for side in ("source", "target")),
+})
+
 @dataclass
 class ModelArguments:
     _argument_group_name = "model"
@@ -127,8 +133,10 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use at most this many training rows: a seeded random sample, stratified "
                                         "by class for single-label classification."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation rows (sampled as above)."})
-    max_predict_samples: int | None = field(default=None, metadata={"help": "Use at most this many test rows (sampled as above)."})
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many validation rows (sampled as above)."})
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many test rows (sampled as above)."})
     dedupe: bool = field(
         default=False,
         metadata={"help": "Drop validation rows that repeat a train row verbatim, and test rows that repeat train or "
@@ -365,10 +373,7 @@ def parse_args(
             from_config[dests[key]] = config_path
     given = {dests.get(token[2:].split("=")[0]) for token in argv if token.startswith("--")}
     # Local data named on the command line replaces a Hub dataset that only the YAML names.
-    local_data = {"train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir",
-                  "audio_folder", *(f"{split}_{side}_file" for split in ("train", "validation", "test")
-                                    for side in ("source", "target"))}
-    if given & local_data and "dataset_name" in from_config and "dataset_name" not in given:
+    if given & LOCAL_DATA_OPTIONS and "dataset_name" in from_config and "dataset_name" not in given:
         for dest in ("dataset_name", "dataset_config_name"):
             if dest not in given:
                 values[dest] = None

@@ -193,12 +193,11 @@ def oof_class_names(spec) -> list:
 
 
 def write_oof_predictions(spec, scores: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, out: Path,
-                          rows: np.ndarray | None = None) -> dict[str, float]:
+                          rows: np.ndarray) -> dict[str, float]:
     """oof_predictions.parquet: row (in the train file), fold, label, prediction, label_id, per-class scores;
     returns the pooled metrics. `label` and `prediction` are in the same terms, class names."""
     import pandas as pd
 
-    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
     table = pd.DataFrame({"row": rows, "fold": fold_of})
     if spec.problem_type == REGRESSION:
         table["label"] = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -207,9 +206,10 @@ def write_oof_predictions(spec, scores: np.ndarray, labels: np.ndarray, fold_of:
         names = oof_class_names(spec)
         predicted = predictions_from_scores(scores, spec.problem_type)
         if spec.problem_type == MULTI:  # label sets: lists of names and of ids
-            table["label"] = [[names[i] for i in np.flatnonzero(hot)] for hot in np.asarray(labels)]
+            label_ids = [np.flatnonzero(hot).tolist() for hot in labels]
+            table["label"] = [[names[i] for i in ids] for ids in label_ids]
             table["prediction"] = [[names[i] for i in np.flatnonzero(hot)] for hot in predicted]
-            table["label_id"] = [np.flatnonzero(hot).tolist() for hot in np.asarray(labels)]
+            table["label_id"] = label_ids
         else:
             ids = np.asarray(labels, dtype=np.int64)
             table["label"] = [names[i] for i in ids]

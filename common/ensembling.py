@@ -43,6 +43,7 @@ from common.config import FinetuneArguments
 from common.data.labels import MULTI, REGRESSION, SINGLE
 from common.errors import RecipeInputError
 from common.metrics import predictions_from_scores, score_predictions, scores_from_logits
+from common.reliability import plain_value
 from common.reporting import plot_bars, write_json
 
 logger = logging.getLogger(__name__)
@@ -111,17 +112,6 @@ def _processor_kind(processor: Any) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
-    """A setting as plain JSON data: enums by value, tuples as lists, dicts sorted."""
-    if hasattr(value, "value") and not isinstance(value, (str, int, float)):
-        value = value.value
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def processor_fields(processor: Any) -> dict[str, str]:
     """What decides the model inputs a tokenizer or processor makes, field -> a comparable description."""
     import hashlib
@@ -130,17 +120,19 @@ def processor_fields(processor: Any) -> dict[str, str]:
     if kind == "tokenizer":
         vocab = sorted(processor.get_vocab().items())
         digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-        special = {name: _plain(token) for name, token in sorted(processor.special_tokens_map.items())}
+        special = {name: plain_value(token) for name, token in sorted(processor.special_tokens_map.items())}
         ids = processor(*PROBE)["input_ids"]
         return {"vocabulary": f"{len(vocab)} entries (sha256 {digest})",
-                "special tokens": json.dumps(special, ensure_ascii=False, default=str),
+                "special tokens": json.dumps(special, ensure_ascii=False),
                 f"encoding of the probe text {PROBE!r}": " ".join(processor.convert_ids_to_tokens(ids))}
     settings = processor.to_dict()
     if kind == "image processor":
-        plain = {k: _plain(settings.get(k)) for k in IMAGE_FIELDS}
+        plain = {k: plain_value(settings.get(k)) for k in IMAGE_FIELDS}
         plain.update({k: bool(v) for k, v in plain.items() if k.startswith("do_")})  # unset: not done
-        return {k: json.dumps(v) for k, v in plain.items() if not (k in MOOT_WHEN_OFF and not plain[MOOT_WHEN_OFF[k]])}
-    return {k: json.dumps(_plain(v)) for k, v in sorted(settings.items()) if k not in IDENTITY_FIELDS}
+        return {k: json.dumps(v, sort_keys=True) for k, v in plain.items()
+                if not (k in MOOT_WHEN_OFF and not plain[MOOT_WHEN_OFF[k]])}
+    return {k: json.dumps(plain_value(v), sort_keys=True) for k, v in sorted(settings.items())
+            if k not in IDENTITY_FIELDS}
 
 
 def _member_processor(path: str | Path, kind: str) -> Any:

@@ -300,13 +300,15 @@ def carry_run_record(source, target) -> None:
         setattr(target, RUN_RECORD_ATTR, record)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A setting as JSON data, for comparing and recording: enums by value, containers as dicts and lists, any
+    other object as its text."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
@@ -362,11 +364,11 @@ def run_fingerprint(training_args, arguments: tuple[Any, ...], processes: int) -
             if not item.init or item.name in NOT_FINGERPRINTED:
                 continue
             value = getattr(group, item.name)
-            options[item.name] = _plain(value)
+            options[item.name] = plain_value(value)
             if data_group and isinstance(value, str) and _PATH_OPTION.search(item.name) and Path(value).exists():
                 data[item.name] = data_fingerprint(value)
     settings = training_args.to_dict()
-    options.update({name: _plain(settings[name]) for name in TRAINING_OPTIONS if name in settings})
+    options.update({name: plain_value(settings[name]) for name in TRAINING_OPTIONS if name in settings})
     return {"version": FINGERPRINT_VERSION, "processes": processes, "options": options, "data": data}
 
 

@@ -144,12 +144,10 @@ def drop_empty_pairs(dataset: Dataset, names: dict[str, str], unit: str, split: 
         bad = [BadRow(int(i), f"{unit} {i + 1}", f"empty {column}") for column, mask in alone.items()
                for i in np.flatnonzero(mask)]
         where = f"{names[SOURCE]} / {names[TARGET]}" if TARGET in dataset.column_names else names[SOURCE]
-        kept, _ = drop_bad_rows(DatasetDict({split: dataset}), {split: sorted(bad, key=lambda r: r.index)},
-                                {split: where}, True, max_fraction)
-        dropped = np.zeros(len(dataset), bool)
-        dropped[[row.index for row in bad]] = True
-        keep = ~(dropped | both)
-        return dataset.select(np.flatnonzero(keep)), len(bad)
+        # For its --max_bad_fraction check and log; the rows it keeps still hold the pairs empty on both sides.
+        drop_bad_rows(DatasetDict({split: dataset}), {split: sorted(bad, key=lambda r: r.index)}, {split: where},
+                      True, max_fraction)
+        return dataset.select(np.flatnonzero(~(source | target))), len(bad)  # no side empty
     if TARGET not in dataset.column_names and source.any():
         raise RecipeInputError(f"{names[SOURCE]} has empty text at {unit}s {_numbers(source)}. Remove them, or pass "
                                "--skip_bad_examples to leave them out.")
@@ -252,7 +250,8 @@ class RawReferences:
         rows = [row[row >= 0] for row in np.asarray(label_ids)]
 
         def same(row: np.ndarray, ids: Sequence[int]) -> bool:
-            return len(row) >= len(ids) and np.array_equal(row[: len(ids)], ids) and bool((row[len(ids):] == pad_id).all())
+            return (len(row) >= len(ids) and np.array_equal(row[: len(ids)], ids)
+                    and bool((row[len(ids):] == pad_id).all()))
 
         for labels, texts in self.splits:
             if len(labels) == len(rows) and all(same(row, ids) for row, ids in zip(rows, labels)):

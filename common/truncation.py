@@ -68,7 +68,7 @@ def count_truncated(splits: DatasetDict, limit: int, what: str, option: str) -> 
     counts = {}
     for split, dataset in splits.items():
         if LENGTH_COLUMN in dataset.column_names:
-            counts[f"truncated_{split}"] = report_truncation(split, column_array(dataset, LENGTH_COLUMN).to_numpy(), limit, what,
-                                                                 option)
+            lengths = column_array(dataset, LENGTH_COLUMN).to_numpy()
+            counts[f"truncated_{split}"] = report_truncation(split, lengths, limit, what, option)
             splits[split] = dataset.remove_columns(LENGTH_COLUMN)
     return splits, counts
