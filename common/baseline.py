@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from transformers import EvalPrediction
 from transformers.trainer_utils import PredictionOutput
 
+from common.data.arrow import column_array
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 
 if TYPE_CHECKING:
@@ -56,8 +59,12 @@ class Baseline:
 
 
 def _labels(dataset) -> np.ndarray:
-    # with_format(None) drops set_transform: reading the labels must not decode every image or clip.
-    return np.asarray(list(dataset.with_format(None)["labels"]))
+    """The `labels` column as NumPy: class ids, floats, or one 0/1 row per example (multi-label)."""
+    # Read from the Arrow table, as stored: no set_transform decodes an image or clip, no Python row loop.
+    values = column_array(dataset, "labels")
+    if pa.types.is_list(values.type):
+        return pc.list_flatten(values).to_numpy(zero_copy_only=False).reshape(len(values), -1)
+    return values.to_numpy(zero_copy_only=False)
 
 
 def _constant_logits(rows: int, columns: np.ndarray) -> np.ndarray:
@@ -105,26 +112,28 @@ def classification_baseline(spec: LabelSpec, train_labels: np.ndarray, eval_labe
         raise ValueError(f"no constant baseline for problem type {spec.problem_type}")
     hot = (train_labels > 0.5).astype(int)
     top_set = np.asarray(Counter(map(tuple, hot)).most_common(1)[0][0])
+    majority = (hot.mean(0) > 0.5).astype(int)
     # F1 rewards different constants on different data (sparse labels: predicting every label can win), so
     # the baseline is the best of the usual ones rather than one fixed choice.
     candidates = {
         f"most frequent train label set {_name_set(names, top_set)}": top_set,
-        f"per-label majority {_name_set(names, hot.mean(0) > 0.5)}": (hot.mean(0) > 0.5).astype(int),
+        f"per-label majority {_name_set(names, majority)}": majority,
         "every label": np.ones(len(names), dtype=int),
     }
-    best: Baseline | None = None
-    for description, row in candidates.items():
-        metrics = _score(compute_metrics, MULTI, _constant_logits(rows, row), eval_labels)
-        if best is None or metrics[spec.main_metric] > best.value:
-            best = Baseline(spec.main_metric, metrics[spec.main_metric], True, description, metrics)
-    return best
+    def score(row: np.ndarray) -> dict[str, float]:
+        return _score(compute_metrics, MULTI, _constant_logits(rows, row), eval_labels)
+
+    best = _best_constant(candidates, score, spec.main_metric, greater_is_better=True)
+    description = str(best.pop("description"))
+    return Baseline(spec.main_metric, best[spec.main_metric], True, description, best)
 
 
-def _best_constant(candidates: dict[str, str], score: Callable[[str], dict[str, float]], metric: str,
+def _best_constant(candidates: dict[str, Any], score: Callable[[Any], dict[str, float]], metric: str,
                    greater_is_better: bool) -> dict[str, float | str]:
+    """The metrics of the best-scoring candidate (the first, on a tie) plus its "description"."""
     best: dict[str, float | str] | None = None
-    for description, hypothesis in candidates.items():
-        metrics = score(hypothesis)
+    for description, candidate in candidates.items():
+        metrics = score(candidate)
         better = best is None or (metrics[metric] > best[metric] if greater_is_better else metrics[metric] < best[metric])
         if better:
             best = {**metrics, "description": description}

@@ -61,14 +61,24 @@ def cmd_cp(args: argparse.Namespace) -> None:
     print(f"copied {src.relative_to(RECIPES_DIR.parent)} to {dest}")
 
 
+def _check_recipe(recipe: str) -> None:
+    if not recipe.endswith(".py") and recipe not in available():
+        raise RecipeInputError(
+            f"no recipe named '{recipe}'{nearest(recipe, available())}. See `finetune-recipes list`.")
+
+
+def _start(recipe: str, argv: list[str]) -> None:
+    """Run a recipe: a copied .py as a script, else the bundled module's main."""
+    if recipe.endswith(".py"):
+        sys.argv = [recipe, *argv]
+        runpy.run_path(recipe, run_name="__main__")
+    else:
+        importlib.import_module(f"recipes.{recipe}").main(argv)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    if args.recipe.endswith(".py"):
-        sys.argv = [args.recipe, *args.args]
-        runpy.run_path(args.recipe, run_name="__main__")
-        return
-    if args.recipe not in available():
-        raise RecipeInputError(f"no recipe named '{args.recipe}'{nearest(args.recipe, available())}. See `finetune-recipes list`.")
-    importlib.import_module(f"recipes.{args.recipe}").main(args.args)
+    _check_recipe(args.recipe)
+    _start(args.recipe, args.args)
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -82,17 +92,12 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         if "stop_for_inspection" not in script.read_text(encoding="utf-8"):
             raise RecipeInputError(f"{args.recipe} never calls common.inspection.stop_for_inspection, so inspect "
                                    "cannot stop it before training. Copy the recipe again, or add the call.")
-    elif args.recipe not in available():
-        raise RecipeInputError(f"no recipe named '{args.recipe}'{nearest(args.recipe, available())}. See `finetune-recipes list`.")
+    _check_recipe(args.recipe)
     # The report goes to stdout; the recipe's log to stderr (setup_run's basicConfig is then a no-op).
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     with inspecting():  # setup_run then leaves the output dir alone: nothing is written, nothing resumed
         try:
-            if args.recipe.endswith(".py"):
-                sys.argv = [args.recipe, *args.args]
-                runpy.run_path(args.recipe, run_name="__main__")
-            else:
-                importlib.import_module(f"recipes.{args.recipe}").main(args.args)
+            _start(args.recipe, args.args)
         except InspectionDone:
             return
     raise RecipeInputError(f"{args.recipe} finished without reaching stop_for_inspection.")

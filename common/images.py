@@ -20,7 +20,7 @@ from datasets import Dataset, DatasetDict
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from common.data import BadRow, drop_bad_rows, load_splits, source
+from common.data import BadRow, load_splits, source
 from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
@@ -135,12 +135,6 @@ def find_bad_images(dataset: Dataset, column: str, num_proc: int | None = None) 
     bad = [i for i, p in enumerate(problems) if p]
     values = dataset.select(bad)[column] if bad else []
     return [BadRow(i, image_name(v, i), problems[i]) for i, v in zip(bad, values)]
-
-
-def drop_bad_images(splits: DatasetDict, column: str, sources: dict[str, str], args: Any) -> tuple[DatasetDict, dict[str, int]]:
-    """Check every split's images; fail listing the bad files, or with --skip_bad_examples drop and count them."""
-    bad = {split: find_bad_images(ds, column, args.preprocessing_num_workers) for split, ds in splits.items()}
-    return drop_bad_rows(splits, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 
 def load_image_splits(args: Any) -> tuple[DatasetDict, dict[str, str]]:

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
-from common.data import BadRow, check_class_balance, drop_bad_rows, source
+from common.data import source
+from common.data.arrow import column_array
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
+from common.data.sampling import class_counts
 
 EXAMPLES = 3  # example rows per split
 BAD_SHOWN = 5  # bad rows named per split
@@ -147,8 +148,6 @@ def stop_for_inspection(report: DataReport) -> None:
 
 
 def render(report: DataReport) -> str:
-    if report.image_column is not None:
-        _check_images(report)
     lines = [f"inspect {report.recipe}: the data as the recipe reads it (nothing trained, no model loaded, "
              "nothing written)", ""]
     lines += _section("columns", [(role, text) for role, text in report.columns.items()])
@@ -215,17 +214,16 @@ def _stats(values: np.ndarray, digits: int = 0) -> str:
 def _labels(dataset: Dataset, spec: LabelSpec) -> list[str]:
     if "labels" not in dataset.column_names:
         return ["labels: none (predictions only)"]
-    values = dataset.with_format("arrow")["labels"]
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
     if spec.problem_type == REGRESSION:
-        return [f"label values: {_stats(values.to_numpy(zero_copy_only=False), digits=3)}"]
+        values = column_array(dataset, "labels").to_numpy(zero_copy_only=False)
+        return [f"label values: {_stats(values, digits=3)}"]
     if spec.problem_type == MULTI:
+        values = column_array(dataset, "labels")
         hot = pc.list_flatten(values).to_numpy(zero_copy_only=False).reshape(len(dataset), spec.num_labels)
         counts = hot.sum(0).astype(int)
         total, unit = len(dataset), "rows with the label"
     else:
-        counts = np.bincount(values.to_numpy(zero_copy_only=False).astype(np.int64), minlength=spec.num_labels)
+        counts = np.asarray(list(class_counts(dataset, "labels", spec.names).values()))
         total, unit = int(counts.sum()), "rows"
     width = max(len(str(n)) for n in spec.names)
     out = [f"label counts ({unit})"]
@@ -342,12 +340,10 @@ def _token_counts(tokenizer, texts: list[list[str]], target: bool = False) -> np
 
 
 def _text(dataset: Dataset, column: str, prefix: str = "") -> list[str]:
-    return [prefix + (t if t is not None else "") for t in _values(dataset, column)]
-
-
-def _values(dataset: Dataset, column: str) -> list:
-    """A column as a Python list, through Arrow (iterating a Column row by row is far slower)."""
-    values = dataset.with_format("arrow")[column]
+    """A text column as the strings the recipe tokenizes: missing values empty, the prefix prepended."""
+    values = pc.fill_null(column_array(dataset, column), "")
+    if prefix:
+        values = pc.binary_join_element_wise(prefix, values, "")
     return values.to_pylist()
 
 
@@ -377,27 +373,12 @@ def _char_lengths(report: DataReport, dataset: Dataset) -> list[str]:
     out = ["lengths in characters"]
     for column in (report.source_column, report.target_column):
         if column in dataset.column_names and len(dataset):
-            out.append(f"  {column}: {_stats(np.asarray([len(t or '') for t in _values(dataset, column)]))}")
+            lengths = pc.utf8_length(pc.fill_null(column_array(dataset, column), ""))
+            out.append(f"  {column}: {_stats(lengths.to_numpy(zero_copy_only=False))}")
     return out
 
 
 # ---------------------------------------------------------------------------------------------- images
-
-
-def _check_images(report: DataReport) -> None:
-    """The recipe checks its image files after this point (once the processor is loaded): do the same check,
-    with the same policy, so inspect fails or skips exactly as the run would."""
-    from common.images import find_bad_images
-
-    args = report.data_args
-    workers = getattr(args, "preprocessing_num_workers", None)
-    bad = {split: [BadRow(row, name, problem) for row, name, problem in find_bad_images(ds, report.image_column, workers)]
-           for split, ds in report.splits.items()}
-    report.splits, skipped = drop_bad_rows(report.splits, bad, report.sources, report.skip_bad_examples,
-                                           getattr(args, "max_bad_fraction", 0.05))
-    report.bad_rows, report.skipped = bad, {**report.skipped, **skipped}
-    if report.label_spec is not None and report.label_spec.names:
-        check_class_balance(report.splits, report.label_spec.names, report.sources)
 
 
 def _image_sizes(dataset: Dataset, column: str) -> list[str]:
@@ -407,7 +388,7 @@ def _image_sizes(dataset: Dataset, column: str) -> list[str]:
     if not n:
         return []
     rows = np.unique(np.linspace(0, n - 1, min(n, SIZE_IMAGES)).astype(int))
-    values = _values(dataset.select(rows), column)
+    values = column_array(dataset.select(rows), column).to_pylist()
     sizes, unreadable = [], 0
     for value in values:
         data = value.get("bytes") if isinstance(value, dict) else None
@@ -434,10 +415,11 @@ def _audio(dataset: Dataset, sampling_rate: int | None) -> list[str]:
 
     out = []
     if "num_samples" in dataset.column_names and sampling_rate:
-        durations = np.asarray(_values(dataset, "num_samples"), dtype=np.float64) / sampling_rate
+        samples = column_array(dataset, "num_samples").to_numpy(zero_copy_only=False)
+        durations = samples.astype(np.float64) / sampling_rate
         out.append(f"durations in seconds: {_stats(durations, digits=2)}  total {durations.sum() / 3600:.2f} h")
     if FILE in dataset.column_names and len(dataset):
-        files = _values(dataset.select(range(min(RATE_FILES, len(dataset)))), FILE)
+        files = column_array(dataset.select(range(min(RATE_FILES, len(dataset)))), FILE).to_pylist()
         rates = native_rates(files)
         read = f"first {len(files)} of {len(dataset)} files" if len(files) < len(dataset) else f"{len(files)} files"
         shown = ", ".join(f"{rate} Hz: {n}" if isinstance(rate, int) else f"{rate}: {n}" for rate, n in rates.items())

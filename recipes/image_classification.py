@@ -53,7 +53,7 @@ from common.data.sampling import column_codes
 from common.errors import RecipeInputError, run_main
 from common.finetuning import prepare_model
 from common.images import (
-    drop_bad_images,
+    find_bad_images,
     image_column,
     image_name,
     load_image_splits,
@@ -139,23 +139,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                   column_codes(splits["train"], "labels"), groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed, "labels")
-    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (it checks the image files itself)
-        "image_classification", take_source_rows(splits)[0], sources, label_spec=spec, data_args=data_args,
-        image_column=column,
+    # Image files are checked once sampled: a 300-image cap of a large folder opens 300 files, not all of them.
+    bad_images = {split: find_bad_images(ds, column, data_args.preprocessing_num_workers)
+                  for split, ds in splits.items()}
+    splits, skipped = drop_bad_rows(splits, bad_images, sources, data_args.skip_bad_examples,
+                                    data_args.max_bad_fraction)
+    splits, source_rows = take_source_rows(splits)  # out of the data before the transforms and collator
+    skipped = {key: count + skipped_labels.get(key, 0) for key, count in skipped.items()}
+    check_class_balance(splits, spec.names, sources)
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
+        "image_classification", splits, sources, label_spec=spec, data_args=data_args, image_column=column,
+        bad_rows=bad_images, skipped=skipped,
         columns={"image": chosen(column, "--image_column", data_args.image_column, ("image", "img")),
                  "label": chosen(data_args.label_column, "--label_column", data_args.label_column != "label")}))
 
-    # 4. Model and image processor (its size, mean and std drive every transform); then the image files.
+    # 4. Model and image processor (its size, mean and std drive every transform).
     processor = load_processor(AutoImageProcessor, model_args)
     geometry = geometry_from_processor(processor)
     config = load_config(model_args, num_labels=spec.num_labels, id2label=spec.id2label, label2id=spec.label2id,
                          problem_type=SINGLE)
     model_init = partial(prepare_model, partial(load_model, AutoModelForImageClassification, model_args, config),
                          finetune_args)
-    splits, skipped = drop_bad_images(splits, column, sources, data_args)
-    splits, source_rows = take_source_rows(splits)  # out of the data before the transforms and collator
-    skipped = {key: count + skipped_labels.get(key, 0) for key, count in skipped.items()}
-    check_class_balance(splits, spec.names, sources)
     logger.info("%d classes: %s; images %s", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()})
 
     # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
