@@ -89,6 +89,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "Set every dropout probability in the model config (hidden, attention, classifier, ...)."},
     )
+    attention_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Dropout on attention probabilities alone (attention_probs_dropout_prob, attention_dropout, "
+                          "...), e.g. 0 to switch it off. Default: the checkpoint's. --dropout sets it too."},
+    )
     ignore_mismatched_sizes: bool = field(
         default=True,
         metadata={"help": "Re-initialise a checkpoint's head when its shape differs from this task's (other class count)."},

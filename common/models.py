@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,15 @@ def resolve_model_path(name: str) -> str:
     return str(package.MODEL_DIR)
 
 
-def set_dropout(config: PretrainedConfig, probability: float) -> list[str]:
-    """Set every dropout probability field of a config (and its sub-configs); return the names set."""
+def set_dropout(config: PretrainedConfig, probability: float, attention_only: bool = False) -> list[str]:
+    """Set every dropout probability field of a config (and its sub-configs), or only those on attention
+    probabilities; return the names set."""
     changed = []
     for key, value in vars(config).items():
         if isinstance(value, PretrainedConfig):
-            changed += [f"{key}.{name}" for name in set_dropout(value, probability)]
+            changed += [f"{key}.{name}" for name in set_dropout(value, probability, attention_only)]
+        elif attention_only and not re.search(r"(attention|attn)_?(probs_)?(dropout|pdrop)", key):
+            continue
         elif "dropout" in key and (isinstance(value, float) or key == "classifier_dropout"):
             # classifier_dropout is None when it defers to hidden_dropout_prob; set it explicitly too.
             setattr(config, key, probability)
@@ -84,6 +88,12 @@ def load_config(model_args: ModelArguments, **overrides: Any) -> PretrainedConfi
             raise RecipeInputError(f"--dropout {model_args.dropout} must be in [0, 1).")
         fields = set_dropout(config, model_args.dropout)
         logger.info("--dropout %.3g set %s", model_args.dropout, ", ".join(fields) or "no field (none found)")
+    if model_args.attention_dropout is not None:
+        if not 0.0 <= model_args.attention_dropout < 1.0:
+            raise RecipeInputError(f"--attention_dropout {model_args.attention_dropout} must be in [0, 1).")
+        fields = set_dropout(config, model_args.attention_dropout, attention_only=True)
+        logger.info("--attention_dropout %.3g set %s", model_args.attention_dropout,
+                    ", ".join(fields) or "no field (none found)")
     return config
 
 

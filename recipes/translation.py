@@ -70,6 +70,7 @@ DEFAULTS = {
     **TRAINING_DEFAULTS,
     "output_dir": "outputs/translation",
     "per_device_train_batch_size": 32,
+    "train_sampling_strategy": "group_by_length",  # pairs of similar length pad little (dynamic padding)
     "predict_with_generate": True,  # BLEU and chrF score generated translations
 }
 
