@@ -34,7 +34,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache  # the layers of common/ (pyproject.toml, README's Layout)
 
 bench: install
 	$(OFFLINE) $(BIN)/python bench/run.py

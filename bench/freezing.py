@@ -15,10 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import DATA, PROBE, ROOT, launch
+from harness import DATA, PROBE, ROOT, launch, minilm_dir
 
-sys.path.insert(0, str(ROOT))
-from common.tiny_models import minilm_dir  # noqa: E402
+sys.path.insert(0, str(ROOT))  # trainable_share imports common/
 
 RESULTS = Path(__file__).with_name("freezing_results.md")
 FULL, HEAD = 1e-4, 1e-2
@@ -61,10 +60,9 @@ def run_recipe(flags: list[str], work: Path) -> tuple[dict, dict]:
 
 def trainable_share(options: dict) -> str:
     """Trainable parameters at the start of training, as a share of MiniLM's."""
-    from transformers import AutoModelForSequenceClassification
-
     from common.config import FinetuneArguments
     from common.freezing import apply_freezing
+    from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     keys = ("freeze", "unfreeze_schedule", "layer_lr_decay")

@@ -89,9 +89,9 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
     import torch
-
     from common.comparison import compare
     from common.tiny_models import tiny_convnext
+
     from recipes import image_classification
 
     torch.set_num_threads(1)  # tiny model: a thread pool only adds overhead

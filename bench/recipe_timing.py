@@ -31,10 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from transformers import TrainerCallback  # noqa: E402
-
 import common.feature_cache  # noqa: E402
 import common.runner  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 
 def now() -> float:

@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-
 from common.tiny_models import tiny_wav2vec2_ctc  # noqa: E402
+
 from recipes import speech_recognition  # noqa: E402
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"

@@ -82,6 +82,7 @@ def main() -> None:
     from common.comparison import compare
     from common.seq2seq import read_lines
     from common.tiny_models import tiny_marian
+
     from recipes import translation
 
     out = Path(options.out)

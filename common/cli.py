@@ -15,9 +15,10 @@ import logging
 import runpy
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from common.errors import RecipeInputError, nearest, run_main
+from common.core.errors import RecipeInputError, nearest, run_main
 from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available
 
 
@@ -83,14 +84,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     """Run the recipe up to its prepared data, print the report, stop: no model loaded, nothing trained."""
-    from common.inspection import InspectionDone, inspecting
+    # Imported here: `list` and `cp` then start without loading torch.
+    from common.training.inspection import InspectionDone, inspecting
 
     if args.recipe.endswith(".py"):
         script = Path(args.recipe)
         if not script.is_file():
             raise RecipeInputError(f"{args.recipe} does not exist.")
         if "stop_for_inspection" not in script.read_text(encoding="utf-8"):
-            raise RecipeInputError(f"{args.recipe} never calls common.inspection.stop_for_inspection, so inspect "
+            raise RecipeInputError(f"{args.recipe} never calls common.training.inspection.stop_for_inspection, so inspect "
                                    "cannot stop it before training. Copy the recipe again, or add the call.")
     _check_recipe(args.recipe)
     # The report goes to stdout; the recipe's log to stderr (setup_run's basicConfig is then a no-op).
@@ -103,10 +105,21 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     raise RecipeInputError(f"{args.recipe} finished without reaching stop_for_inspection.")
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from common.comparison import compare
+def recipe_main(recipe: str) -> Callable[[list[str]], dict]:
+    """The `main` of a recipe: a bundled one by name, or a copied .py."""
+    _check_recipe(recipe)
+    if recipe.endswith(".py"):
+        if not Path(recipe).is_file():
+            raise RecipeInputError(f"recipe script {recipe} does not exist.")
+        return runpy.run_path(recipe)["main"]
+    return importlib.import_module(f"recipes.{recipe}").main
 
-    compare(args.recipe, args.args)
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    # Imported here, as inspect's machinery is: `list` and `cp` then start without loading torch.
+    from common.strategies.comparison import compare
+
+    compare(recipe_main(args.recipe), args.args, Path(args.recipe).stem)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@
     accelerate launch recipes/image_classification.py --config recipes/configs/image_classification/clothing_tiny_vit.yaml
 
 Data: class folders (--train_dir/--validation_dir/--test_dir), a Hub dataset, or csv/jsonl/parquet files
-with an image path column. Images are decoded lazily, per batch, so augmentation (common.augment.image)
+with an image path column. Images are decoded lazily, per batch, so augmentation (common.toolkit.augment.image)
 is fresh every epoch. Every option: `python recipes/image_classification.py --help`.
 """
 
@@ -17,8 +17,32 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainingArguments, set_seed
 
-from common.augment import TrainAugmentation
-from common.augment.image import (
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
+from common.data import (
+    add_validation_split,
+    cap_splits,
+    check_class_balance,
+    drop_bad_rows,
+    drop_unused_splits,
+    find_bad_rows,
+    require_columns,
+)
+from common.data.images import (
+    find_bad_images,
+    image_column,
+    image_name,
+    load_image_splits,
+    prepare_image_column,
+)
+from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.options import DataArguments
+from common.data.sampling import column_codes
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.image import (
     ImageAugmentArguments,
     ImageAugmenter,
     ImageCollator,
@@ -30,40 +54,12 @@ from common.augment.image import (
     save_preview,
     train_transform,
 )
-from common.config import (
-    TRAINING_DEFAULTS,
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    RunArguments,
-    parse_args,
-)
-from common.cross_validation import cv_groups, number_rows, take_source_rows
-from common.data import (
-    add_validation_split,
-    cap_splits,
-    check_class_balance,
-    drop_bad_rows,
-    drop_unused_splits,
-    find_bad_rows,
-    require_columns,
-)
-from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
-from common.data.sampling import column_codes
-from common.errors import RecipeInputError, run_main
-from common.finetuning import prepare_model
-from common.images import (
-    find_bad_images,
-    image_column,
-    image_name,
-    load_image_splits,
-    prepare_image_column,
-)
-from common.inspection import DataReport, chosen, stop_for_inspection
-from common.metrics import build_compute_metrics, scores_from_logits
-from common.models import load_config, load_model, load_processor
-from common.reporting import write_classification_predictions
-from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
+from common.toolkit.finetuning import prepare_model
+from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.metrics import build_compute_metrics, scores_from_logits
+from common.training.reporting import write_classification_predictions
+from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 

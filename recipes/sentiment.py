@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import run_main
+from accelerate import PartialState
+from transformers import pipeline
+
+from common.core.errors import run_main
 from recipes import text_classification
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "sentiment_demo"
@@ -45,8 +48,6 @@ EXAMPLES = [
 
 
 def print_examples(output_dir: str, texts: list[str] = EXAMPLES) -> None:
-    from transformers import pipeline
-
     classify = pipeline("text-classification", model=output_dir, device="cpu")
     print("\nExample predictions:")
     for text, prediction in zip(texts, classify(texts)):
@@ -56,7 +57,6 @@ def print_examples(output_dir: str, texts: list[str] = EXAMPLES) -> None:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     results = text_classification.main(argv, DEFAULTS, SENTIMENT_NAMES.get, SAMPLE_DATA)
     output_dir = results.get("output_dir")
-    from accelerate import PartialState
 
     if PartialState().is_main_process and output_dir and (Path(output_dir) / "config.json").exists():
         print_examples(output_dir)

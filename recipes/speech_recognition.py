@@ -25,48 +25,46 @@ from transformers import (
     set_seed,
 )
 
-from common.audio import (
-    CTC,
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
+from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
+from common.data.audio import (
     FILE,
-    SEQ2SEQ,
     SPEECH,
+    check_examples,
+    decode_splits,
+    filter_durations,
+    find_column,
+    load_speech_splits,
+    normalize_text,
+)
+from common.data.options import DataArguments
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_processor
+from common.strategies.cross_validation import cv_groups
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.toolkit.finetuning import prepare_model
+from common.training.baseline import speech_baseline
+from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.speech import (
+    CTC,
+    SEQ2SEQ,
     AudioInputs,
     CTCTrainer,
     SpeechCollator,
     SpeechMetrics,
     SpeechSeq2SeqTrainer,
-    check_examples,
     checkpoint_tokenizer,
     ctc_vocabulary,
     decode_predictions,
-    decode_splits,
-    filter_durations,
-    find_column,
     load_speech_model,
-    load_speech_splits,
     model_family,
-    normalize_text,
     set_whisper_prefix,
     write_speech_predictions,
 )
-from common.augment import TrainAugmentation
-from common.augment.audio import AudioAugmentArguments, AudioAugmenter
-from common.baseline import speech_baseline
-from common.config import (
-    TRAINING_DEFAULTS,
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    RunArguments,
-    parse_args,
-)
-from common.cross_validation import cv_groups
-from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
-from common.errors import RecipeInputError, run_main
-from common.finetuning import prepare_model
-from common.inspection import DataReport, chosen, stop_for_inspection
-from common.models import load_config, load_processor
-from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
+from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 

@@ -23,17 +23,8 @@ from transformers import (
     set_seed,
 )
 
-from common.augment import TrainAugmentation
-from common.augment.text import text_augmenter
-from common.config import (
-    TRAINING_DEFAULTS,
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    RunArguments,
-    parse_args,
-)
-from common.cross_validation import cv_groups, number_rows, take_source_rows
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
 from common.data import (
     add_validation_split,
     cap_splits,
@@ -48,15 +39,20 @@ from common.data import (
 )
 from common.data.duplicates import find_duplicates
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.options import DataArguments
 from common.data.sampling import column_codes
-from common.errors import RecipeInputError, run_main
-from common.finetuning import prepare_model
-from common.inspection import DataReport, chosen, stop_for_inspection
-from common.metrics import build_compute_metrics, scores_from_logits
-from common.models import load_config, load_model, load_processor
-from common.reporting import write_classification_predictions
-from common.runner import Task, pipeline_hint, predicted_split, run, setup_run
-from common.truncation import LENGTH_COLUMN, count_truncated, tokenize_truncated
+from common.data.truncation import LENGTH_COLUMN, count_truncated, tokenize_truncated
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.text import text_augmenter
+from common.toolkit.finetuning import prepare_model
+from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.metrics import build_compute_metrics, scores_from_logits
+from common.training.reporting import write_classification_predictions
+from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +191,7 @@ def main(
             return {**encoded, LENGTH_COLUMN: lengths}
         return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length, padding=padding)
 
-    # --text_augment: train keeps its raw text, re-tokenized per batch after augmentation (common.augment).
+    # --text_augment: train keeps its raw text, re-tokenized per batch after augmentation (common.toolkit.augment).
     augmentation = None
     if finetune_args.text_augment:
         augmentation = TrainAugmentation(text_augmenter(finetune_args.text_augment, text_columns, tokenizer),

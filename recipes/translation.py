@@ -25,41 +25,33 @@ from transformers import (
     set_seed,
 )
 
-from common.augment import TrainAugmentation
-from common.augment.text import text_augmenter
-from common.baseline import translation_baseline
-from common.config import (
-    TRAINING_DEFAULTS,
-    DataArguments,
-    FinetuneArguments,
-    ModelArguments,
-    RunArguments,
-    parse_args,
-)
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, load_splits, source
 from common.data.duplicates import find_duplicates
-from common.errors import RecipeInputError, run_main
-from common.finetuning import prepare_model
-from common.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
-from common.models import load_config, load_model, load_processor
-from common.runner import Task, predicted_split, run, setup_run
-from common.seq2seq import (
-    SOURCE,
-    TARGET,
+from common.data.options import DataArguments
+from common.data.parallel import SOURCE, TARGET, drop_empty_pairs, load_parallel_files, pairs_from_table
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.text import text_augmenter
+from common.toolkit.finetuning import prepare_model
+from common.training.baseline import translation_baseline
+from common.training.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
+from common.training.run import predicted_split, setup_run
+from common.training.seq2seq import (
     RawReferences,
     build_generation_metrics,
     decode,
-    drop_empty_pairs,
     language_codes,
-    load_parallel_files,
     mark_translation_model,
-    pairs_from_table,
     save_translation_pipeline,
     seq2seq_collator,
     tokenize_pairs,
     write_translations,
 )
-from common.trainer import FinetuneSeq2SeqTrainer
+from common.training.task import Task
+from common.training.trainer import FinetuneSeq2SeqTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm() -> str:
-    from common.tiny_models import minilm_dir
+    from common.models.tiny import minilm_dir
 
     return minilm_dir()
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_bert
+    from common.models.tiny import tiny_bert
 
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 

@@ -16,11 +16,12 @@ from transformers import (
 )
 from transformers import TrainingArguments as HfTrainingArguments
 
-from common.augment import TrainAugmentation
-from common.augment.text import parse_text_augment, text_augmenter
-from common.config import FinetuneArguments
-from common.errors import RecipeInputError
-from common.runner import Task, build_trainer
+from common.core.errors import RecipeInputError
+from common.dispatch import FinetuneArguments
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.text import parse_text_augment, text_augmenter
+from common.training.run import build_trainer
+from common.training.task import Task
 from recipes import text_classification
 
 SENTENCES = [
@@ -48,7 +49,7 @@ def test_parse_spec_forms():
 
 
 def test_yaml_forms(tmp_path):
-    from common.config import parse_args
+    from common.core.config import parse_args
 
     for i, value in enumerate(["{swap: 0.1, unk: 0.2}", "[swap=0.1, unk=0.2]"]):
         config = tmp_path / f"augment{i}.yaml"
@@ -199,7 +200,7 @@ def test_trainer_augments_train_only_and_per_epoch(tiny_bert, tokenizer, tmp_pat
 
 
 def test_recipe_trains_with_augmentation(tiny_bert, shared_data, tmp_path, monkeypatch):
-    from common.augment import AugmentedDataset
+    from common.toolkit.augment import AugmentedDataset
 
     seen: list[tuple[int, int]] = []  # (epoch, rows) of every augmented batch
     fetch = AugmentedDataset.__getitems__

@@ -35,7 +35,7 @@ import transformers
 from conftest import ROOT, fast_args
 
 from common import cli
-from common.errors import RecipeInputError, run_main
+from common.core.errors import RecipeInputError, run_main
 from recipes import image_classification, sentiment, speech_recognition, text_classification, translation
 
 TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH = (
@@ -68,8 +68,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def models(tiny_bert, shared_data, tmp_path_factory) -> dict[str, str]:
-    from common import tiny_models
-    from common.seq2seq import read_lines
+    from common.data.parallel import read_lines
+    from common.models import tiny as tiny_models
 
     root = tmp_path_factory.mktemp("models")
     corpus = [

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from common.cli import main as cli
-from common.comparison import compare
-from common.errors import RecipeInputError
+from common.core.errors import RecipeInputError
+from common.strategies.comparison import compare
+from recipes import text_classification
 from tests.conftest import fast_args
 
 
@@ -40,8 +41,9 @@ def test_compare_writes_table_and_plot(tiny_bert, tmp_path, csv_file):
     assert torch.isfinite(finals["from_scratch"][final_key]).all()
 
 
-def test_compare_refuses_from_scratch_in_its_arguments():
+def test_compare_refuses_from_scratch_in_its_arguments(capsys):
     with pytest.raises(RecipeInputError, match="drop --from_scratch"):
-        compare("text_classification", ["--from_scratch"])
-    with pytest.raises(RecipeInputError, match="no recipe named 'text_clasification'"):
-        compare("text_clasification", [])
+        compare(text_classification.main, ["--from_scratch"])
+    with pytest.raises(SystemExit) as exit_:
+        cli(["compare", "text_clasification"])
+    assert exit_.value.code != 0 and "no recipe named 'text_clasification'" in capsys.readouterr().err

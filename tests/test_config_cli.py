@@ -9,8 +9,11 @@ import pytest
 from transformers import TrainingArguments
 
 from common import cli
-from common.config import DataArguments, FinetuneArguments, ModelArguments, RunArguments, parse_args
-from common.errors import RecipeInputError
+from common.core.config import RunArguments, parse_args
+from common.core.errors import RecipeInputError
+from common.data.options import DataArguments
+from common.dispatch import FinetuneArguments
+from common.models.loading import ModelArguments
 from recipes.text_classification import DEFAULTS, TextDataArguments
 
 TYPES = (ModelArguments, TextDataArguments, FinetuneArguments, RunArguments, TrainingArguments)

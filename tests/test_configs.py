@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from common import config as config_module
+from common.core import config as config_module
 from recipes import available
 
 CONFIGS = [(recipe, path) for recipe, paths in available().items() for path in paths]

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from datasets import Dataset
 
-from common.cross_validation import cv_groups, fold_indices
-from common.errors import RecipeInputError
+from common.core.errors import RecipeInputError
+from common.strategies.cross_validation import cv_groups, fold_indices
 from tests.conftest import fast_args
 
 N = 60

@@ -1,4 +1,4 @@
-"""The constant baseline of every run, and the guard that flags a run no better than it (common.baseline)."""
+"""The constant baseline of every run, and the guard that flags a run no better than it (common.training.baseline)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from conftest import fast_args
 
-from common.baseline import (
+from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
+from common.training.baseline import (
     CARD_HEADING,
     classification_baseline,
     degenerate_reasons,
     speech_baseline,
     translation_baseline,
 )
-from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
-from common.metrics import build_compute_metrics
+from common.training.metrics import build_compute_metrics
 from recipes import text_classification
 
 POSITIVE = ["great", "wonderful", "excellent", "lovely", "superb", "fantastic", "brilliant", "delightful"]

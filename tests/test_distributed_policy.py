@@ -17,18 +17,13 @@ from test_freezing import SMALL, bert, marian
 from torch import nn
 from transformers import TrainingArguments, Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
-from common.adapters import apply_peft
-from common.config import (
-    FinetuneArguments,
-    RunArguments,
-    check_distributed,
-    choose_find_unused_parameters,
-    parse_args,
-)
-from common.errors import RecipeInputError
-from common.feature_cache import CachedHeadModel, _cached_split
-from common.freezing import GradualUnfreezingCallback, apply_freezing
-from common.trainer import FinetuneTrainer
+from common.core.config import RunArguments, parse_args
+from common.core.errors import RecipeInputError
+from common.dispatch import FinetuneArguments
+from common.toolkit.adapters import apply_peft
+from common.toolkit.feature_cache import CachedHeadModel, _cached_split
+from common.toolkit.freezing import GradualUnfreezingCallback, apply_freezing
+from common.training.trainer import FinetuneTrainer, choose_find_unused_parameters
 from recipes.text_classification import DEFAULTS, TextDataArguments
 
 
@@ -173,8 +168,9 @@ def test_unfreeze_schedule_is_refused_under_several_processes(monkeypatch, tmp_p
         callback.on_train_begin(SimpleNamespace(world_size=2), None, None, model=bert())
 
 
-def test_other_toolkit_options_run_under_several_processes():
-    check_distributed(
+def test_other_toolkit_options_run_under_several_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    FinetuneArguments.apply_policies(
         {
             "cv_folds": 3,
             "hpo_trials": 4,
@@ -184,7 +180,6 @@ def test_other_toolkit_options_run_under_several_processes():
             "layer_lr_decay": 0.8,
             "peft": "lora",
         },
-        processes=2,
     )
 
 
@@ -192,8 +187,7 @@ def test_other_toolkit_options_run_under_several_processes():
 def test_hpo_never_prunes_under_several_processes(monkeypatch, tmp_path, processes):
     import optuna
 
-    from common import runner
-    from common.hpo import run_hpo
+    from common.strategies import hpo
 
     seen = {}
 
@@ -205,12 +199,12 @@ def test_hpo_never_prunes_under_several_processes(monkeypatch, tmp_path, process
             seen.update(kwargs)
             raise Stop
 
-    monkeypatch.setattr(runner, "build_trainer", lambda *args, **kwargs: Searcher())
+    monkeypatch.setattr(hpo, "build_trainer", lambda *args, **kwargs: Searcher())
     monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: processes))
     task = SimpleNamespace(eval_dataset=[0], main_metric="accuracy", greater_is_better=True)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     with pytest.raises(Stop):
-        run_hpo(task, args, FinetuneArguments(hpo_trials=8))
+        hpo.run_hpo(task, args, FinetuneArguments(hpo_trials=8))
     # Rank 0 alone holds the study: a trial pruned there would leave the other ranks training, then waiting.
     if processes > 1:
         assert isinstance(seen["pruner"], optuna.pruners.NopPruner)

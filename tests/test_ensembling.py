@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.config import FinetuneArguments
+from common.core.errors import RecipeInputError
 from common.data.labels import REGRESSION, SINGLE, LabelSpec
-from common.ensembling import Ensemble, check_ensemble_options, load_ensemble
-from common.errors import RecipeInputError
-from common.runner import Task
+from common.dispatch import FinetuneArguments
+from common.strategies.ensembling import Ensemble, check_ensemble_options, load_ensemble
+from common.training.task import Task
 from tests.conftest import fast_args
 
 NAMES = ["neg", "pos", "neutral"]
@@ -82,7 +82,7 @@ def stacked_cv(tiny_bert, tmp_path_factory):
     meta-learner was fitted on."""
     from sklearn.linear_model import LogisticRegression
 
-    import common.runner
+    import common.strategies.cross_validation
     from recipes import text_classification
 
     data = tmp_path_factory.mktemp("data")
@@ -90,7 +90,7 @@ def stacked_cv(tiny_bert, tmp_path_factory):
     pd.DataFrame(ROWS[30:]).to_csv(data / "test.csv", index=False)
     out = data / "cv"
     trained_on, meta_inputs = {}, []
-    train_evaluate_predict, fit = common.runner.train_evaluate_predict, LogisticRegression.fit
+    train_evaluate_predict, fit = common.strategies.cross_validation.train_evaluate_predict, LogisticRegression.fit
 
     def spy_train(task, args, finetune_args, **kwargs):
         trained_on[Path(args.output_dir).name] = {tuple(ids) for ids in task.train_dataset["input_ids"]}
@@ -101,7 +101,7 @@ def stacked_cv(tiny_bert, tmp_path_factory):
         return fit(self, x, y, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(common.runner, "train_evaluate_predict", spy_train)
+        patch.setattr(common.strategies.cross_validation, "train_evaluate_predict", spy_train)
         patch.setattr(LogisticRegression, "fit", spy_fit)
         text_classification.main([
             "--model_name_or_path", tiny_bert, "--train_file", str(data / "train.csv"),

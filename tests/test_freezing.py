@@ -43,19 +43,20 @@ from transformers import (
     set_seed,
 )
 
-from common.config import FinetuneArguments
-from common.errors import RecipeInputError
-from common.feature_cache import CachedHeadModel, cached_task, find_head
-from common.finetuning import prepare_model
-from common.freezing import (
+from common.core.errors import RecipeInputError
+from common.dispatch import FinetuneArguments
+from common.toolkit.feature_cache import CachedHeadModel, cached_task, find_head
+from common.toolkit.finetuning import prepare_model
+from common.toolkit.freezing import (
     GradualUnfreezingCallback,
     apply_freezing,
     log_parameter_table,
+    optimizer_groups,
     optimizer_param_groups,
     read_layout,
 )
-from common.runner import Task
-from common.trainer import FinetuneTrainer
+from common.training.task import Task
+from common.training.trainer import FinetuneTrainer
 from recipes import text_classification
 
 SMALL = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
@@ -172,7 +173,7 @@ def test_layout_is_read_from_structure(build):
 
 def test_parameter_table_counts(caplog):
     model = freeze(bert(), "bottom:1")
-    with caplog.at_level("INFO", logger="common.freezing"):
+    with caplog.at_level("INFO", logger="common.toolkit.freezing"):
         rows = log_parameter_table(model)
     assert [r["group"] for r in rows] == ["embeddings", "block 0", "block 1", "top", "head"]
     assert sum(r["parameters"] for r in rows) == sum(p.numel() for p in model.parameters())
@@ -257,7 +258,8 @@ def test_frozen_batchnorm_keeps_its_running_statistics():
 def test_llrd_group_lrs_and_weight_decay(tmp_path):
     model = bert()
     args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.01, report_to="none")
-    trainer = FinetuneTrainer(model=model, args=args, finetune_args=FinetuneArguments(layer_lr_decay=0.8))
+    trainer = FinetuneTrainer(model=model, args=args,
+                              optimizer_groups=optimizer_groups(FinetuneArguments(layer_lr_decay=0.8)))
     optimizer = trainer.create_optimizer()
     depth = {"embeddings": 3, "block 0": 2, "block 1": 1, "top": 1, "head": 0}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -304,7 +306,7 @@ def test_gradual_unfreezing_thaws_top_down_and_lr_reaches_zero(tmp_path, schedul
                              report_to="none", disable_tqdm=True, use_cpu=True, seed=0)
     recorder = EpochChanges()
     trainer = FinetuneTrainer(model_init=partial(prepare_model, bert, finetune_args), args=args,
-                              train_dataset=_token_dataset(), finetune_args=finetune_args,
+                              train_dataset=_token_dataset(), optimizer_groups=optimizer_groups(finetune_args),
                               callbacks=[GradualUnfreezingCallback(finetune_args), recorder])
     trainer.train()
     assert recorder.changed == expected
@@ -370,7 +372,7 @@ def test_feature_cache_on_vision_heads(build, tmp_path):
                 data_collator=None, compute_metrics=None, processing_class=None, main_metric="accuracy",
                 pipeline_task="image-classification")
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=5, report_to="none", use_cpu=True)
-    cached = cached_task(task, args, finetune_args)
+    cached = cached_task(task, args)
     with pytest.raises(RecipeInputError, match="different backbone"):
         cached.model_init()  # another random backbone: the cache does not hold for it
     set_seed(args.seed)  # as Trainer does before model_init
@@ -434,4 +436,4 @@ def test_feature_cache_refuses_heads_it_cannot_run_alone(tmp_path):
                 processing_class=None, main_metric="accuracy", pipeline_task="text-classification")
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=1, report_to="none", use_cpu=True)
     with pytest.raises(RecipeInputError, match="changes shape between batches.*token sequence"):
-        cached_task(task, args, finetune_args)
+        cached_task(task, args)

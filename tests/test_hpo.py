@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from common.errors import RecipeInputError
-from common.hpo import DEFAULT_SPACE, parse_space
+from common.core.errors import RecipeInputError
+from common.strategies.hpo import DEFAULT_SPACE, parse_space
 from tests.conftest import fast_args
 
 
@@ -75,9 +75,9 @@ def test_two_trials_write_results_and_retrain_the_best(tiny_bert, tmp_path, csv_
 
 
 def test_hpo_needs_a_validation_split():
-    from common.config import FinetuneArguments
-    from common.hpo import run_hpo
-    from common.runner import Task
+    from common.dispatch import FinetuneArguments
+    from common.strategies.hpo import run_hpo
+    from common.training.task import Task
 
     task = Task("t", lambda: None, None, None, None, None, None, None, "accuracy", "text-classification")
     with pytest.raises(RecipeInputError, match="validation split"):

@@ -14,8 +14,10 @@ import torch
 from conftest import ROOT, fast_args
 from PIL import Image
 
-from common.augment import TrainAugmentation
-from common.augment.image import (
+from common.core.errors import RecipeInputError
+from common.data.images import check_class_folders, open_image
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.image import (
     PRESETS,
     TRAIN_MARK,
     ImageAugmenter,
@@ -26,8 +28,6 @@ from common.augment.image import (
     geometry_from_processor,
     train_transform,
 )
-from common.errors import RecipeInputError
-from common.images import check_class_folders, open_image
 from recipes import image_classification
 
 CLASSES = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
@@ -38,14 +38,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_vit
+    from common.models.tiny import tiny_vit
 
     return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
 @pytest.fixture(scope="module")
 def convnext(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_convnext
+    from common.models.tiny import tiny_convnext
 
     return tiny_convnext(tmp_path_factory.mktemp("tiny-convnext"))
 
@@ -373,8 +373,8 @@ def test_rotation_pretraining_then_compare(shared_data, clothing, tmp_path):
     spec = importlib.util.spec_from_file_location("image_pretraining", ROOT / "bench" / "image_pretraining.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    from common.comparison import compare
-    from common.tiny_models import tiny_convnext
+    from common.models.tiny import tiny_convnext
+    from common.strategies.comparison import compare
 
     random.seed(0)
     count = bench.make_rotation_dataset(shared_data / "clothing_small" / "train", tmp_path / "rotation", side=48,
@@ -387,7 +387,7 @@ def test_rotation_pretraining_then_compare(shared_data, clothing, tmp_path):
     labels = json.loads((tmp_path / "pretext" / "config.json").read_text())["id2label"]
     assert sorted(labels.values()) == ["rot0", "rot180", "rot270", "rot90"]
 
-    summary = compare("image_classification", [
+    summary = compare(image_classification.main, [
         *bench.finetune_args(str(tmp_path / "pretext"), str(clothing["train"]), str(clothing["validation"]),
                              str(tmp_path / "compare"), 2, 3e-3), "--seed", "0"])
     assert summary["metric_key"] == "eval_accuracy"

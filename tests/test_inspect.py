@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 from common.cli import main
-from common.inspection import DataReport, inspecting, stop_for_inspection
+from common.training.inspection import DataReport, inspecting, stop_for_inspection
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -206,7 +206,7 @@ def test_image_folder_sizes_and_classes(capsys, in_tmp, shared_data, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_ctc(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_wav2vec2_ctc
+    from common.models.tiny import tiny_wav2vec2_ctc
 
     return tiny_wav2vec2_ctc(tmp_path_factory.mktemp("tiny-ctc"))
 
@@ -231,7 +231,7 @@ def test_speech_durations_and_native_rates(capsys, in_tmp, shared_data, tiny_ctc
 @pytest.fixture(scope="module")
 def parallel(tmp_path_factory) -> tuple[Path, Path, str]:
     """200 line-aligned en/de pairs (line 4 has no source) and a tiny Marian whose tokenizer learnt them."""
-    from common.tiny_models import tiny_marian
+    from common.models.tiny import tiny_marian
 
     folder = tmp_path_factory.mktemp("parallel")
     rng = random.Random(0)

@@ -26,9 +26,9 @@ from transformers import (
     pipeline,
 )
 
-from common.adapters import apply_peft, head_module_names
-from common.config import FinetuneArguments
-from common.errors import RecipeInputError
+from common.core.errors import RecipeInputError
+from common.dispatch import FinetuneArguments
+from common.toolkit.adapters import apply_peft, head_module_names
 from recipes import text_classification
 
 TREC_LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
@@ -100,7 +100,7 @@ def test_merge_adapter_saves_a_pipeline_model(tiny_bert, shared_data, tmp_path):
 def test_new_modules_outside_the_head_are_trained_and_saved(tmp_path):
     # A checkpoint without a pooler: BertForSequenceClassification initialises one at random, so the
     # adapter must carry it or a reload would start from different random values.
-    from common.tiny_models import minilm_dir
+    from common.models.tiny import minilm_dir
 
     config = BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=32)

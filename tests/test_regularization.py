@@ -15,11 +15,11 @@ from transformers import (
     WhisperConfig,
 )
 
-import common.runner
-from common.config import ModelArguments, parse_args
-from common.errors import RecipeInputError
-from common.models import set_dropout
-from common.trainer import FinetuneTrainer
+import common.training.run
+from common.core.config import parse_args
+from common.core.errors import RecipeInputError
+from common.models.loading import ModelArguments, set_dropout
+from common.training.trainer import FinetuneTrainer
 from recipes import text_classification
 
 
@@ -44,8 +44,8 @@ def test_weight_decay_spares_biases_and_norms(tiny_bert, tmp_path):
 
 def test_dropout_and_label_smoothing_reach_the_run(tiny_bert, shared_data, tmp_path, monkeypatch):
     trainers = []
-    build = common.runner.build_trainer
-    monkeypatch.setattr(common.runner, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1])
+    build = common.training.run.build_trainer
+    monkeypatch.setattr(common.training.run, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1])
     out = tmp_path / "run"
     text_classification.main(["--model_name_or_path", tiny_bert, *_sst2(shared_data), "--dropout", "0.25",
                               "--label_smoothing", "0.1", *fast_args(out)])
@@ -77,7 +77,7 @@ def test_dropout_fields_of_other_families(config, fields):
 
 
 def test_dropout_out_of_range_raises(tiny_bert):
-    from common.models import load_config
+    from common.models.loading import load_config
 
     with pytest.raises(RecipeInputError, match="--dropout 1.5 must be in"):
         load_config(ModelArguments(model_name_or_path=tiny_bert, dropout=1.5))

@@ -23,10 +23,11 @@ import torch
 from conftest import ROOT, fast_args, subprocess_env
 from safetensors.torch import load_file
 
-from common.config import ModelArguments, parse_args
-from common.errors import NonFiniteLossError, RecipeInputError
-from common.reliability import LOCK_NAME, STAGING_NAME, process_start, publish
-from common.trainer import FinetuneTrainer
+from common.core.config import parse_args
+from common.core.errors import NonFiniteLossError, RecipeInputError
+from common.models.loading import ModelArguments
+from common.training.reliability import LOCK_NAME, STAGING_NAME, process_start, publish
+from common.training.trainer import FinetuneTrainer
 from recipes import sentiment
 
 DEMO = ROOT / "recipes" / "data" / "sentiment_demo"
@@ -112,7 +113,7 @@ def test_kill_9_then_resume_equals_uninterrupted_sentiment(tiny_bert, tmp_path, 
     )
     assert checkpoints and checkpoints[-1] % 32 != 0  # resumes mid-epoch: the data loader skips batches
 
-    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+    with caplog.at_level(logging.WARNING, logger="common.training.reliability"):
         sentiment.main([*_sentiment_args(tiny_bert, killed, **args), "--resume_from_checkpoint", "latest"])
     assert any("taking over the stale lock" in r.getMessage() for r in caplog.records)
     assert json.loads((killed / "trainer_state.json").read_text())["global_step"] == 96
@@ -137,7 +138,7 @@ def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
 def test_kill_9_then_resume_equals_uninterrupted_image_with_augmentation(clothing, tmp_path):
     """RandomResizedCrop, flips, affine, colour jitter and MixUp: every draw is seeded by (seed, epoch, row), so the
     resumed run augments and mixes each batch exactly as the uninterrupted one."""
-    from common.tiny_models import tiny_vit
+    from common.models.tiny import tiny_vit
     from recipes import image_classification
 
     vit = tiny_vit(tmp_path / "vit")
@@ -352,7 +353,7 @@ def test_stale_lock_is_taken_over_and_removed_and_paths_stay_paths(tiny_bert, tm
     )
     data = tmp_path / "reviews $(touch PWNED); `touch PWNED` | touch PWNED.csv"
     data.write_bytes((DEMO / "train.csv").read_bytes())
-    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+    with caplog.at_level(logging.WARNING, logger="common.training.reliability"):
         results = sentiment.main(
             [
                 *_sentiment_args(tiny_bert, out, max_steps=2),
@@ -431,8 +432,8 @@ def test_trust_remote_code_is_off_by_default_and_documented():
 
 
 def test_yaml_is_loaded_safely(tmp_path, monkeypatch):
-    from common.augment.image import parse_params
-    from common.hpo import parse_space
+    from common.strategies.hpo import parse_space
+    from common.toolkit.augment.image import parse_params
 
     monkeypatch.chdir(tmp_path)
     payload = '!!python/object/apply:os.system ["touch PWNED"]'

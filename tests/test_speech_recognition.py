@@ -15,22 +15,18 @@ from datasets import Dataset
 from safetensors.numpy import load_file
 from transformers import pipeline
 
-from common.audio import (
-    SPEECH,
+from common.core.errors import RecipeInputError
+from common.data.audio import SPEECH, check_examples, decode_splits, load_speech_splits, normalize_text
+from common.data.options import DataArguments
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.training.speech import (
     AudioInputs,
     build_ctc_vocab,
-    check_examples,
     ctc_tokenizer,
-    decode_splits,
     error_rates,
-    load_speech_splits,
     missing_characters,
-    normalize_text,
 )
-from common.augment import TrainAugmentation
-from common.augment.audio import AudioAugmentArguments, AudioAugmenter
-from common.config import DataArguments
-from common.errors import RecipeInputError
 from recipes import speech_recognition
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -46,14 +42,14 @@ def fsdd(shared_data):
 
 @pytest.fixture(scope="module")
 def tiny_ctc(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_wav2vec2_ctc
+    from common.models.tiny import tiny_wav2vec2_ctc
 
     return tiny_wav2vec2_ctc(tmp_path_factory.mktemp("tiny-ctc"))
 
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_whisper
+    from common.models.tiny import tiny_whisper
 
     return tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"), DIGITS, chunk_length=3)
 
@@ -176,7 +172,7 @@ def test_augmentation_is_seeded_and_every_op_changes_audio(fsdd, tmp_path):
 
 
 def test_shipped_configs_parse():
-    from common.config import parse_args
+    from common.core.config import parse_args
     from recipes import CONFIGS_DIR
 
     configs = sorted((CONFIGS_DIR / "speech_recognition").glob("*.yaml"))

@@ -112,7 +112,7 @@ def test_label_separator_and_regression_pairs(tiny_bert, csv_file, tmp_path):
 
 
 def test_sentence_pairs_go_to_the_tokenizer_as_pairs(tiny_bert, csv_file, tmp_path, monkeypatch):
-    from common import models
+    from common.models import loading as models
 
     calls = []
     load = models.load_processor
@@ -149,3 +149,33 @@ def test_resume_from_checkpoint(tiny_bert, shared_data, tmp_path):
                                         *fast_args(out, num_train_epochs=2, save_strategy="no")])
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 40
     assert resumed["train_runtime"] > 0
+
+
+def test_each_run_loads_the_pretrained_model_once(tiny_bert, shared_data, tmp_path, monkeypatch):
+    """Trainer given model_init builds the model in __init__ and again in train(): the recipes hand it one."""
+    from transformers import AutoModelForSequenceClassification
+
+    loads = []
+    load = AutoModelForSequenceClassification.from_pretrained
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained",
+                        lambda *args, **kwargs: loads.append(args[0]) or load(*args, **kwargs))
+    data = ["--model_name_or_path", tiny_bert, "--train_file", str(shared_data / "trec/train.tsv"),
+            "--label_column", "coarse_label", "--max_train_samples", "64", "--max_eval_samples", "32"]
+    results = text_classification.main([*data, *fast_args(tmp_path / "one", do_predict=False)])
+    assert len(loads) == 1
+    assert "before_loss" in results  # evaluated before training, on that one model
+    loads.clear()
+    text_classification.main([*data, *fast_args(tmp_path / "cv", do_predict=False, cv_folds=2)])
+    assert len(loads) == 2  # one per fold
+
+
+def test_eval_before_training_false_skips_the_first_evaluation(tiny_bert, shared_data, tmp_path):
+    out = tmp_path / "run"
+    results = text_classification.main([
+        "--model_name_or_path", tiny_bert, "--train_file", str(shared_data / "trec/train.tsv"),
+        "--label_column", "coarse_label", "--max_train_samples", "64", "--max_eval_samples", "32",
+        *fast_args(out, do_predict=False, eval_before_training=False),
+    ])
+    written = json.loads((out / "all_results.json").read_text())
+    assert not any(key.startswith("before_") for key in [*results, *written])
+    assert "eval_accuracy" in written and "train_loss" in written

@@ -12,7 +12,7 @@ import pytest
 from conftest import fast_args
 from PIL import Image
 
-from common.errors import RecipeInputError
+from common.core.errors import RecipeInputError
 from recipes import image_classification, text_classification
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +61,7 @@ def test_17_5_oof_predictions_join_back_to_the_train_file(tiny_bert, csv_file, t
 
 @pytest.fixture(scope="module")
 def vit(tmp_path_factory) -> str:
-    from common.tiny_models import tiny_vit
+    from common.models.tiny import tiny_vit
 
     return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 

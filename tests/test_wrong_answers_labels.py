@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import fast_args
 
-from common.errors import RecipeInputError
-from common.metrics import multilabel_metrics
+from common.core.errors import RecipeInputError
+from common.training.metrics import multilabel_metrics
 from recipes import sentiment, speech_recognition, text_classification
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,7 +68,7 @@ def test_17_2_validation_holds_out_whole_groups(tiny_bert, csv_file, tmp_path):
 
 
 def test_17_2_fsdd_speakers_never_span_validation_and_train(shared_data, tmp_path, caplog):
-    from common.tiny_models import tiny_wav2vec2_ctc
+    from common.models.tiny import tiny_wav2vec2_ctc
 
     meta = pd.read_csv(shared_data / "fsdd/metadata.csv")
     meta = meta[meta["index"] < 8].copy()  # 6 speakers x 10 digits x 8 takes: quick to decode

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import fast_args
 
-from common.errors import RecipeInputError, run_main
+from common.core.errors import RecipeInputError, run_main
 from recipes import text_classification
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -76,7 +76,7 @@ def test_17_8_resume_refuses_changed_options(tiny_bert, csv_file, tmp_path, monk
     shutil.copy(csv_file(_rows(32), "restored.csv"), train)  # the original rows again: resumes
 
     # With --resume_ignore_changes it proceeds, warns per change, and records what it ignored.
-    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+    with caplog.at_level(logging.WARNING, logger="common.training.reliability"):
         text_classification.main([*changed, "--resume_ignore_changes"])
     warned = [r.getMessage() for r in caplog.records if "--resume_ignore_changes" in r.getMessage()]
     assert any("--learning_rate 0.001 -> 0.05" in w for w in warned)
@@ -98,7 +98,7 @@ def test_17_8_resume_refuses_changed_options(tiny_bert, csv_file, tmp_path, monk
     later = tmp_path / "later"
     same = [a.replace(str(out), str(later)) for a in args(train, 1e-3, "--resume_from_checkpoint", "latest")]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+    with caplog.at_level(logging.WARNING, logger="common.training.reliability"):
         text_classification.main(same)
     assert not [r for r in caplog.records if "resum" in r.getMessage()]
     assert json.loads((later / "trainer_state.json").read_text())["global_step"] == 4
@@ -106,7 +106,7 @@ def test_17_8_resume_refuses_changed_options(tiny_bert, csv_file, tmp_path, monk
 
     # A checkpoint without a fingerprint (older versions wrote none) resumes, with a warning that nothing was compared.
     (later / "checkpoint-4" / "run_fingerprint.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="common.reliability"):
+    with caplog.at_level(logging.WARNING, logger="common.training.reliability"):
         text_classification.main([*same[:-2], "--learning_rate", "0.5", "--resume_from_checkpoint", "latest"])
     assert any("nothing could be compared" in r.getMessage() for r in caplog.records)
     assert json.loads((later / "training_args.json").read_text())["resumed"]["options_compared"] is False

@@ -10,7 +10,7 @@ import sacrebleu
 from conftest import fast_args
 from transformers import AutoTokenizer
 
-from common.seq2seq import read_lines
+from common.data.parallel import read_lines
 from recipes import text_classification, translation
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -22,7 +22,7 @@ def write_lines(path, lines: list[str]) -> str:
 
 
 def test_17_7_bleu_is_scored_against_raw_references(shared_data, tmp_path):
-    from common.tiny_models import tiny_marian
+    from common.models.tiny import tiny_marian
 
     multi30k = shared_data / "multi30k_en_de"
     en, de = read_lines(multi30k / "train.en", "en"), read_lines(multi30k / "train.de", "de")

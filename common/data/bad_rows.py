@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
+from common.core.errors import RecipeInputError
 from common.data.arrow import column_chunks
 from common.data.labels import bad_label_rows
-from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
+from common.core.errors import RecipeInputError
 from common.data.arrow import column_array
-from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
 

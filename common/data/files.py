@@ -9,16 +9,13 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
 
-from common.data.options import QUOTING
-from common.errors import RecipeInputError, nearest
-
-if TYPE_CHECKING:
-    from common.config import DataArguments
+from common.core.errors import RecipeInputError, nearest
+from common.data.options import QUOTING, DataArguments
 
 logger = logging.getLogger(__name__)
 

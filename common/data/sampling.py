@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
+from sklearn.model_selection import GroupShuffleSplit
 
+from common.core.errors import RecipeInputError
 from common.data.arrow import column_array
-from common.errors import RecipeInputError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ def add_validation_split(
 
     indices = np.arange(len(splits["train"]))
     if groups is not None:
-        from sklearn.model_selection import GroupShuffleSplit  # heavy; only grouped hold-outs need it
 
         group_codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)[1]
         if group_codes.max() < 1:

@@ -1,0 +1,1 @@
+"""The parts of bench/run.py, one module each: recipes (the table), padding, cache, profile (efficiency)."""

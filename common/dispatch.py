@@ -1,0 +1,50 @@
+"""Run a recipe's `Task` as its options ask: the fine-tuning toolkit applied, then hyperparameter search (and a
+retrain of the best), cross-validation (and an ensemble of the folds), an ensemble of --ensemble_models, or one
+train/evaluate/predict. `FinetuneArguments` gathers every option group of the toolkit and the strategies."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+
+from transformers import TrainingArguments
+
+from common.strategies.cross_validation import CrossValidationArguments, run_cross_validation
+from common.strategies.ensembling import EnsembleArguments, check_ensemble_options, run_ensemble
+from common.strategies.hpo import HpoArguments, run_hpo
+from common.toolkit.augment.text import TextAugmentArguments
+from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
+from common.training.reliability import OutputDirLock, carry_run_record
+from common.training.run import train_evaluate_predict
+from common.training.task import Task
+from common.training.trainer import TrainingLoopArguments
+
+
+@dataclass
+class FinetuneArguments(EnsembleArguments, CrossValidationArguments, HpoArguments, TrainingLoopArguments,
+                        TextAugmentArguments, ToolkitArguments):
+    """The fine-tuning toolkit and strategies: every recipe gets these options (bases listed last-first, so
+    --help shows freezing first)."""
+
+    _argument_group_name = "fine-tuning"
+
+
+def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
+    """Dispatch on the options. The main process holds output_dir's lock file throughout, and removes it however
+    the run ends."""
+    with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
+        check_ensemble_options(task, finetune_args)
+        task = apply_toolkit(task, args, finetune_args)
+        if finetune_args.hpo_trials:
+            best = run_hpo(task, args, finetune_args)
+            args, searched = dataclasses.replace(args, **best), args
+            carry_run_record(searched, args)
+        if finetune_args.cv_folds:
+            results = run_cross_validation(task, args, finetune_args)
+        elif finetune_args.ensemble_models:
+            results = run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models)
+        else:
+            results = train_evaluate_predict(task, args, finetune_args)
+        results["main_metric"] = task.main_metric
+        return results

@@ -1,0 +1,66 @@
+"""What a recipe hands to a run: its model, data, metrics and outputs, in one `Task`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import datasets
+from transformers import PreTrainedModel
+from transformers.trainer_utils import PredictionOutput
+
+from common.data.labels import LabelSpec
+from common.training.trainer import FinetuneTrainer, OptimizerGroups
+
+
+class TrainWrapper(Protocol):
+    """Wraps the train split (or a CV fold of it) when the trainer is built, e.g. on-the-fly augmentation
+    (common.toolkit.augment.TrainAugmentation); the wrapped dataset's `callback` joins the trainer's."""
+
+    def wrap(self, dataset: datasets.Dataset) -> Any: ...
+
+
+@dataclass
+class Task:
+    """Everything `run` needs from a recipe."""
+
+    name: str
+    model_init: Callable[[], PreTrainedModel]  # a fresh model with the fine-tuning options applied
+    train_dataset: datasets.Dataset | None
+    eval_dataset: datasets.Dataset | None
+    test_dataset: datasets.Dataset | None
+    data_collator: Callable | None
+    compute_metrics: Callable | None
+    processing_class: Any  # tokenizer / processor saved beside the model
+    main_metric: str  # eval metric that ranks runs (HPO, best model, plots)
+    pipeline_task: str
+    model_name: str = ""
+    greater_is_better: bool = True  # False for error rates such as WER
+    label_spec: LabelSpec | None = None
+    trainer_class: type = FinetuneTrainer
+    # Writes the predictions on `predicted_split(splits)` in the recipe's format: (output, output dir) -> None.
+    write_predictions: Callable[[PredictionOutput, Path], None] | None = None
+    # Row labels of the train split, for stratified CV folds (None: plain k-fold).
+    stratify: list | None = None
+    groups: list | None = None
+    # Per train row, its 0-based data row in the train file as loaded (`common.strategies.cross_validation.number_rows`):
+    # the `row` of oof_predictions.parquet. None: rows are numbered as the train split holds them.
+    source_rows: list[int] | None = None
+    # On-the-fly augmentation of the train split (each CV fold's too); eval and test data stay as they are.
+    augmentation: TrainWrapper | None = None
+    # Trainer's compute_loss_func: (outputs, labels, num_items_in_batch) -> loss, e.g. for MixUp soft targets.
+    compute_loss_func: Callable | None = None
+    # Extra TrainerCallbacks, e.g. outputs that must wait until training really starts (every check passed).
+    callbacks: list = dataclasses.field(default_factory=list)
+    # Facts about the data (skipped bad rows, truncation, class counts) written with the run's results.
+    data_results: dict = dataclasses.field(default_factory=dict)
+    # The constant baseline of tasks that common.training.baseline cannot derive from label_spec (translation, speech):
+    # () -> its metrics on the eval split plus a "description", e.g. partial(common.training.baseline.speech_baseline, ...).
+    baseline: Callable[[], dict[str, float | str]] | None = None
+    # Set by the fine-tuning toolkit (common.toolkit.finetuning.apply_toolkit): the optimizer's parameter
+    # groups (None: Trainer's own), and how the final model is saved ((trainer, dir) -> None; None: save_model).
+    optimizer_groups: OptimizerGroups | None = None
+    save_model: Callable[[Any, Path], None] | None = None
