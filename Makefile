@@ -39,6 +39,8 @@ lint: install
 bench: install
 	$(OFFLINE) $(BIN)/python bench/run.py
 	$(OFFLINE) $(BIN)/python bench/data_prep.py
+	$(OFFLINE) $(BIN)/python bench/fast_path.py
+	$(OFFLINE) $(BIN)/python bench/attention_dropout.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -14,14 +14,17 @@ checkpoint's 0.1. Each dataset runs with its shipped config's settings:
   (learning rate 1e-4, 3 epochs, batch 32) on trec/train.tsv with `--max_train_samples 2000`, and trec/test.tsv
   (500 questions) given as `--validation_file`, so eval_accuracy is on the held-out test questions.
 
-Both with `--eval_strategy no --do_predict false`. Arms interleaved per seed (on 42, off 42, on 43, ...). Accuracy
-and train_samples_per_second (from `trainer.train()`) come from each run's all_results.json.
+Both with `--eval_strategy no --do_predict false`. Arms interleaved per seed (on 42, off 42, on 43, ...); before
+each run the script waits up to 120 s (--quiet_wait) for other work on the machine to stop, and records how many
+cores other work kept busy during the run. Accuracy and train_samples_per_second (from `trainer.train()`) come
+from each run's all_results.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import statistics
@@ -29,7 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-from harness import DATA, ROOT, machine, now_str, run_for_results, shared, stratified_tsv_sample
+from harness import (
+    DATA,
+    ROOT,
+    contention_note,
+    machine,
+    now_str,
+    run_for_results,
+    shared,
+    stratified_tsv_sample,
+    undisturbed_limit,
+)
 
 WORK = ROOT / "bench" / "runs" / "attention_dropout"
 SAMPLES = ROOT / "bench" / "runs" / "fast_path"  # the SST-2 sample bench/fast_path.py trains on
@@ -80,7 +93,8 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
 
 
-def dataset_section(dataset: str, runs: dict[str, list[dict]], seeds: tuple[int, ...]) -> tuple[list[str], str]:
+def dataset_section(dataset: str, runs: dict[str, list[dict]], seeds: tuple[int, ...],
+                    limit: float) -> tuple[list[str], str]:
     ok = {arm: [r for r in runs[arm] if r["results"]] for arm in ARMS}
     lines = [f"## {TITLES[dataset]}", "",
              f"Config `{CONFIGS[dataset]}` ({config_settings(dataset)}); the command lines are below.", "",
@@ -104,9 +118,15 @@ def dataset_section(dataset: str, runs: dict[str, list[dict]], seeds: tuple[int,
                     for o, f in zip(runs["on"], runs["off"]) if o["results"] and f["results"]]
     paired_acc = [f["results"]["eval_accuracy"] - o["results"]["eval_accuracy"]
                   for o, f in zip(runs["on"], runs["off"]) if o["results"] and f["results"]]
+    quiet = [f["results"]["train_samples_per_second"] / o["results"]["train_samples_per_second"]
+             for o, f in zip(runs["on"], runs["off"])
+             if o["results"] and f["results"] and max(o["others"], f["others"]) < limit]
     word = "HOLDS" if holds else "n/a (one seed, no SE)" if math.isnan(on_se) else "DOES NOT HOLD"
     lines += ["", f"- **Speed: attention dropout off runs {ratio:.2f}× the train samples/s of on** (medians; per seed, "
-              f"paired: {', '.join(f'{p:.2f}×' for p in paired_speed)}).",
+              f"paired: {', '.join(f'{p:.2f}×' for p in paired_speed)}"
+              + (f"; in the {len(quiet)} pair(s) with under {limit:.1f} cores of other work in both runs: "
+                 f"{', '.join(f'{p:.2f}×' for p in quiet)}" if quiet else f"; no pair ran with under {limit:.1f} "
+                 "cores of other work") + ").",
               f"- **Accuracy: off {off_mean:.4f} against on {on_mean:.4f} ± {on_se:.4f}** (mean ± SE); off − on per "
               f"seed: {', '.join(f'{d:+.4f}' for d in paired_acc)}. Rule: off holds if mean(off) ≥ mean(on) − SE(on) "
               f"= {on_mean - on_se:.4f}. **Verdict: attention dropout off {word}.**", ""]
@@ -120,14 +140,16 @@ def report(options, seeds, runs, order, started, wall, load_start, load_end) -> 
     if options.quick:
         lines += ["**Quick mode: a smoke test on a few rows, one epoch. These numbers say nothing about the "
                   "recipes.**", ""]
+    waited = sum(run["waited"] for *_, run in order)
     lines += [
-        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min. Command: "
+        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min, of which "
+        f"{waited / 60:.1f} min waiting for other work to stop. Command: "
         f"`{' '.join(['python', 'bench/attention_dropout.py', *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 "
         "HF_DATASETS_OFFLINE=1).", "", "## Machine", "", *machine(),
         f"- Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (5 min: "
-        f"{load_start[1]:.2f}, {load_end[1]:.2f}); each run's own start load is in the per-run table. Above ~0.3, "
-        "other work shared the two cores: absolute rates are low by that share, and the two arms, interleaved per "
-        "seed, share it alike.", "",
+        f"{load_start[1]:.2f}, {load_end[1]:.2f}).",
+        contention_note([run["others"] for *_, run in order], options.quiet_wait, options.threads,
+                        "per-run table"), "",
         "## Setup", "",
         "- **on**: the checkpoint's dropout, 0.1 on attention probabilities, hidden states and the classifier (no "
         "flag). **off**: `--attention_dropout 0`, which sets `attention_probs_dropout_prob` alone; hidden and "
@@ -139,28 +161,30 @@ def report(options, seeds, runs, order, started, wall, load_start, load_end) -> 
         "2000` (the recipe draws the 2000 questions stratified by class with the run's seed: the two arms of a seed "
         "train on the same questions, the seeds on different ones), and trec/test.tsv given as `--validation_file`: "
         "the accuracy is on the 500 held-out test questions (no model selection is made on them).",
-        "- `--eval_strategy no --do_predict false`; seeds 42, 43, 44; arms interleaved per seed (on, off, on, ...).",
+        f"- `--eval_strategy no --do_predict false`; seeds {', '.join(map(str, seeds))}; arms interleaved per seed (on, off, on, ...); "
+        f"{options.threads or 'default'} intra-op thread{'s' if options.threads != 1 else ''} per run.",
         "- Accuracy is `eval_accuracy` and speed `train_samples_per_second` (from `trainer.train()`: training alone) "
         "in each run's all_results.json. SE = sample standard deviation / √3.",
         "- **Rule**: attention dropout off *holds* on a dataset if mean(off) ≥ mean(on) − SE(on), that is if off "
         "is no more than one standard error of the on arm below it.", ""]
     verdicts = []
     for dataset in runs:
-        section, verdict = dataset_section(dataset, runs[dataset], seeds)
+        section, verdict = dataset_section(dataset, runs[dataset], seeds, undisturbed_limit(options.threads))
         lines += section
         verdicts.append(verdict)
     lines += ["## Verdicts", "", *(f"- {v}" for v in verdicts), "",
               "## Per run", "", "| dataset | seed | arm | accuracy | train samples/s | train runtime (s) | run wall (s) "
-              "| load at start |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+              "| waited (s) | load at start | other work during the run (cores) |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for dataset, arm, seed, run in order:
         res = run["results"]
         if not res:
             lines.append(f"| {dataset} | {seed} | {arm} | failed (exit {run['code']}) | | | {run['wall']:.0f} | "
-                         f"{run['load']:.2f} |")
+                         f"{run['waited']:.0f} | {run['load']:.2f} | {run['others']:.2f} |")
             continue
         lines.append(f"| {dataset} | {seed} | {arm} | {res['eval_accuracy']:.4f} | "
                      f"{res['train_samples_per_second']:.2f} | {res['train_runtime']:.1f} | {run['wall']:.0f} | "
-                     f"{run['load']:.2f} |")
+                     f"{run['waited']:.0f} | {run['load']:.2f} | {run['others']:.2f} |")
     lines += ["", "## Commands", "", "From the project root (`python` is `.venv/bin/python`, with HF_HUB_OFFLINE=1 "
               "HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false), in the order they ran:", "", "```",
               *(run["cmd"] for _, _, _, run in order), "```", ""]
@@ -171,6 +195,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 rows, 1 epoch, one seed: a smoke test")
     parser.add_argument("--datasets", default="sst2,trec", help="comma list of sst2, trec")
+    parser.add_argument("--quiet_wait", type=float, default=None,
+                        help="seconds to wait before each run for other work to leave its cores free "
+                             "(default 120; quick: 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of each run (OMP_NUM_THREADS; 0: torch's default, one per core)")
     parser.add_argument("--out", default=None, help="markdown file (default: bench/attention_dropout_results.md; "
                                                     "quick: bench/runs/attention_dropout/results-quick.md)")
     options = parser.parse_args()
@@ -178,6 +207,8 @@ def main() -> int:
     if set(datasets) - set(CONFIGS):
         parser.error(f"unknown dataset(s) {sorted(set(datasets) - set(CONFIGS))}; choose from sst2, trec")
     seeds = SEEDS[:1] if options.quick else SEEDS
+    if options.quiet_wait is None:
+        options.quiet_wait = 0.0 if options.quick else 120.0
     work = WORK / ("quick" if options.quick else "full")
     out_file = Path(options.out).resolve() if options.out else (WORK / "results-quick.md" if options.quick
                                                                  else RESULTS)
@@ -194,16 +225,18 @@ def main() -> int:
                 print(f"[{now_str()}] {dataset} {arm} seed {seed} ...", flush=True)
                 log = work / dataset / arm / f"log{seed}.txt"
                 run = run_for_results(arm_command(dataset, arm, seed, out, options.quick), out, "all_results.json",
-                                      log)
+                                      log, options.quiet_wait, options.threads)
                 runs[dataset][arm].append(run)
                 order.append((dataset, arm, seed, run))
                 if run["results"]:
                     print(f"    {run['wall']:.0f} s, {run['results']['train_samples_per_second']:.2f} train "
-                          f"samples/s, accuracy {run['results']['eval_accuracy']:.4f} (load {run['load']:.2f})",
+                          f"samples/s, accuracy {run['results']['eval_accuracy']:.4f} (waited {run['waited']:.0f} s, other "
+                          f"work {run['others']:.2f} cores)",
                           flush=True)
                 else:
                     print(f"    FAILED (exit {run['code']}); log tail:\n{log.read_text()[-1500:]}", flush=True)
     load_end, wall = os.getloadavg(), time.perf_counter() - wall_start
+    (work / "runs.json").write_text(json.dumps(runs, indent=1))  # every run's measurements, as measured
     text = report(options, seeds, runs, order, started, wall, load_start, load_end)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)

@@ -31,7 +31,7 @@ CAP = 20000
 PREP = """
 import json, resource, sys, time
 start = time.perf_counter()
-from common.config import DataArguments
+from common.core.config import DataArguments
 from common.data import add_validation_split, cap_splits, check_class_balance, drop_bad_rows, find_bad_rows, load_splits
 from common.data.labels import encode_labels, infer_label_spec
 from common.data.sampling import column_codes
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="200000,2000000", help="comma list of row counts")
     parser.add_argument("--out", default=str(ROOT / "bench" / "data_prep_results.md"))
     args = parser.parse_args()
-    from common.tiny_models import minilm_dir
+    from common.models.tiny import minilm_dir
 
     lines = ["# Data preparation at scale", "",
              f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores with `python bench/data_prep.py`.",

@@ -15,22 +15,36 @@ learning rate 5e-5, and is evaluated on all 872 sentences of sst2/dev.tsv:
   and nothing else: dynamic padding, `train_sampling_strategy group_by_length`, weight decay 0.01, warmup 0.1.
 - **recipe, random order**: the same plus `--train_sampling_strategy random`, to tell which default gives the speed.
 
-Arms run interleaved per seed (HF 42, recipe 42, random 42, HF 43, ...) so drifting load hits all alike. Train
-samples/s is `train_samples_per_second` of `trainer.train()`'s metrics in both (the recipe's all_results.json,
-the peer's results.json); the evaluations before and after training are outside it.
+Arms run interleaved per seed (HF 42, recipe 42, random 42, HF 43, ...) so drifting load hits all alike; before
+each run the script waits up to 120 s (--quiet_wait) for other work on the machine to stop, and records how many
+cores other work kept busy during the run. Train samples/s is `train_samples_per_second` of `trainer.train()`'s
+metrics in both (the recipe's all_results.json, the peer's results.json); the evaluations before and after
+training are outside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from harness import DATA, ROOT, machine, minilm_dir, now_str, run_for_results, shared, stratified_tsv_sample
+from harness import (
+    DATA,
+    ROOT,
+    contention_note,
+    machine,
+    minilm_dir,
+    now_str,
+    run_for_results,
+    shared,
+    stratified_tsv_sample,
+    undisturbed_limit,
+)
 
 WORK = ROOT / "bench" / "runs" / "fast_path"
 RESULTS = Path(__file__).with_name("fast_path_results.md")
@@ -103,25 +117,31 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
     arms = {arm: summary(runs[arm]) for arm in ARMS}
     hf, recipe, random_order = arms["hf"], arms["recipe"], arms["recipe_random"]
     ratio = recipe["speed"] / hf["speed"]
+    limit = undisturbed_limit(options.threads)
+    quiet = [(r, h) for r, h in zip(runs["recipe"], runs["hf"]) if r["results"] and h["results"]
+             and max(r["others"], h["others"]) < limit]
     gap = recipe["accuracy"] - hf["accuracy"]
     equal = abs(gap) <= EQUAL_ACCURACY
     fast = ratio >= TARGET_SPEED
     lines = ["# Fast path: the recipe's defaults against the Hugging Face example (SST-2, MiniLM)", ""]
     if options.quick:
         lines += ["**Quick mode: a smoke test on a few sentences. These numbers say nothing about the recipes.**", ""]
+    waited = sum(r["waited"] for arm_runs in runs.values() for r in arm_runs)
     lines += [
-        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min. Command: "
+        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min, of which "
+        f"{waited / 60:.1f} min waiting for other work to stop. Command: "
         f"`{' '.join(['python', 'bench/fast_path.py', *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 "
         "HF_DATASETS_OFFLINE=1).", "", "## Machine", "", *machine(),
         f"- Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (5 min: "
-        f"{load_start[1]:.2f}, {load_end[1]:.2f}); each run's own start load is in the per-seed table. Above ~0.3, "
-        "other work shared the two cores: absolute rates are low by that share, and the arms, interleaved per seed, "
-        "share it alike.", "",
+        f"{load_start[1]:.2f}, {load_end[1]:.2f}).",
+        contention_note([r["others"] for arm_runs in runs.values() for r in arm_runs], options.quiet_wait,
+                        options.threads, "per-seed table"), "",
         "## Setup", "",
         f"- Data: the same {train_rows} SST-2 training sentences for every arm (`{rel(options.train)}`, sampled once "
         "from sst2/train.tsv, seed 0, stratified by label); evaluation on all of `sst2/dev.tsv` "
         f"({options.dev_rows} sentences). all-MiniLM-L6-v2, batch 32, learning rate 5e-5, {epochs} "
-        f"epoch{'s' if epochs != 1 else ''}, seeds {', '.join(map(str, seeds))}, arms interleaved per seed.",
+        f"epoch{'s' if epochs != 1 else ''}, seeds {', '.join(map(str, seeds))}, arms interleaved per seed, "
+        f"{options.threads or 'default'} intra-op thread{'s' if options.threads != 1 else ''} per run.",
         "- **HF example**: `bench/peers/hf_run_glue.py`, run_glue.py's steps with `--pad_to_max_length False`: "
         "truncation at 128 without padding, DataCollatorWithPadding, plain `transformers.Trainer`, "
         f"TrainingArguments(per_device_train_batch_size=32, learning_rate=5e-5, num_train_epochs={epochs}, "
@@ -152,7 +172,11 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
               for r, h in zip(runs["recipe"], runs["hf"]) if r["results"] and h["results"]]
     lines += ["", f"- **Recipe defaults over the HF example: {ratio:.2f}× train samples/s** (target ≥ "
               f"{TARGET_SPEED:g}×): **{'met' if fast else 'MISSED'}**. Per seed (paired, same seed and load "
-              f"window): {', '.join(f'{p:.2f}×' for p in paired)}.",
+              f"window): {', '.join(f'{p:.2f}×' for p in paired)}"
+              + (f"; in the {len(quiet)} pair(s) where other work kept under {limit:.1f} cores busy in both runs: "
+                 + ", ".join(f"{r['results']['train_samples_per_second'] / h['results']['train_samples_per_second']:.2f}×"
+                             for r, h in quiet) if quiet else f"; no pair ran with under {limit:.1f} cores of other work")
+              + ".",
               f"- **Dev accuracy: recipe {recipe['accuracy']:.4f} against HF {hf['accuracy']:.4f} (medians), "
               f"difference {gap:+.4f}**: {'within' if equal else 'NOT within'} ±{EQUAL_ACCURACY} "
               "(for scale: one standard error of an accuracy near 0.85 on 872 sentences is 0.012).",
@@ -174,6 +198,11 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
                   + (" The speed-up is the smaller: the per-step costs (optimizer step, head, Python and "
                      "dataloader overhead) do not shrink with the sequence length." if grouping < fewer else ""),
                   ""]
+    if options.threads == 1:
+        lines += ["One thread per run makes the model's compute the larger share of a step; with torch's default "
+                  "of a thread per core the matrix work runs faster while the per-step overhead does not, so "
+                  "length grouping (which saves compute only) gains less there than here. bench/RESULTS.md "
+                  "measures it at 2 threads (SST-2, batch 16: `sst2_dynamic` against `sst2_dynamic_random`).", ""]
     verdict = (f"target met: {ratio:.2f}× ≥ {TARGET_SPEED:g}×, accuracy medians within ±{EQUAL_ACCURACY}"
                if fast and equal else
                f"speed target met ({ratio:.2f}× ≥ {TARGET_SPEED:g}×), but the accuracy medians differ by "
@@ -182,19 +211,22 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
                f"of {TARGET_SPEED:g}×" + ("" if equal else f", and the accuracy medians differ by {gap:+.4f}"))
     lines += [f"**Verdict: {verdict}.**", "",
               "## Per seed", "",
-              "| seed | arm | train samples/s | train runtime (s) | dev accuracy | run wall (s) | load at start |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
+              "| seed | arm | train samples/s | train runtime (s) | dev accuracy | run wall (s) | waited (s) "
+              "| load at start | other work during the run (cores) |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i, seed in enumerate(seeds):
         for arm in ARMS:
             r = runs[arm][i] if i < len(runs[arm]) else None
             if r is None:
                 continue
             if not r["results"]:
-                lines.append(f"| {seed} | {arm} | failed (exit {r['code']}) | | | {r['wall']:.0f} | {r['load']:.2f} |")
+                lines.append(f"| {seed} | {arm} | failed (exit {r['code']}) | | | {r['wall']:.0f} | {r['waited']:.0f} | "
+                             f"{r['load']:.2f} | {r['others']:.2f} |")
                 continue
             res = r["results"]
             lines.append(f"| {seed} | {arm} | {res['train_samples_per_second']:.2f} | {res['train_runtime']:.1f} | "
-                         f"{res['eval_accuracy']:.4f} | {r['wall']:.0f} | {r['load']:.2f} |")
+                         f"{res['eval_accuracy']:.4f} | {r['wall']:.0f} | {r['waited']:.0f} | {r['load']:.2f} | "
+                         f"{r['others']:.2f} |")
     lines += ["", "## Commands", "", "From the project root (`python` is `.venv/bin/python`, with HF_HUB_OFFLINE=1 "
               "HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false), in the order they ran:", "", "```"]
     for i in range(len(seeds)):
@@ -205,10 +237,17 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 sentences, 1 epoch, one seed: a smoke test")
+    parser.add_argument("--quiet_wait", type=float, default=None,
+                        help="seconds to wait before each run for other work to leave its cores free "
+                             "(default 120; quick: 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads of each run (OMP_NUM_THREADS; 0: torch's default, one per core)")
     parser.add_argument("--out", default=None, help="markdown file (default: bench/fast_path_results.md; quick: "
                                                     "bench/runs/fast_path/results-quick.md)")
     options = parser.parse_args()
     rows, seeds, epochs = (64, SEEDS[:1], 1) if options.quick else (2000, SEEDS, 3)
+    if options.quiet_wait is None:
+        options.quiet_wait = 0.0 if options.quick else 120.0
     work = WORK / ("quick" if options.quick else "full")
     out_file = Path(options.out).resolve() if options.out else (WORK / "results-quick.md" if options.quick
                                                                  else RESULTS)
@@ -228,15 +267,17 @@ def main() -> int:
             cmd = arm_command(arm, rel(options.train), dev, seed, out, epochs)
             print(f"[{now_str()}] {arm} seed {seed} ...", flush=True)
             run = run_for_results(cmd, out, "results.json" if arm == "hf" else "all_results.json",
-                                  work / arm / f"log{seed}.txt")
+                                  work / arm / f"log{seed}.txt", options.quiet_wait, options.threads)
             runs[arm].append(run)
             if run["results"]:
                 print(f"    {run['wall']:.0f} s, {run['results']['train_samples_per_second']:.2f} train samples/s, "
-                      f"dev accuracy {run['results']['eval_accuracy']:.4f} (load {run['load']:.2f})", flush=True)
+                      f"dev accuracy {run['results']['eval_accuracy']:.4f} (waited {run['waited']:.0f} s, other work "
+                      f"{run['others']:.2f} cores)", flush=True)
             else:
                 print(f"    FAILED (exit {run['code']}); log tail:\n"
                       f"{(work / arm / f'log{seed}.txt').read_text()[-1500:]}", flush=True)
     load_end, wall = os.getloadavg(), time.perf_counter() - wall_start
+    (work / "runs.json").write_text(json.dumps(runs, indent=1))  # every run's measurements, as measured
     positions = padded_positions(options.train, seeds, epochs)
     text = report(options, seeds, epochs, rows, runs, positions, started, wall, load_start, load_end)
     out_file.parent.mkdir(parents=True, exist_ok=True)

@@ -60,9 +60,10 @@ def run_recipe(flags: list[str], work: Path) -> tuple[dict, dict]:
 
 def trainable_share(options: dict) -> str:
     """Trainable parameters at the start of training, as a share of MiniLM's."""
-    from common.config import FinetuneArguments
-    from common.freezing import apply_freezing
     from transformers import AutoModelForSequenceClassification
+
+    from common.dispatch import FinetuneArguments
+    from common.toolkit.freezing import apply_freezing
 
     model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
     keys = ("freeze", "unfreeze_schedule", "layer_lr_decay")

@@ -81,7 +81,7 @@ def recipe_runs(models: dict[str, str]) -> list[tuple[str, list[str]]]:
 
 def main() -> None:
     assert torch.cuda.is_available(), "gpu_check needs a CUDA GPU"
-    from common import tiny_models
+    from common.models import tiny as tiny_models
 
     out_dir = Path(os.environ.get("OUT", ROOT / "bench"))
     workdir = Path(tempfile.mkdtemp(prefix="gpu-check-"))

@@ -174,41 +174,86 @@ def command(row: Row, seed: int, out: Path, timing: Path) -> list[str]:
             str(out.relative_to(ROOT)), "--overwrite_output_dir"]
 
 
-def child_env() -> dict[str, str]:
+def child_env(threads: int | None = None) -> dict[str, str]:
     """The environment of a recipe process: offline, quiet, and importing common/ and recipes/ from ROOT (this
-    tree, also when the venv's editable install points at another checkout)."""
+    tree, also when the venv's editable install points at another checkout). `threads` pins torch's intra-op
+    threads (OMP_NUM_THREADS, MKL_NUM_THREADS); None leaves torch's default, one per core."""
     path = os.environ.get("PYTHONPATH")
+    pinned = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONPATH": str(ROOT) + (f":{path}" if path else "")}
+            "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONPATH": str(ROOT) + (f":{path}" if path else ""),
+            **pinned}
+
+
+def cpu_busy() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def launch_measured(cmd: list[str], log: Path, threads: int | None = None) -> dict:
+    """One recipe process, run from ROOT with this interpreter: exit code, wall seconds, peak RSS bytes, its own
+    CPU seconds, and `others`: the cores other work kept busy meanwhile, on average (the machine's busy time over
+    the run less the child's own CPU time, per wall second)."""
+    busy, start = cpu_busy(), time.perf_counter()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, *cmd[1:]], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env=child_env(threads))
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
+    wall, busy = time.perf_counter() - start, cpu_busy() - busy
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"code": os.waitstatus_to_exitcode(status), "wall": wall, "rss": usage.ru_maxrss * 1024,  # Linux: KiB
+            "cpu": cpu, "others": max(0.0, busy - cpu) / wall}
 
 
 def launch(cmd: list[str], log: Path) -> tuple[int, float, int]:
     """(exit code, wall seconds, peak RSS bytes) of one recipe process, run from ROOT with this interpreter."""
+    run = launch_measured(cmd, log)
+    return run["code"], run["wall"], run["rss"]
+
+
+def undisturbed_limit(threads: int | None) -> float:
+    """Cores of other work below which a run with `threads` intra-op threads keeps a core per thread: all but
+    its own cores, less 0.1 (a run on every core: 0.3)."""
+    cores = len(os.sched_getaffinity(0))
+    return max(0.3, cores - (threads or cores) - 0.1)
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 10.0) -> tuple[float, float]:
+    """Wait, up to `max_wait` seconds, for a `window` in which other work keeps fewer than `threshold` cores busy
+    (between runs this process is idle, so the machine's busy time is the others'). (seconds waited, cores busy
+    in the last window)."""
     start = time.perf_counter()
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, *cmd[1:]], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=child_env())
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not the max over all children
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss * 1024  # Linux: KiB
+    while True:
+        busy = cpu_busy()
+        time.sleep(window)
+        others = (cpu_busy() - busy) / window
+        waited = time.perf_counter() - start
+        if others < threshold or waited >= max_wait:
+            return waited, others
 
 
-def run_for_results(cmd: list[str], out: Path, results_file: str, log: Path) -> dict:
-    """Launch one run into a fresh `out` (from ROOT) and read its results JSON: {code, wall, rss, load, results}.
+def run_for_results(cmd: list[str], out: Path, results_file: str, log: Path, quiet_wait: float = 0.0,
+                    threads: int | None = None) -> dict:
+    """Launch one run into a fresh `out` (from ROOT) and read its results JSON: launch_measured's numbers plus
+    cmd, load, waited and results.
 
-    `load` is the 1-minute load average just before the run; the weights the run saved are deleted after it
-    (a comparison reads the metrics only)."""
+    With `quiet_wait`, first wait up to that many seconds for the other work on the machine to leave the run's
+    cores free (wait_for_quiet, undisturbed_limit); `threads` pins the run's intra-op threads (child_env). `load` is the 1-minute load average when the run starts. The weights the run saved are
+    deleted after it (a comparison reads the metrics only)."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     log.parent.mkdir(parents=True, exist_ok=True)
+    waited, _ = wait_for_quiet(quiet_wait, undisturbed_limit(threads)) if quiet_wait > 0 else (0.0, 0.0)
     load = os.getloadavg()[0]
-    code, wall, rss = launch(cmd, log)
+    run = launch_measured(cmd, log, threads)
     found = out / results_file
-    results = json.loads(found.read_text()) if code == 0 and found.is_file() else None
+    results = json.loads(found.read_text()) if run["code"] == 0 and found.is_file() else None
     for weights in [*out.glob("*.safetensors"), *out.glob("*.bin")]:
         weights.unlink()
-    return {"cmd": shlex.join(cmd), "code": code, "wall": wall, "rss": rss, "load": load, "results": results}
+    return {"cmd": shlex.join(cmd), **run, "load": load, "waited": waited, "threads": threads, "results": results}
+
 
 def run_row(row: Row, dry_run: bool) -> None:
     for i, seed in enumerate(row.seeds[: row.runs]):
@@ -378,6 +423,30 @@ def load_line(load_start: tuple[float, ...], load_end: tuple[float, ...]) -> str
             "other work shared the two cores and every rate below is low by that share.")
 
 
+# Measured while building bench/fast_path.py (the HF arm, MiniLM, batch 32, torch's default 2 threads on 2 cores).
+THREADS_NOTE = ("with torch's default of 2 threads on these 2 cores, a training step of MiniLM at batch 32 took "
+                "about 1.0 s with the machine to itself and 6.5 s beside a test run busy on one core (measured while "
+                "building these benchmarks: a thread that loses its core stalls the other at every operation), "
+                "while a 1-thread run keeps a core to itself as long as other work leaves one free")
+
+
+def contention_note(others: list[float], quiet_wait: float, threads: int | None, table: str) -> str:
+    """A report line: how busy other work kept the machine during the runs, and what the runs did about it."""
+    limit = undisturbed_limit(threads)
+    pinned = (f"Every run is pinned to {threads} intra-op thread{'s' if threads != 1 else ''} "
+              f"(OMP_NUM_THREADS={threads}): {THREADS_NOTE}. Absolute rates are {threads}-thread rates; the "
+              "ratios compare arms at the same thread count. " if threads else
+              "Runs use torch's default threads (one per core), so any other work slows them by more than its "
+              "share. ")
+    busy = (f"{statistics.median(others):.2f} cores busy on average during the median run, {max(others):.2f} at "
+            f"most; {sum(o < limit for o in others)} of {len(others)} runs had under {limit:.1f} cores of it"
+            if others else "no run")
+    return (f"- Other work on the machine (the other engineer's test runs): {busy}. {pinned}Before each run the "
+            f"script waited up to {quiet_wait:.0f} s for other work to drop below {limit:.1f} cores; the {table} "
+            "gives each run's wait, start load and the cores other work kept busy during it (the machine's busy "
+            "CPU time over the run, less the run's own).")
+
+
 @dataclasses.dataclass
 class Context:
     """What every section of the report needs: the mode, the budget and the matmul rate MFU is taken against."""
@@ -422,7 +491,7 @@ def commands_section(rows: list[Row]) -> list[str]:
     lines = ["## Commands", "", "Every recipe run, from the project root (`python` is `.venv/bin/python`, with "
              "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false). bench/recipe_timing.py "
              "runs the script after `--` as `__main__` and records its timings; the tiny models are built by "
-             "`common.tiny_models` into bench/runs/harness/models/.", "", "```"]
+             "`common.models.tiny` into bench/runs/harness/models/.", "", "```"]
     for row in rows:
         lines += [r["cmd"] for r in row.results]
     return [*lines, "```", ""]

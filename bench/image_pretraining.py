@@ -89,9 +89,9 @@ def main() -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
     import torch
-    from common.comparison import compare
-    from common.tiny_models import tiny_convnext
 
+    from common.models.tiny import tiny_convnext
+    from common.strategies.comparison import compare
     from recipes import image_classification
 
     torch.set_num_threads(1)  # tiny model: a thread pool only adds overhead
@@ -113,7 +113,7 @@ def main() -> None:
             if options.resume and (run_dir / "comparison.json").is_file():
                 summary = json.loads((run_dir / "comparison.json").read_text())
             else:
-                summary = compare("image_classification", finetune_args(
+                summary = compare(image_classification.main, finetune_args(
                     str(out / "pretext"), str(CLOTHING / "train"), str(CLOTHING / "validation"), str(run_dir),
                     options.epochs, options.learning_rate, augment, seed))
             runs.setdefault(augment, {})[seed] = summary["runs"]
@@ -131,7 +131,7 @@ def main() -> None:
         f"{count} clothing *train* images, center-cropped to {2 * options.image_size} px squares, each saved at 0, 90, "
         f"180 and 270 degrees: {4 * count} images in 4 classes (`rot0` ... `rot270`), 10% held out, stratified. "
         f"No class label is used, and no validation or test image is seen. A config-built ConvNeXt "
-        f"(`common.tiny_models.tiny_convnext`, {options.image_size} px, 93k parameters) trained "
+        f"(`common.models.tiny.tiny_convnext`, {options.image_size} px, 93k parameters) trained "
         f"{options.pretext_epochs} epochs with the recipe, `--image_augment light` without flips (a flipped "
         "90-degree image is a 270-degree one), learning rate "
         f"{options.learning_rate}.",

@@ -2,7 +2,7 @@
 
     python bench/speech_ctc.py [--epochs 8] [--train_samples 0] [--learning_rate 2e-3] [--threads 1]
 
-Builds the tiny config-built wav2vec2 (`common.tiny_models.tiny_wav2vec2_ctc`, hidden 64, 2 layers, random
+Builds the tiny config-built wav2vec2 (`common.models.tiny.tiny_wav2vec2_ctc`, hidden 64, 2 layers, random
 weights) and trains it with the speech recipe on the FSDD manifest: the train rows (a seeded 10% held out for
 validation; clips over 1 s dropped, 0.7% of them), batch 16, the given epochs; then scores the 300 test clips.
 Prints and writes bench/speech_ctc_results.md: the budget, validation WER/CER per epoch, test WER/CER, wall time.
@@ -26,8 +26,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from common.tiny_models import tiny_wav2vec2_ctc  # noqa: E402
 
+from common.models.tiny import tiny_wav2vec2_ctc  # noqa: E402
 from recipes import speech_recognition  # noqa: E402
 
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"

@@ -1,7 +1,7 @@
 """Fine-tuning versus training from scratch for translation (Multi30k en->de), from a start pretrained offline.
 
 No pretrained translation checkpoint is available offline, so the pretrained start is made here, by the
-translation recipe itself: a config-built Marian (`common.tiny_models.tiny_marian`, random weights, one BPE
+translation recipe itself: a config-built Marian (`common.models.tiny.tiny_marian`, random weights, one BPE
 vocabulary trained on the Multi30k training text of both languages) is trained on Multi30k train rows that
 the fine-tuning never sees, either in the same direction (en->de) or the reverse one (de->en). Then
 `finetune-recipes compare translation` fine-tunes that model on the first --train_samples rows and trains the
@@ -31,7 +31,7 @@ ROWS = [("eval_bleu", "validation BLEU"), ("eval_chrf", "validation chrF"), ("ev
 
 def write_slice(dest: Path, start: int, end: int | None) -> tuple[Path, Path]:
     """Rows [start, end) of Multi30k train as a pair of line-aligned files (the recipe caps only from the top)."""
-    from common.seq2seq import read_lines
+    from common.data.parallel import read_lines
 
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -79,10 +79,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    from common.comparison import compare
-    from common.seq2seq import read_lines
-    from common.tiny_models import tiny_marian
-
+    from common.data.parallel import read_lines
+    from common.models.tiny import tiny_marian
+    from common.strategies.comparison import compare
     from recipes import translation
 
     out = Path(options.out)
@@ -104,7 +103,7 @@ def main() -> None:
         pretrain_time = time.time() - start
 
         start = time.time()
-        summary = compare("translation", recipe_args(
+        summary = compare(translation.main, recipe_args(
             str(pretrained_dir), {"en": finetune_en, "de": finetune_de}, "en", "de", out / f"compare_{variant}",
             options.epochs, options.learning_rate, 32, options.eval_samples, test=True))
         compare_time = time.time() - start
@@ -119,7 +118,7 @@ def main() -> None:
         f"--pretrain_learning_rate {options.pretrain_learning_rate} --variants {' '.join(options.variants)}"
         f"{f' --pretrain_samples {options.pretrain_samples}' if options.pretrain_samples else ''}`",
         "",
-        f"Model: config-built Marian (`common.tiny_models.tiny_marian`): d_model {options.d_model}, 2 encoder and 2 "
+        f"Model: config-built Marian (`common.models.tiny.tiny_marian`): d_model {options.d_model}, 2 encoder and 2 "
         f"decoder layers, one BPE vocabulary of {options.vocab_size} trained on the Multi30k training text of both "
         "languages (shared by every run below). The pretrained start is made by `recipes/translation.py` itself, "
         f"from those random weights, on Multi30k train rows {options.train_samples + 1}-"

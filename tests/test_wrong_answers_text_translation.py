@@ -58,7 +58,9 @@ def test_17_7_bleu_is_scored_against_raw_references(shared_data, tmp_path):
     assert all(len(t) < len(r) for t, r in zip(truncated, references["test"]))
     bleu = {split: sacrebleu.corpus_bleu(hypotheses, [refs]).score for split, refs in references.items()}
     chrf = {split: sacrebleu.corpus_chrf(hypotheses, [refs]).score for split, refs in references.items()}
-    assert abs(sacrebleu.corpus_bleu(hypotheses, [truncated]).score - bleu["test"]) > 0.1  # the test can tell
+    # The test can tell: chrF (character n-grams) differs between the references even for a tiny model's output,
+    # where BLEU may be 0 against both.
+    assert abs(sacrebleu.corpus_chrf(hypotheses, [truncated]).score - chrf["test"]) > 0.01
 
     reported = {key: round(results[key], 6) for key in ("eval_bleu", "eval_chrf", "test_bleu", "test_chrf")}
     expected = {"eval_bleu": bleu["validation"], "eval_chrf": chrf["validation"], "test_bleu": bleu["test"],

@@ -59,7 +59,7 @@ def dropout_steps(steps: int) -> list[dict]:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     sys.path.insert(0, str(ROOT))
-    from common.models import set_dropout
+    from common.models.loading import set_dropout
 
     def attention_only(config):
         config.attention_probs_dropout_prob = 0.0

@@ -79,9 +79,8 @@ def build_models(dry_run: bool, quick: bool) -> dict[str, str]:
               "wav2vec2": where / "tiny-wav2vec2-ctc"}
     if not dry_run:
         sys.path.insert(0, str(ROOT))
-        from common.seq2seq import read_lines
-
-        from common import tiny_models
+        from common.data.parallel import read_lines
+        from common.models import tiny as tiny_models
 
         if not (models["convnext"] / "config.json").is_file():
             tiny_models.tiny_convnext(models["convnext"], image_size=64)

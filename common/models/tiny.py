@@ -123,7 +123,6 @@ def tiny_nllb(path: str | Path, corpus: Iterable[str], vocab_size: int = 1000, d
               seed: int = 0) -> str:
     """A small random NLLB (M2M100 architecture) with an NllbTokenizer, its 200 language codes included."""
 
-
     torch.manual_seed(seed)
     bpe = json.loads(train_tokenizer(corpus, vocab_size, ["<s>", "<pad>", "</s>", "<unk>"]).to_str())["model"]
     tokenizer = NllbTokenizer(vocab=bpe["vocab"], merges=[tuple(m) for m in bpe["merges"]])
@@ -193,7 +192,6 @@ def whisper_tokenizer(corpus: Iterable[str], vocab_size: int = 300):
     Whisper's order, which `set_prefix_tokens` and the language ids rely on), the task tokens, <|notimestamps|>
     and the 1501 timestamp tokens, exactly as in the real tokenizer.
     """
-
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

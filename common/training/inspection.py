@@ -302,7 +302,6 @@ def _tokenizer(report: DataReport):
     if not (report.text_columns or report.source_column):
         return None
 
-
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum" is what we measure
     try:

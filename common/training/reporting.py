@@ -101,7 +101,6 @@ def write_classification_predictions(
 ) -> None:
     """One row per example: its inputs, the predicted label name(s), its score, and every class score."""
 
-
     table = pd.DataFrame(inputs)
     if problem_type == REGRESSION:
         table["prediction"] = scores

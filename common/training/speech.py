@@ -203,7 +203,6 @@ class SpeechSeq2SeqTrainer(SpeechTrainerMixin, FinetuneSeq2SeqTrainer):
 def checkpoint_tokenizer(model_args):
     """The checkpoint's tokenizer, or None when it ships none (a pretraining checkpoint such as wav2vec2-base)."""
 
-
     try:
         return load_processor(AutoTokenizer, model_args)
     except (RecipeInputError, TypeError):  # no vocabulary file: Wav2Vec2CTCTokenizer fails on a None path
@@ -226,7 +225,6 @@ def ctc_vocabulary(tokenizer, targets: dict[str, list[str]], sources: dict[str, 
 
 
 def _whisper_multilingual(model_args) -> bool:
-
 
     try:
         generation = GenerationConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),

@@ -294,7 +294,6 @@ def save_preview(dataset: Any, inputs: ImageInputs, transform: v2.Compose, seed:
     draws in epochs 0..variants-1. The draws use the training seeding (seed, epoch, row), so the grid shows
     exactly what training sees (before MixUp/CutMix, which mix whole batches)."""
 
-
     raw = dataset.with_format(None)  # undecoded rows, whatever transform the split carries
     augmenter = ImageAugmenter(transform, "image")
     tiles = []
