@@ -27,9 +27,9 @@ import datetime
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from harness import (
@@ -142,7 +142,7 @@ def report(options, seeds, runs, order, started, wall, load_start, load_end) -> 
                   "recipes.**", ""]
     waited = sum(run["waited"] for *_, run in order)
     lines += [
-        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min, of which "
+        f"{started:%Y-%m-%d %H:%M} (local time); the runs took {wall / 60:.1f} min, of which "
         f"{waited / 60:.1f} min waiting for other work to stop. Command: "
         f"`{' '.join(['python', 'bench/attention_dropout.py', *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 "
         "HF_DATASETS_OFFLINE=1).", "", "## Machine", "", *machine(),
@@ -200,6 +200,9 @@ def main() -> int:
                              "(default 120; quick: 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads of each run (OMP_NUM_THREADS; 0: torch's default, one per core)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs recorded in runs.json under bench/runs/attention_dropout/ (same "
+                             "command) and run only the rest")
     parser.add_argument("--out", default=None, help="markdown file (default: bench/attention_dropout_results.md; "
                                                     "quick: bench/runs/attention_dropout/results-quick.md)")
     options = parser.parse_args()
@@ -213,30 +216,43 @@ def main() -> int:
     out_file = Path(options.out).resolve() if options.out else (WORK / "results-quick.md" if options.quick
                                                                  else RESULTS)
 
-    started, load_start, wall_start = datetime.datetime.now(), os.getloadavg(), time.perf_counter()
-    print(f"[{now_str()}] load {load_start[0]:.2f}; {len(datasets)} datasets × {len(seeds)} seeds × {len(ARMS)} arms",
-          flush=True)
+    # Every finished run is recorded in runs.json as it ends, so an interrupted benchmark can --resume.
+    state_file = work / "runs.json"
+    state = json.loads(state_file.read_text()) if options.resume and state_file.is_file() else None
+    if state is None:
+        state = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+                 "load_start": list(os.getloadavg()), "runs": []}
+    done = {(r["dataset"], r["arm"], r["seed"], r["cmd"]): r for r in state["runs"] if r["results"]}
+    print(f"[{now_str()}] load {os.getloadavg()[0]:.2f}; {len(datasets)} datasets × {len(seeds)} seeds × "
+          f"{len(ARMS)} arms" + (f", {len(done)} run(s) kept from runs.json" if done else ""), flush=True)
     runs = {dataset: {arm: [] for arm in ARMS} for dataset in datasets}
     order = []
     for dataset in datasets:
         for seed in seeds:
             for arm in ARMS:
                 out = work / dataset / arm / f"seed{seed}"
-                print(f"[{now_str()}] {dataset} {arm} seed {seed} ...", flush=True)
-                log = work / dataset / arm / f"log{seed}.txt"
-                run = run_for_results(arm_command(dataset, arm, seed, out, options.quick), out, "all_results.json",
-                                      log, options.quiet_wait, options.threads)
+                cmd = arm_command(dataset, arm, seed, out, options.quick)
+                run = done.get((dataset, arm, seed, shlex.join(cmd)))
+                if run is not None:
+                    print(f"[{now_str()}] {dataset} {arm} seed {seed}: kept from runs.json", flush=True)
+                else:
+                    print(f"[{now_str()}] {dataset} {arm} seed {seed} ...", flush=True)
+                    log = work / dataset / arm / f"log{seed}.txt"
+                    run = {"dataset": dataset, "arm": arm, "seed": seed,
+                           **run_for_results(cmd, out, "all_results.json", log, options.quiet_wait, options.threads)}
+                    state["runs"] = [r for r in state["runs"] if (r["dataset"], r["arm"], r["seed"])
+                                     != (dataset, arm, seed)] + [run]
+                    state_file.write_text(json.dumps(state, indent=1))
+                    if run["results"]:
+                        print(f"    {run['wall']:.0f} s, {run['results']['train_samples_per_second']:.2f} train "
+                              f"samples/s, accuracy {run['results']['eval_accuracy']:.4f} (waited "
+                              f"{run['waited']:.0f} s, other work {run['others']:.2f} cores)", flush=True)
+                    else:
+                        print(f"    FAILED (exit {run['code']}); log tail:\n{log.read_text()[-1500:]}", flush=True)
                 runs[dataset][arm].append(run)
                 order.append((dataset, arm, seed, run))
-                if run["results"]:
-                    print(f"    {run['wall']:.0f} s, {run['results']['train_samples_per_second']:.2f} train "
-                          f"samples/s, accuracy {run['results']['eval_accuracy']:.4f} (waited {run['waited']:.0f} s, other "
-                          f"work {run['others']:.2f} cores)",
-                          flush=True)
-                else:
-                    print(f"    FAILED (exit {run['code']}); log tail:\n{log.read_text()[-1500:]}", flush=True)
-    load_end, wall = os.getloadavg(), time.perf_counter() - wall_start
-    (work / "runs.json").write_text(json.dumps(runs, indent=1))  # every run's measurements, as measured
+    started, load_start, load_end = datetime.datetime.fromisoformat(state["started"]), state["load_start"], os.getloadavg()
+    wall = sum(run["wall"] + run["waited"] for *_, run in order)
     text = report(options, seeds, runs, order, started, wall, load_start, load_end)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(text)

@@ -1,7 +1,11 @@
 """The recipes' defaults against the Hugging Face example's settings: train samples/s and dev accuracy, SST-2, MiniLM.
 
-    python bench/fast_path.py            # 3 seeds × 3 arms, ~20 min on 2 cores; writes bench/fast_path_results.md
-    python bench/fast_path.py --quick    # 64 sentences, 1 epoch, 1 seed: a smoke test (bench/runs/fast_path/)
+    python bench/fast_path.py              # 3 seeds × 3 arms, ~50 min (one thread per run); bench/fast_path_results.md
+    python bench/fast_path.py --quick      # 64 sentences, 1 epoch, 1 seed: a smoke test (bench/runs/fast_path/)
+    python bench/fast_path.py --threads 0  # torch's default threads (one per core): only on a machine of its own
+
+Each run is pinned to one intra-op thread (--threads 1, the default): the CPU here is shared, and with a thread per
+core a neighbour busy on one core stalls every step (see the results file).
 
 Every arm trains on the same 2000 SST-2 training sentences (sampled once from ../shared/data/sst2/train.tsv,
 seed 0, stratified by label, written to bench/runs/fast_path/sst2_train_2000.tsv) for 3 epochs at batch 32 and
