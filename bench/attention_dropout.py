@@ -35,10 +35,9 @@ from pathlib import Path
 from harness import (
     DATA,
     ROOT,
-    contention_note,
-    machine,
     now_str,
     run_for_results,
+    run_header,
     shared,
     stratified_tsv_sample,
     undisturbed_limit,
@@ -140,16 +139,9 @@ def report(options, seeds, runs, order, started, wall, load_start, load_end) -> 
     if options.quick:
         lines += ["**Quick mode: a smoke test on a few rows, one epoch. These numbers say nothing about the "
                   "recipes.**", ""]
-    waited = sum(run["waited"] for *_, run in order)
     lines += [
-        f"{started:%Y-%m-%d %H:%M} (local time); the runs took {wall / 60:.1f} min, of which "
-        f"{waited / 60:.1f} min waiting for other work to stop. Command: "
-        f"`{' '.join(['python', 'bench/attention_dropout.py', *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 "
-        "HF_DATASETS_OFFLINE=1).", "", "## Machine", "", *machine(),
-        f"- Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (5 min: "
-        f"{load_start[1]:.2f}, {load_end[1]:.2f}).",
-        contention_note([run["others"] for *_, run in order], options.quiet_wait, options.threads,
-                        "per-run table"), "",
+        *run_header("bench/attention_dropout.py", started, wall, [run for *_, run in order], load_start, load_end,
+                    options, "per-run table"),
         "## Setup", "",
         "- **on**: the checkpoint's dropout, 0.1 on attention probabilities, hidden states and the classifier (no "
         "flag). **off**: `--attention_dropout 0`, which sets `attention_probs_dropout_prob` alone; hidden and "

@@ -40,11 +40,10 @@ from pathlib import Path
 from harness import (
     DATA,
     ROOT,
-    contention_note,
-    machine,
     minilm_dir,
     now_str,
     run_for_results,
+    run_header,
     shared,
     stratified_tsv_sample,
     undisturbed_limit,
@@ -130,16 +129,9 @@ def report(options, seeds, epochs, train_rows, runs, positions, started, wall, l
     lines = ["# Fast path: the recipe's defaults against the Hugging Face example (SST-2, MiniLM)", ""]
     if options.quick:
         lines += ["**Quick mode: a smoke test on a few sentences. These numbers say nothing about the recipes.**", ""]
-    waited = sum(r["waited"] for arm_runs in runs.values() for r in arm_runs)
     lines += [
-        f"{started:%Y-%m-%d %H:%M} (local time); {wall / 60:.1f} min, of which "
-        f"{waited / 60:.1f} min waiting for other work to stop. Command: "
-        f"`{' '.join(['python', 'bench/fast_path.py', *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 "
-        "HF_DATASETS_OFFLINE=1).", "", "## Machine", "", *machine(),
-        f"- Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (5 min: "
-        f"{load_start[1]:.2f}, {load_end[1]:.2f}).",
-        contention_note([r["others"] for arm_runs in runs.values() for r in arm_runs], options.quiet_wait,
-                        options.threads, "per-seed table"), "",
+        *run_header("bench/fast_path.py", started, wall, [r for arm_runs in runs.values() for r in arm_runs],
+                    load_start, load_end, options, "per-seed table"),
         "## Setup", "",
         f"- Data: the same {train_rows} SST-2 training sentences for every arm (`{rel(options.train)}`, sampled once "
         "from sst2/train.tsv, seed 0, stratified by label); evaluation on all of `sst2/dev.tsv` "

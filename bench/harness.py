@@ -423,7 +423,7 @@ def load_line(load_start: tuple[float, ...], load_end: tuple[float, ...]) -> str
             "other work shared the two cores and every rate below is low by that share.")
 
 
-# Measured while building bench/fast_path.py (the HF arm, MiniLM, batch 32, torch's default 2 threads on 2 cores).
+# Measured with bench/fast_path.py (the HF arm, MiniLM, batch 32, torch's default 2 threads on 2 cores).
 THREADS_NOTE = ("with torch's default of 2 threads on these 2 cores, a training step of MiniLM at batch 32 took "
                 "about 1.0 s with the machine to itself and 6.5 s beside a test run busy on one core (measured while "
                 "building these benchmarks: a thread that loses its core stalls the other at every operation), "
@@ -441,7 +441,7 @@ def contention_note(others: list[float], quiet_wait: float, threads: int | None,
     busy = (f"{statistics.median(others):.2f} cores busy on average during the median run, {max(others):.2f} at "
             f"most; {sum(o < limit for o in others)} of {len(others)} runs had under {limit:.1f} cores of it"
             if others else "no run")
-    return (f"- Other work on the machine (the other engineer's test runs): {busy}. {pinned}Before each run the "
+    return (f"- Other work on the machine (test runs): {busy}. {pinned}Before each run the "
             f"script waited up to {quiet_wait:.0f} s for other work to drop below {limit:.1f} cores; the {table} "
             "gives each run's wait, start load and the cores other work kept busy during it (the machine's busy "
             "CPU time over the run, less the run's own).")
@@ -495,3 +495,19 @@ def commands_section(rows: list[Row]) -> list[str]:
     for row in rows:
         lines += [r["cmd"] for r in row.results]
     return [*lines, "```", ""]
+
+
+def run_header(script: str, started, wall: float, runs: list[dict], load_start, load_end, options,
+               table: str) -> list[str]:
+    """The opening lines of a benchmark's results: when, how long (and how much of it waiting), the command, the
+    machine, its load and the other work on it during `runs` (each with its "waited" and "others")."""
+    waited = sum(run["waited"] for run in runs)
+    return [
+        f"{started:%Y-%m-%d %H:%M} (local time); the runs took {wall / 60:.1f} min, of which "
+        f"{waited / 60:.1f} min waiting for other work to stop. Command: "
+        f"`{' '.join(['python', script, *sys.argv[1:]])}` (with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1).", "",
+        "## Machine", "", *machine(),
+        f"- Load average (1 min) {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (5 min: "
+        f"{load_start[1]:.2f}, {load_end[1]:.2f}).",
+        contention_note([run["others"] for run in runs], options.quiet_wait, options.threads, table), "",
+    ]

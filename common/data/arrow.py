@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from datasets import Dataset
 
 
@@ -27,3 +28,8 @@ def column_chunks(dataset: Dataset, column: str, rows: int = 1 << 16) -> Iterato
     without a copy of the whole column in memory."""
     for start in range(0, len(dataset), rows):
         yield start, column_array(dataset.select(range(start, min(start + rows, len(dataset)))), column)
+
+
+def list_lengths(dataset: Dataset, column: str) -> list[int]:
+    """The length of each row's list in `column` (token ids, say), measured on the whole Arrow column at once."""
+    return pc.list_value_length(column_array(dataset, column)).to_pylist()

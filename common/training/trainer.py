@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow.compute as pc
 import torch
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from common.core.errors import NonFiniteLossError, RecipeInputError, nearest
-from common.data.arrow import column_array
+from common.data.arrow import list_lengths
 from common.training.reliability import (
     NonFiniteSkips,
     PreemptionCallback,
@@ -269,7 +268,7 @@ class FinetuneTrainerMixin:
         if self.args.length_column_name in dataset.column_names:
             return dataset[self.args.length_column_name]
         if column in dataset.column_names:
-            return pc.list_value_length(column_array(dataset, column)).to_pylist()
+            return list_lengths(dataset, column)
         return None
 
     def _get_eval_sampler(self, eval_dataset):

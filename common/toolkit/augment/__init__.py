@@ -31,11 +31,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 from transformers import TrainerCallback
 
-from common.data.arrow import column_array
+from common.data.arrow import list_lengths
 
 
 class Augmenter(Protocol):
@@ -72,7 +71,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
         it the sampler would read (so augment and re-encode) every row to measure it."""
         if column not in self.dataset.column_names:
             return None
-        return pc.list_value_length(column_array(self.dataset, column)).to_pylist()
+        return list_lengths(self.dataset, column)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])[0]
