@@ -5,6 +5,7 @@
     finetune-recipes cp sentiment/sst2_minilm my_config.yaml
     finetune-recipes run sentiment --config my_config.yaml
     finetune-recipes inspect sentiment --config my_config.yaml
+    finetune-recipes predict outputs/sentiment-demo --input reviews.csv --output predictions.csv
 """
 
 from __future__ import annotations
@@ -122,6 +123,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
     compare(recipe_main(args.recipe), args.args, Path(args.recipe).stem)
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    # Imported here, as inspect's machinery is: `list` and `cp` then start without loading torch.
+    from common.strategies.prediction import predict
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    predict(args.output_dir, args.input, args.output, args.skip_bad_examples, args.batch_size, args.input_columns)
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+    return value.lower() in ("true", "1", "yes")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="finetune-recipes", description="Fine-tuning recipes on Hugging Face Trainer.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +152,18 @@ def main(argv: list[str] | None = None) -> None:
         sub.add_argument("recipe")
         sub.add_argument("args", nargs=argparse.REMAINDER)
         sub.set_defaults(func=func)
+    predict = commands.add_parser("predict", help="predict on new inputs with a trained output dir (model or ensemble)")
+    predict.add_argument("output_dir", help="output dir of a run: its model, or its ensemble.json")
+    predict.add_argument("--input", required=True,
+                         help="texts: csv/tsv/jsonl/parquet; images: a folder or a list file; audio: a folder or a "
+                              "manifest; translation: a text file of source sentences")
+    predict.add_argument("--output", required=True, help="predictions file to write (never overwritten)")
+    predict.add_argument("--input_columns", nargs="+", default=None,
+                         help="the input's column(s) holding what the model was trained on (default: the run's)")
+    predict.add_argument("--skip_bad_examples", type=_flag, default=None,
+                         help="skip unreadable inputs instead of failing (default: the run's setting)")
+    predict.add_argument("--batch_size", type=int, default=32)
+    predict.set_defaults(func=cmd_predict)
     args = parser.parse_args(argv)
     run_main(lambda _: args.func(args))  # the same one-line errors and exit codes as a recipe run as a script
 

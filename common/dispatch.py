@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import TrainingArguments
 
@@ -16,7 +17,7 @@ from common.strategies.hpo import HpoArguments, run_hpo
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
 from common.training.reliability import OutputDirLock, carry_run_record
-from common.training.run import train_evaluate_predict
+from common.training.run import train_evaluate_predict, write_summary
 from common.training.task import Task
 from common.training.trainer import TrainingLoopArguments
 
@@ -47,4 +48,6 @@ def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -
         else:
             results = train_evaluate_predict(task, args, finetune_args)
         results["main_metric"] = task.main_metric
+        if (finetune_args.cv_folds or finetune_args.ensemble_models) and args.process_index == 0:
+            write_summary(task, args, Path(args.output_dir))  # the strategy's page, linking each fold's
         return results

@@ -33,6 +33,7 @@ from common.data.images import (
     image_column,
     image_name,
     load_image_splits,
+    open_image,
     prepare_image_column,
 )
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
@@ -55,6 +56,7 @@ from common.toolkit.augment.image import (
     train_transform,
 )
 from common.toolkit.finetuning import prepare_model
+from common.training.error_analysis import classification_errors
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
@@ -69,6 +71,7 @@ DEFAULTS = {
     "output_dir": "outputs/image-classification",
     "per_device_train_batch_size": 32,
     "num_train_epochs": 5,
+    "error_examples": 16,  # one 4 x 4 grid in errors.png
 }
 
 
@@ -165,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
               if finetune_args.cv_group_column else None)
     predicted = predicted_split(splits)
     test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None
+    raw_eval = splits["validation"].select_columns([column]) if "validation" in splits else None  # files, not pixels
     eval_inputs = ImageInputs(processor, column, data_args.max_image_side)
     train_inputs = ImageInputs(processor, column, data_args.max_image_side, keep_raw=augment_args.augments)
     for split, dataset in splits.items():
@@ -187,6 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         scores = scores_from_logits(output.predictions, SINGLE)
         write_classification_predictions(out_dir / "predictions.csv", {"image": test_names}, scores, SINGLE, spec.names)
 
+    def error_analysis(output, n: int):
+        names = [image_name(v, i) for i, v in enumerate(raw_eval[column])]
+        return classification_errors(output, spec, {"image": names}, n,
+                                     image=lambda i: open_image(raw_eval[i][column], data_args.max_image_side))
+
     # 6. Train, evaluate, predict, report.
     task = Task(
         name="image_classification",
@@ -201,7 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pipeline_task="image-classification",
         model_name=model_args.model_name_or_path,
         label_spec=spec,
+        input_columns=[column],
         write_predictions=write_predictions if test_names is not None else None,
+        error_analysis=error_analysis if raw_eval is not None else None,
         stratify=stratify,
         groups=groups,
         source_rows=source_rows,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from transformers import (
     AutoFeatureExtractor,
     AutoModelForCTC,
@@ -28,6 +29,7 @@ from transformers import (
 from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
+from common.data.arrow import list_lengths
 from common.data.audio import (
     FILE,
     SPEECH,
@@ -62,6 +64,7 @@ from common.training.speech import (
     load_speech_model,
     model_family,
     set_whisper_prefix,
+    speech_errors,
     write_speech_predictions,
 )
 from common.training.task import Task
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return {"labels": tokenizer([target(t) for t in batch[text_column]]).input_ids}
 
     files = {split: list(d[FILE]) for split, d in splits.items()}
+    durations = {split: np.asarray(list_lengths(d, SPEECH)) / sampling_rate for split, d in splits.items()}
     with training_args.main_process_first(desc="tokenize transcripts"):
         splits = {split: (d.map(add_labels, batched=True) if split in references else d) for split, d in splits.items()}
     splits = {split: d.select_columns([SPEECH, "labels"] if "labels" in d.column_names else [SPEECH])
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_speech_predictions(out_dir / "predictions.tsv", files[predicted], references.get(predicted),
                                  decode(output.predictions), normalize)
 
+    def error_analysis(output, n: int):
+        return speech_errors(files["validation"], references["validation"], decode(output.predictions),
+                             durations["validation"], normalize, n)
+
     # 8. Train, evaluate, predict, report.
     task = Task(
         name="speech_recognition",
@@ -255,9 +263,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         main_metric="wer",
         greater_is_better=False,
         pipeline_task="automatic-speech-recognition",
+        input_columns=[audio_column],
         model_name=model_args.model_name_or_path,
         trainer_class=CTCTrainer if family == CTC else SpeechSeq2SeqTrainer,
         write_predictions=write_predictions if predicted else None,
+        error_analysis=error_analysis if "validation" in references else None,
         augmentation=augmentation,
         data_results=counts,
         baseline=partial(speech_baseline, references["train"], references.get("validation", []), normalize),

@@ -48,6 +48,7 @@ from common.strategies.cross_validation import cv_groups, number_rows, take_sour
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
 from common.toolkit.finetuning import prepare_model
+from common.training.error_analysis import classification_errors
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
@@ -215,6 +216,9 @@ def main(
         inputs = {c: raw_test[c] for c in text_columns}
         write_classification_predictions(out_dir / "predictions.csv", inputs, scores, spec.problem_type, spec.names)
 
+    def error_analysis(output, n: int):
+        return classification_errors(output, spec, {c: splits["validation"][c] for c in text_columns}, n)
+
     # 6. Train, evaluate, predict, report.
     task = Task(
         name="text_classification",
@@ -229,7 +233,9 @@ def main(
         pipeline_task="text-classification",
         model_name=model_args.model_name_or_path,
         label_spec=spec,
+        input_columns=text_columns,
         write_predictions=write_predictions if raw_test is not None else None,
+        error_analysis=error_analysis if "validation" in splits else None,
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
         groups=(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
                 if finetune_args.cv_group_column else None),

@@ -48,6 +48,7 @@ from common.training.seq2seq import (
     save_translation_pipeline,
     seq2seq_collator,
     tokenize_pairs,
+    translation_errors,
     write_translations,
 )
 from common.training.task import Task
@@ -206,6 +207,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_translations(out_dir / "predictions.txt", raw_test[SOURCE], decode(tokenizer, output.predictions),
                            references)
 
+    def error_analysis(output, n: int):
+        validation = splits["validation"]
+        return translation_errors(validation[SOURCE], validation[TARGET], decode(tokenizer, output.predictions), n)
+
     # 5. Train, evaluate, predict, report.
     fp = training_args.fp16 or training_args.bf16
     task = Task(
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_name=model_args.model_name_or_path,
         trainer_class=FinetuneSeq2SeqTrainer,
         write_predictions=write_predictions if raw_test is not None else None,
+        error_analysis=error_analysis if "validation" in splits else None,
         augmentation=augmentation,
         data_results={**skipped, **duplicates},
         baseline=lambda: translation_baseline(splits["train"][TARGET], splits["validation"][TARGET]),

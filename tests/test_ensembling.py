@@ -14,6 +14,7 @@ from common.core.errors import RecipeInputError
 from common.data.labels import REGRESSION, SINGLE, LabelSpec
 from common.dispatch import FinetuneArguments
 from common.strategies.ensembling import Ensemble, check_ensemble_options, load_ensemble
+from common.strategies.prediction import predict
 from common.training.task import Task
 from tests.conftest import fast_args
 
@@ -148,6 +149,18 @@ def test_saved_ensemble_reloads_and_predicts_the_same(stacked_cv):
     report = json.loads((out / "ensemble_results.json").read_text())
     assert set(report["eval"]["members"]) == {"fold_0", "fold_1", "fold_2"}
     assert {"ensemble", "member_mean"} <= set(report["eval"]) and (out / "ensemble.png").stat().st_size > 0
+
+    # `predict` on the ensemble dir, from the test file as the run read it: the run's predictions again.
+    predicted = out.parent / "predict.csv"
+    assert predict(str(out), str(out.parent / "test.csv"), str(predicted)) == len(written)
+    again = pd.read_csv(predicted)
+    assert list(again.columns) == list(written.columns)
+    assert np.allclose(again[["score_0", "score_1"]], written[["score_0", "score_1"]], atol=1e-5)
+
+    # The run's page has a section per strategy and links each fold's own report.
+    page = (out / "report.html").read_text()
+    assert 'id="cv"' in page and 'id="ensemble"' in page
+    assert all(f'href="fold_{k}/report.html"' in page and (out / f"fold_{k}/report.html").is_file() for k in range(3))
 
 
 def test_ensemble_models_combine_saved_dirs_without_training(stacked_cv, tmp_path):

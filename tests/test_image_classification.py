@@ -16,6 +16,7 @@ from PIL import Image
 
 from common.core.errors import RecipeInputError
 from common.data.images import check_class_folders, open_image
+from common.strategies.prediction import predict
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.image import (
     PRESETS,
@@ -106,6 +107,20 @@ def test_convnext_learns_clothing_and_output_loads_with_pipeline(convnext, cloth
     first = predictions.set_index("image").loc[photos[0]]
     assert top[0][0]["label"] == first["prediction"]
     assert top[0][0]["score"] == pytest.approx(first["score"], abs=1e-4)
+
+    # Error analysis: the 16 highest-loss validation images, in errors.csv and a captioned 4 x 4 grid.
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors.columns) == ["image", "true_label", "predicted_label", "confidence", "loss"]
+    assert len(errors) == 16 and errors["loss"].is_monotonic_decreasing
+    assert all(Path(f).is_file() and Path(f).parent.name == label for f, label in zip(errors["image"], errors["true_label"]))
+    assert Image.open(out / "errors.png").size[0] > 800
+
+    # predict on the test folder gives predictions.csv's rows again, with the same scores.
+    predicted = tmp_path / "folder_predictions.csv"
+    assert predict(str(out), str(clothing["test"]), str(predicted)) == 20
+    again = pd.read_csv(predicted).set_index("image").loc[predictions["image"]]
+    assert list(again["prediction"]) == list(predictions["prediction"])
+    assert np.allclose(again["score"], predictions["score"], atol=1e-4)
 
 
 def test_vit_freeze_backbone_keeps_it_bit_identical(vit, clothing, tmp_path):

@@ -18,6 +18,7 @@ from transformers import pipeline
 from common.core.errors import RecipeInputError
 from common.data.audio import SPEECH, check_examples, decode_splits, load_speech_splits, normalize_text
 from common.data.options import DataArguments
+from common.strategies.prediction import predict
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 from common.training.speech import (
@@ -244,6 +245,23 @@ def test_ctc_trains_on_fsdd_with_frozen_feature_encoder(fsdd, tiny_ctc, tmp_path
 
     transcribe = pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     assert isinstance(transcribe(str(fsdd / "recordings/7_nicolas_3.wav"))["text"], str)
+
+    # Error analysis: the validation clips by WER, worst first, with their 8 kHz files' durations.
+    errors = pd.read_csv(out / "errors.csv", keep_default_na=False)
+    assert list(errors.columns) == ["audio_file", "reference", "hypothesis", "wer", "duration_s"]
+    assert len(errors) == 8 and errors["wer"].is_monotonic_decreasing
+    for file, duration in zip(errors["audio_file"], errors["duration_s"]):
+        info = sf.info(file)
+        assert duration == pytest.approx(info.frames / info.samplerate, abs=1e-3)
+
+    # predict transcribes a folder of clips, resampled to the model's rate.
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("7_nicolas_3.wav", "2_yweweler_1.wav"):
+        (clips / name).symlink_to(fsdd / "recordings" / name)
+    assert predict(str(out), str(clips), str(tmp_path / "transcripts.tsv")) == 2
+    transcripts = pd.read_csv(tmp_path / "transcripts.tsv", sep="\t", keep_default_na=False)
+    assert list(transcripts.columns) == ["audio_file", "hypothesis"] and len(transcripts) == 2
 
 
 def test_whisper_trains_on_fsdd(fsdd, tiny_whisper, tmp_path):

@@ -41,6 +41,17 @@ def test_minilm_learns_sst2(minilm, shared_data, tmp_path):
     labels = [p["label"] for p in classify(["a moving , beautifully acted film .", "dull , lifeless and far too long ."])]
     assert labels == ["positive", "negative"]
 
+    # Error analysis: the 20 highest-loss validation sentences, worst first; at 0.75+ accuracy all are mistakes.
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors.columns) == ["sentence", "true_label", "predicted_label", "confidence", "loss"]
+    assert len(errors) == 20 and errors["loss"].is_monotonic_decreasing
+    assert (errors["true_label"] != errors["predicted_label"]).all() and errors["confidence"].between(0.5, 1).all()
+    dev = pd.read_csv(shared_data / "sst2/dev.tsv", sep="\t")
+    assert set(errors["sentence"]) <= set(dev["sentence"])
+    pairs = pd.read_csv(out / "confused_pairs.csv")
+    assert pairs["count"].sum() == round((1 - results["eval_accuracy"]) * len(dev))  # every mistake, by pair
+    assert (out / "report.html").is_file() and json.loads((out / "run_config.json").read_text())["input_columns"] == ["sentence"]
+
 
 def test_string_labels_multiclass_trec(tiny_bert, shared_data, tmp_path):
     out = tmp_path / "trec"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import pandas as pd
 import pytest
 import torch
 from conftest import fast_args
@@ -12,6 +13,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 
 from common.core.errors import RecipeInputError
 from common.data.parallel import read_lines
+from common.strategies.prediction import predict
 from recipes import translation
 
 PREFIX = "translate English to German: "
@@ -105,6 +107,20 @@ def test_tiny_marian_learns_multi30k_from_line_aligned_files(marian, multi30k, t
                                  skip_special_tokens=True).strip() for s in sources]
     assert [o["translation_text"] for o in translate(sources)] == expected
     assert translate("A dog runs.")[0]["translation_text"].strip()
+
+    # Error analysis: the 20 validation sentences with the lowest sentence chrF, worst first.
+    errors = pd.read_csv(out / "errors.csv", keep_default_na=False)
+    assert list(errors.columns) == ["source", "reference", "hypothesis", "chrf"]
+    assert len(errors) == 20 and errors["chrf"].is_monotonic_increasing
+    val_en = read_lines(multi30k / "val.en", "en")
+    assert set(errors["source"]) <= set(val_en)
+
+    # predict translates a text file of sources, one line each.
+    sources_file = tmp_path / "sources.en"
+    sources_file.write_text("A dog runs.\nTwo men sit on a bench.\nA girl in a red coat.\n")
+    assert predict(str(out), str(sources_file), str(tmp_path / "translations.tsv")) == 3
+    lines = (tmp_path / "translations.tsv").read_text().splitlines()
+    assert lines[0] == "source\treference\thypothesis" and lines[2].startswith("Two men sit on a bench.\t")
 
 
 def test_line_aligned_files_load_like_jsonl_and_csv(multi30k, tmp_path):

@@ -160,6 +160,8 @@ def parse_args(
     parser = _Parser(dataclass_types, allow_abbrev=False, prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
     actions = {action.dest: action for action in parser._actions}
+    if "report_to" in actions:  # several trackers at once, as TrainingArguments takes: --report_to tensorboard mlflow
+        actions["report_to"].nargs = "+"
     for alias, target in ALIASES.items():
         if target in actions:
             parser.add_argument(

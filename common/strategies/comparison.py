@@ -21,6 +21,7 @@ from accelerate import PartialState
 
 from common.core.config import read_yaml
 from common.core.errors import RecipeInputError
+from common.training.html_report import REPORT_FILE, write_html_report
 from common.training.reporting import plt, write_json
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ def compare(main: Callable[[list[str]], dict], args: list[str], recipe: str | No
     if key:
         logger.info("compare %s: pretrained %.4f, from scratch %.4f", key, table["pretrained"][key],
                     table["from_scratch"][key])
-    logger.info("comparison written to %s", base)
+    write_html_report(base, title=f"{recipe.replace('_', ' ')}: pretrained against from scratch")
+    logger.info("comparison written to %s; open %s", base, base / REPORT_FILE)
     return summary
 
 

@@ -166,6 +166,8 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: CrossVali
             train_dataset=train.select(train_rows),
             eval_dataset=task.eval_dataset if task.eval_dataset is not None else held_out,
             test_dataset=held_out,
+            # The recipe's error analysis shows its validation rows; a held-out fold in their place has others.
+            error_analysis=task.error_analysis if task.eval_dataset is not None else None,
             write_predictions=lambda output, _dir, captured=captured: captured.update(output=output),
         )
         fold_args = dataclasses.replace(args, output_dir=str(out / f"fold_{k}"), do_train=True, do_predict=True,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import transformers
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
@@ -281,10 +282,13 @@ class Ensemble:
         """Ensemble scores for raw inputs (texts, images, audio: whatever the members' pipeline takes)."""
 
         if self._pipelines is None:
-            self._pipelines = [pipeline(self.pipeline_task, model=m) for m in self.members]
+            device = 0 if torch.cuda.is_available() else -1
+            self._pipelines = [pipeline(self.pipeline_task, model=m, device=device) for m in self.members]
+        # Texts longer than the model's window are cut, as the recipe's tokenization cut them in training.
+        extra = {"truncation": True} if self.pipeline_task == "text-classification" else {}
         per_member = []
         for pipe in self._pipelines:
-            outputs = pipe(list(inputs), top_k=None, batch_size=batch_size)
+            outputs = pipe(list(inputs), top_k=None, batch_size=batch_size, **extra)
             if self.problem_type == REGRESSION:
                 per_member.append(np.array([row[0]["score"] for row in outputs]))
             else:

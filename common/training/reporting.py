@@ -83,6 +83,22 @@ def plot_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, names: Sequenc
     plt.close(fig)
 
 
+def plot_image_grid(images: Sequence, captions: Sequence[str], title: str, path: str | Path) -> None:
+    """Images (PIL) in a grid of up to 4 columns, each with its caption above it."""
+    columns = min(4, len(images)) or 1
+    rows = -(-len(images) // columns) or 1
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, captions):
+        ax.imshow(image, cmap="gray" if getattr(image, "mode", "") in ("L", "1") else None)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_bars(values: dict[str, float], errors: dict[str, float] | None, ylabel: str, title: str, path: str | Path) -> None:
     """One bar per entry, with optional error bars: CV folds, ensemble members, comparisons."""
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(values) + 2), 4))

@@ -4,6 +4,7 @@ report, leaving the results in the output dir. Strategies that run many (common.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import sys
@@ -24,6 +25,7 @@ from common.core.errors import Preempted, RecipeInputError
 from common.data.labels import SINGLE
 from common.training import inspection
 from common.training.baseline import constant_baseline, judge_run, model_card_warning
+from common.training.html_report import REPORT_FILE, write_html_report, write_run_config
 from common.training.metrics import scores_from_logits
 from common.training.reliability import (
     RUN_RECORD_ATTR,
@@ -77,6 +79,7 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
         training_args.per_device_train_batch_size * scale, training_args.per_device_train_batch_size,
         processes, training_args.gradient_accumulation_steps,
     )
+    check_trackers(training_args)
     if not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per loader
 
@@ -97,6 +100,18 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     resumed = (check_resume(training_args.resume_from_checkpoint, fingerprint, run_args.resume_ignore_changes)
                if resume else None)
     setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed))
+
+
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def check_trackers(training_args: TrainingArguments) -> None:
+    """--report_to trackers are installed: refused before any data loads, not when Trainer starts."""
+    for tracker in training_args.report_to:
+        modules = TRACKER_MODULES.get(tracker, ())
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise RecipeInputError(f"--report_to {tracker}: the {modules[0]} package is not installed. Install the "
+                                   "trackers with `pip install -e '.[tracking]'`, or leave --report_to out.")
 
 
 def resolve_checkpoint(value: str, output_dir: Path) -> str:
@@ -229,7 +244,7 @@ def train_evaluate_predict(
 
     results.update(task.data_results)
     if main and report:
-        write_report(trainer, task, results, eval_output, out)
+        write_report(trainer, task, results, eval_output, out, finetune_args.error_examples)
     trainer.results = results
     return results
 
@@ -239,8 +254,14 @@ def predicted_split(splits) -> str | None:
     return next((name for name in ("test", "validation") if name in splits), None)
 
 
-def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutput | None, out: Path) -> None:
+def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutput | None, out: Path,
+                 error_examples: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    if eval_output is not None and task.error_analysis is not None and error_examples:
+        analysis = task.error_analysis(eval_output, error_examples)
+        if analysis is not None:
+            analysis.write(out)
+            results["error_analysis"] = analysis.description
     write_json(out / "all_results.json", results)
     if trainer.state.log_history:
         plot_training_curves(trainer.state.log_history, task.main_metric, out / "training_curves.png")
@@ -257,7 +278,17 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
     if warning is not None:  # the card travels with the model, so the warning must too (even without a card)
         with open(out / "README.md", "a", encoding="utf-8") as card:
             card.write(warning)
-    logger.info("results, plots and model written to %s", out)
+    write_summary(task, trainer.args, out)
+    logger.info("results, plots and model written to %s; open %s", out, out / REPORT_FILE)
+
+
+def write_summary(task: Task, args: TrainingArguments, out: Path) -> None:
+    """run_config.json (the recipe and every option, for `finetune-recipes predict`) and report.html."""
+    record: RunRecord | None = getattr(args, RUN_RECORD_ATTR, None)
+    write_run_config(out, {"recipe": task.name, "pipeline_task": task.pipeline_task, "model_name_or_path": task.model_name,
+                           "main_metric": task.main_metric, "input_columns": task.input_columns,
+                           "options": record.fingerprint["options"] if record is not None else {}})
+    write_html_report(out)
 
 
 def pipeline_hint(task: Task, output_dir: str) -> str:

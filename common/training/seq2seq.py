@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import sacrebleu
 import torch
 from datasets import DatasetDict
@@ -22,6 +23,7 @@ from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, EvalPred
 from common.core.errors import RecipeInputError
 from common.data.parallel import SOURCE, TARGET
 from common.data.truncation import report_truncation, tokenize_truncated
+from common.training.error_analysis import ErrorAnalysis, check_inputs, worst
 from common.training.metrics import load_hub_metric
 from common.training.translation_pipeline import TASK
 
@@ -98,6 +100,17 @@ def generation_metrics(hypotheses: list[str], references: list[str]) -> dict[str
         "bleu": float(sacrebleu.corpus_bleu(hypotheses, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(hypotheses, [references]).score),
     }
+
+
+def translation_errors(sources: Sequence[str], references: Sequence[str], hypotheses: Sequence[str],
+                       n: int) -> ErrorAnalysis:
+    """The n validation sentences with the lowest sentence chrF (sacrebleu), worst first."""
+    check_inputs({"source": sources, "reference": references}, len(hypotheses))
+    chrf = np.array([sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hypotheses, references)])
+    rows = worst(chrf, n, largest=False)
+    table = pd.DataFrame({"source": [sources[i] for i in rows], "reference": [references[i] for i in rows],
+                          "hypothesis": [hypotheses[i] for i in rows], "chrf": chrf[rows]})
+    return ErrorAnalysis(f"the {len(rows)} validation sentences with the lowest sentence chrF", table)
 
 
 class RawReferences:

@@ -1,5 +1,5 @@
 """Speech recognition models: CTC vocabularies and tokenizers, the model families (CTC or seq2seq), their
-collators and trainers, WER and CER, and the predictions file."""
+collators and trainers, WER and CER, the predictions file and the worst utterances."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import (
 from common.core.errors import RecipeInputError
 from common.data.audio import SPEECH
 from common.models.loading import load_model, load_processor, resolve_model_path
+from common.training.error_analysis import ErrorAnalysis, check_inputs, worst
 from common.training.trainer import FinetuneSeq2SeqTrainer, FinetuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,26 @@ def write_speech_predictions(path: str | Path, files: Sequence[str], references:
         table["reference"] = list(references)
     table["hypothesis"] = list(hypotheses)
     if references is not None:
-        table["wer"] = [jiwer.wer(normalize(r), normalize(h)) if normalize(r) else float("nan")
-                        for r, h in zip(references, hypotheses)]
+        table["wer"] = utterance_wer(references, hypotheses, normalize)
     table.to_csv(path, sep="\t", index=False)
+
+
+def utterance_wer(references: Sequence[str], hypotheses: Sequence[str], normalize: Callable[[str], str]) -> np.ndarray:
+    """Each utterance's WER on normalised text; NaN where the normalised reference is empty (no words to miss)."""
+    return np.array([jiwer.wer(normalize(r), normalize(h)) if normalize(r) else float("nan")
+                     for r, h in zip(references, hypotheses)])
+
+
+def speech_errors(files: Sequence[str], references: Sequence[str], hypotheses: Sequence[str],
+                  durations: Sequence[float], normalize: Callable[[str], str], n: int) -> ErrorAnalysis:
+    """The n validation utterances with the highest WER: file, reference, hypothesis, WER and duration."""
+    check_inputs({"audio_file": files, "reference": references, "duration_s": durations}, len(hypotheses))
+    wer = utterance_wer(references, hypotheses, normalize)
+    rows = worst(np.nan_to_num(wer, nan=-1.0), n)  # an utterance with nothing to recognise ranks last
+    table = pd.DataFrame({"audio_file": [files[i] for i in rows], "reference": [references[i] for i in rows],
+                          "hypothesis": [hypotheses[i] for i in rows], "wer": wer[rows],
+                          "duration_s": np.round(np.asarray(durations, dtype=float)[rows], 3)})
+    return ErrorAnalysis(f"the {len(rows)} validation utterances with the highest WER", table)
 
 
 # ---------------------------------------------------------------------------------------------- model side

@@ -60,6 +60,12 @@ class Task:
     # The constant baseline of tasks that common.training.baseline cannot derive from label_spec (translation, speech):
     # () -> its metrics on the eval split plus a "description", e.g. partial(common.training.baseline.speech_baseline, ...).
     baseline: Callable[[], dict[str, float | str]] | None = None
+    # The largest errors on the eval split, written after evaluation (common.training.error_analysis):
+    # (eval output, --error_examples) -> ErrorAnalysis, or None when the split has no labels.
+    error_analysis: Callable[[PredictionOutput, int], Any] | None = None
+    # The columns of the data that hold each example's input (text columns; the image or audio column), as
+    # run_config.json records them for `finetune-recipes predict`.
+    input_columns: list[str] = dataclasses.field(default_factory=list)
     # Set by the fine-tuning toolkit (common.toolkit.finetuning.apply_toolkit): the optimizer's parameter
     # groups (None: Trainer's own), and how the final model is saved ((trainer, dir) -> None; None: save_model).
     optimizer_groups: OptimizerGroups | None = None

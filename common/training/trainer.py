@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 import datasets
 import torch
 from transformers import PreTrainedModel, Seq2SeqTrainer, Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from common.core.errors import NonFiniteLossError, RecipeInputError, nearest
@@ -34,12 +37,18 @@ OptimizerGroups = Callable[[torch.nn.Module, float, float, set[str]], list[dict]
 
 @dataclass
 class TrainingLoopArguments:
-    """Options of the training loop: the evaluation before it, early stopping and non-finite losses."""
+    """Options of the training loop: the evaluation before it, the error analysis after it, early stopping and
+    non-finite losses."""
 
     eval_before_training: bool = field(
         default=True,
         metadata={"help": "Evaluate the untrained model first, so all_results.json holds before_* metrics beside "
                           "the fine-tuned ones. false skips that pass and starts training sooner."},
+    )
+    error_examples: int = field(
+        default=20,
+        metadata={"help": "After evaluation, write the N validation examples the model got most wrong (errors.csv; "
+                          "errors.png for images) to the output dir and its report. 0 turns it off."},
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement; keeps the best model."}
@@ -55,6 +64,8 @@ class TrainingLoopArguments:
     )
 
     def check(self) -> None:
+        if self.error_examples < 0:
+            raise RecipeInputError(f"--error_examples {self.error_examples}: give a count, or 0 for no error analysis.")
         if self.nan_policy not in ("stop", "skip"):
             hint = nearest(self.nan_policy, ["stop", "skip"])
             raise RecipeInputError(f"--nan_policy {self.nan_policy}: use stop or skip{hint}.")
@@ -153,6 +164,11 @@ class FinetuneTrainerMixin:
             )
         self._nonfinite_loss: float | None = None
         self.add_callback(NonFiniteSkips())
+        for callback in self.callback_handler.callbacks:
+            # TensorBoard picks output_dir/runs/<time_host> when training begins; the evaluation before training
+            # logs earlier, and its writer would then default to ./runs in the working directory.
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
         if jit:
             self.add_callback(PreemptionCallback())
         # The accelerator was created before the model existed (model_init), or before it was known.

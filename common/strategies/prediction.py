@@ -1,0 +1,229 @@
+"""`finetune-recipes predict OUTPUT_DIR --input FILE --output FILE`: batch inference with a trained model or a saved
+ensemble, reading inputs with the recipe's own readers and the options the run was trained with.
+
+The output dir's run_config.json names the recipe, its input columns and its options (delimiter, column names,
+text columns, image size cap, audio column...); ensemble.json, when present, makes the ensemble predict.
+Inputs per recipe:
+- text classification: a csv/tsv/jsonl/parquet table with the run's text column(s);
+- image classification: a folder of images (searched recursively), a text file listing one image path per line,
+  or a table with the run's image column;
+- speech recognition: a folder of audio files, or a manifest table with the run's audio column;
+- translation: a text file of source sentences, one per line.
+
+The output has the columns of the recipe's own predictions file. Unreadable rows (an empty text, an image or
+clip that does not decode) fail with their row numbers, or are skipped and counted with --skip_bad_examples
+(default: the run's own setting).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from datasets import Audio
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoFeatureExtractor, pipeline
+
+from common.core.errors import RecipeInputError
+from common.data.audio import SPEECH, decode_audio, normalize_text
+from common.data.files import FORMATS, load_file
+from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
+from common.data.parallel import read_lines
+from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
+from common.training.html_report import RUN_CONFIG_FILE
+from common.training.reporting import write_classification_predictions
+from common.training.seq2seq import write_translations
+from common.training.speech import write_speech_predictions
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm"})
+SHOWN = 10  # bad rows quoted in an error
+
+
+def _chunks(items: Sequence, size: int, what: str) -> Iterator[Sequence]:
+    """The inputs in chunks, behind a progress bar counting rows."""
+    with tqdm(total=len(items), desc=f"predict ({what})", unit=what) as bar:
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            yield chunk
+            bar.update(len(chunk))
+
+
+def _drop_bad(problems: list[tuple[int, str]], total: int, where: str, skip: bool) -> set[int]:
+    """Rows to leave out: none when all are fine; the bad ones with --skip_bad_examples; otherwise an error."""
+    if not problems:
+        return set()
+    listed = "; ".join(f"row {row + 1}: {why}" for row, why in problems[:SHOWN])
+    more = f" (and {len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+    if not skip:
+        raise RecipeInputError(f"{where}: {len(problems)} of {total} inputs cannot be read: {listed}{more}. Fix them, "
+                               "or pass --skip_bad_examples true to predict on the rest.")
+    logger.warning("%s: skipped %d of %d unreadable inputs: %s%s", where, len(problems), total, listed, more)
+    return {row for row, _ in problems}
+
+
+def _table(path: str, options: dict[str, Any]):
+    """A csv/tsv/jsonl/json/parquet file, read with the run's reader options (delimiter, column names...)."""
+    return load_file(path, "--input", "test", SimpleNamespace(**options))
+
+
+def _column(dataset, name: str, path: str, option: str) -> list:
+    if name not in dataset.column_names:
+        raise RecipeInputError(f"--input {path} has no column '{name}', which the model was trained on "
+                               f"(columns present: {', '.join(dataset.column_names)}). Rename the column, or pass "
+                               f"{option} to name the one that holds it.")
+    return dataset[name]
+
+
+def _files(path: Path, extensions: frozenset[str], table_column: str | None, options: dict) -> list[str]:
+    """Paths from a folder (recursive), a list file (one path per line) or a table's column."""
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in extensions)
+        if not files:
+            raise RecipeInputError(f"--input {path} holds no files ending in {', '.join(sorted(extensions))}.")
+        return files
+    if path.suffix.lower() in (".txt", ""):
+        base = path.resolve().parent
+        return [str(base / line) if not Path(line).is_absolute() else line for line in read_lines(str(path), "--input")]
+    if table_column is None:
+        raise RecipeInputError(f"--input {path}: give a folder or a list of files; this run had no file column.")
+    base = path.resolve().parent
+    return [str(base / value) if value and not Path(value).is_absolute() else value
+            for value in _column(_table(str(path), options), table_column, str(path), "--input_column")]
+
+
+def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_size: int, what: str) -> tuple:
+    """Class scores for each input (the ensemble's, or the one model's), with its problem type and class names."""
+    if ensemble is None:
+        config = AutoConfig.from_pretrained(model)
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        task = "image-classification" if what == "images" else "text-classification"
+        ensemble = Ensemble("soft_vote", [str(model)], config.problem_type or "single_label_classification",
+                            names, task)
+    scores = [ensemble.predict_scores(chunk, batch_size) for chunk in _chunks(inputs, batch_size * 4, what)]
+    return np.concatenate(scores), ensemble.problem_type, ensemble.label_names
+
+
+def _text(model, ensemble, config, path, output, skip, batch_size) -> int:
+    columns = config["input_columns"]
+    dataset = _table(path, config["options"])
+    texts = {c: _column(dataset, c, path, "--input_column") for c in columns}
+    problems = [(i, f"empty '{c}'") for c in columns for i, t in enumerate(texts[c]) if t is None or not str(t).strip()]
+    bad = _drop_bad(sorted(problems), len(dataset), f"--input {path}", skip)
+    keep = [i for i in range(len(dataset)) if i not in bad]
+    texts = {c: [texts[c][i] for i in keep] for c in columns}
+    inputs = (texts[columns[0]] if len(columns) == 1 else
+              [{"text": a, "text_pair": b} for a, b in zip(texts[columns[0]], texts[columns[1]])])
+    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "texts")
+    write_classification_predictions(output, texts, scores, problem_type, names)
+    return len(keep)
+
+
+def _images(model, ensemble, config, path, output, skip, batch_size) -> int:
+    options = config["options"]
+    files = _files(Path(path), IMAGE_EXTENSIONS, (config["input_columns"] or [None])[0], options)
+    bad = _drop_bad([(i, why) for i, f in enumerate(files) if (why := image_problem(f))], len(files),
+                    f"--input {path}", skip)
+    files = [f for i, f in enumerate(files) if i not in bad]
+    side = options.get("max_image_side") or 1024
+    images = _Lazy(files, lambda f: open_image(f, side))
+    scores, problem_type, names = _classify(model, ensemble, images, batch_size, "images")
+    write_classification_predictions(output, {"image": files}, scores, problem_type, names)
+    return len(files)
+
+
+class _Lazy(Sequence):
+    """Decodes each item when read, so a chunk of images is in memory at a time, not the whole input."""
+
+    def __init__(self, items: Sequence, load: Callable):
+        self.items, self.load = items, load
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.load(item) for item in self.items[index]]
+        return self.load(self.items[index])
+
+
+def _speech(model, config, path, output, skip, batch_size) -> int:
+    options = config["options"]
+    files = _files(Path(path), AUDIO_EXTENSIONS, (config["input_columns"] or [None])[0], options)
+    rate = AutoFeatureExtractor.from_pretrained(model).sampling_rate
+    feature = Audio(sampling_rate=rate)
+    clips = [decode_audio(f, None, feature) for f in tqdm(files, desc="decode audio", unit="clips")]
+    bad = _drop_bad([(i, c["problem"]) for i, c in enumerate(clips) if c["problem"]], len(files),
+                    f"--input {path}", skip)
+    kept = [(f, c) for i, (f, c) in enumerate(zip(files, clips)) if i not in bad]
+    pipe = pipeline("automatic-speech-recognition", model=str(model), device=_device())
+    hypotheses = []
+    for chunk in _chunks(kept, batch_size * 4, "clips"):
+        outputs = pipe([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in chunk], batch_size=batch_size)
+        hypotheses += [o["text"].strip() for o in outputs]
+    write_speech_predictions(output, [f for f, _ in kept], None, hypotheses, normalize_text)
+    return len(kept)
+
+
+def _translate(model, path, output, skip, batch_size) -> int:
+    lines = read_lines(path, "--input")
+    bad = _drop_bad([(i, "empty line") for i, line in enumerate(lines) if not line.strip()], len(lines),
+                    f"--input {path}", skip)
+    sources = [line for i, line in enumerate(lines) if i not in bad]
+    pipe = pipeline("translation", model=str(model), trust_remote_code=True, device=_device())
+    hypotheses = []
+    for chunk in _chunks(sources, batch_size * 4, "sentences"):
+        hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=batch_size)]
+    write_translations(output, sources, hypotheses)
+    return len(sources)
+
+
+def _device() -> int:
+    return 0 if torch.cuda.is_available() else -1
+
+
+def predict(output_dir: str, input_path: str, output: str, skip_bad_examples: bool | None = None,
+            batch_size: int = 32, input_columns: list[str] | None = None) -> int:
+    """Predict on every input; returns the number of rows written."""
+    datasets.disable_progress_bars()  # one bar, predict's own
+    out = Path(output_dir)
+    config_file = out / RUN_CONFIG_FILE
+    if not config_file.is_file():
+        raise RecipeInputError(f"{output_dir} holds no {RUN_CONFIG_FILE}: give the output dir of a finetune-recipes "
+                               "run (a trained model, or a cross-validation or ensemble run).")
+    if not Path(input_path).exists():
+        raise RecipeInputError(f"--input {input_path} does not exist.")
+    if Path(output).exists():
+        raise RecipeInputError(f"--output {output} already exists; choose another file (predict never overwrites).")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if input_columns:
+        config["input_columns"] = list(input_columns)
+    skip = config["options"].get("skip_bad_examples", False) if skip_bad_examples is None else skip_bad_examples
+    ensemble = load_ensemble(out) if (out / ENSEMBLE_FILE).is_file() else None
+    if ensemble is None and not (out / "config.json").is_file():
+        raise RecipeInputError(f"{output_dir} holds neither a model (config.json) nor an {ENSEMBLE_FILE}.")
+    task = config["pipeline_task"]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    if task == "text-classification":
+        if Path(input_path).suffix.lower() not in FORMATS:
+            raise RecipeInputError(f"--input {input_path}: give a table ({', '.join(sorted(FORMATS))}) with the "
+                                   f"column(s) {', '.join(config['input_columns'])}.")
+        rows = _text(out, ensemble, config, input_path, output, skip, batch_size)
+    elif task == "image-classification":
+        rows = _images(out, ensemble, config, input_path, output, skip, batch_size)
+    elif task == "automatic-speech-recognition":
+        rows = _speech(out, config, input_path, output, skip, batch_size)
+    elif task == "translation":
+        rows = _translate(out, input_path, output, skip, batch_size)
+    else:
+        raise RecipeInputError(f"{output_dir}: predict does not know the {task} task.")
+    logger.info("%d predictions written to %s", rows, output)
+    return rows
