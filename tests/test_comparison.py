@@ -30,6 +30,10 @@ def test_compare_writes_table_and_plot(tiny_bert, tmp_path, csv_file):
     table = (out / "comparison.md").read_text().splitlines()
     assert table[0] == "| metric | pretrained | from scratch |" and table[2].startswith("| **eval_accuracy** |")
     assert (out / "comparison.png").stat().st_size > 0
+    page = (out / "report.html").read_text()  # the comparison's page links each run's own report
+    assert 'id="comparison"' in page and "data:image/png;base64," in page
+    assert all(f'href="{name}/report.html"' in page and (out / name / "report.html").is_file()
+               for name in ("pretrained", "from_scratch"))
     # Same architecture, but only the pretrained run started from the checkpoint's weights.
     start = load_file(f"{tiny_bert}/model.safetensors")
     key = next(k for k in start if k.endswith("word_embeddings.weight"))

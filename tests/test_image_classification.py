@@ -114,6 +114,8 @@ def test_convnext_learns_clothing_and_output_loads_with_pipeline(convnext, cloth
     assert len(errors) == 16 and errors["loss"].is_monotonic_decreasing
     assert all(Path(f).is_file() and Path(f).parent.name == label for f, label in zip(errors["image"], errors["true_label"]))
     assert Image.open(out / "errors.png").size[0] > 800
+    page = (out / "report.html").read_text()
+    assert "Augmentation preview" in page and "highest-loss images" in page
 
     # predict on the test folder gives predictions.csv's rows again, with the same scores.
     predicted = tmp_path / "folder_predictions.csv"

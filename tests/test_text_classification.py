@@ -68,6 +68,12 @@ def test_string_labels_multiclass_trec(tiny_bert, shared_data, tmp_path):
     assert results["eval_samples"] == 546 and results["train_samples"] == 1200
     assert results["eval_loss"] < results["before_loss"] - 0.1
     assert results["eval_accuracy"] > 0.3  # majority class is ~0.23
+    # Error analysis over six classes: the mistakes counted per (true, predicted) pair add up to every mistake.
+    errors = pd.read_csv(out / "errors.csv")
+    assert list(errors.columns) == ["text", "true_label", "predicted_label", "confidence", "loss"] and len(errors) == 20
+    pairs = pd.read_csv(out / "confused_pairs.csv")
+    assert (pairs["true_label"] != pairs["predicted_label"]).all() and pairs["count"].is_monotonic_decreasing
+    assert len(pairs) <= 30 and pairs["count"].sum() <= round((1 - results["eval_accuracy"]) * 546)
 
 
 def _synthetic(n: int, seed: int = 0) -> list[dict]:

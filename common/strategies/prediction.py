@@ -41,6 +41,7 @@ from common.training.html_report import RUN_CONFIG_FILE
 from common.training.reporting import write_classification_predictions
 from common.training.seq2seq import write_translations
 from common.training.speech import write_speech_predictions
+from common.training.translation_pipeline import TranslationPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ def _translate(model, path, output, skip, batch_size) -> int:
     bad = _drop_bad([(i, "empty line") for i, line in enumerate(lines) if not line.strip()], len(lines),
                     f"--input {path}", skip)
     sources = [line for i, line in enumerate(lines) if i not in bad]
-    pipe = pipeline("translation", model=str(model), trust_remote_code=True, device=_device())
+    # The recipe's own pipeline class, imported: no code from the model dir runs.
+    pipe = pipeline("translation", model=str(model), pipeline_class=TranslationPipeline, device=_device())
     hypotheses = []
     for chunk in _chunks(sources, batch_size * 4, "sentences"):
         hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=batch_size)]
