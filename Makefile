@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := ffmpeg espeak-ng chromium  # chromium: tests open report.html in a real browser
+# chromium: tests open report.html in a real browser; postgresql: tests share an HPO study through a real server
+APT_PACKAGES := ffmpeg espeak-ng chromium postgresql
 # Tests and benchmarks never reach the Hub; recipes fall back to packaged models when offline.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
@@ -23,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision first, pinned, so nothing else pulls a different build.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[vision,audio,tracking,dev]'
+	$(BIN)/pip install -q -e '.[vision,audio,tracking,postgres,dev]'
 	touch $(STAMP)
 
 demo: install

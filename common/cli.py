@@ -6,6 +6,8 @@
     finetune-recipes run sentiment --config my_config.yaml
     finetune-recipes inspect sentiment --config my_config.yaml
     finetune-recipes predict outputs/sentiment-demo --input reviews.csv --output predictions.csv
+    finetune-recipes hpo-summary --hpo_storage sqlite:///study.db --hpo_study_name my-search
+    finetune-recipes cv-merge outputs/my-cv --ensemble soft_vote
 """
 
 from __future__ import annotations
@@ -131,6 +133,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict(args.output_dir, args.input, args.output, args.skip_bad_examples, args.batch_size, args.input_columns)
 
 
+def cmd_hpo_summary(args: argparse.Namespace) -> None:
+    from common.strategies.hpo import hpo_summary
+
+    hpo_summary(args.hpo_storage, args.hpo_study_name, args.output_dir)
+
+
+def cmd_cv_merge(args: argparse.Namespace) -> None:
+    from common.strategies.cross_validation import merge_folds
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    merge_folds(args.output_dir, args.ensemble)
+
+
 def _flag(value: str) -> bool:
     if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
@@ -164,6 +179,15 @@ def main(argv: list[str] | None = None) -> None:
                          help="skip unreadable inputs instead of failing (default: the run's setting)")
     predict.add_argument("--batch_size", type=int, default=32)
     predict.set_defaults(func=cmd_predict)
+    summary = commands.add_parser("hpo-summary", help="report a shared hyperparameter study and how to retrain its best")
+    summary.add_argument("--hpo_storage", required=True, help="the workers' --hpo_storage (URL or journal file)")
+    summary.add_argument("--hpo_study_name", required=True, help="the workers' study name")
+    summary.add_argument("--output_dir", default=None, help="where hpo_results.csv and hpo.png go (default: the workers')")
+    summary.set_defaults(func=cmd_hpo_summary)
+    merge = commands.add_parser("cv-merge", help="combine the fold jobs of --cv_folds K --cv_fold_index i")
+    merge.add_argument("output_dir", help="the fold jobs' --output_dir (holding fold_0 ... fold_K-1)")
+    merge.add_argument("--ensemble", default=None, help="also ensemble the fold models: soft_vote | hard_vote | stack")
+    merge.set_defaults(func=cmd_cv_merge)
     args = parser.parse_args(argv)
     run_main(lambda _: args.func(args))  # the same one-line errors and exit codes as a recipe run as a script
 

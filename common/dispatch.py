@@ -34,6 +34,9 @@ class FinetuneArguments(EnsembleArguments, CrossValidationArguments, HpoArgument
 def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
     """Dispatch on the options. The main process holds output_dir's lock file throughout, and removes it however
     the run ends."""
+    if finetune_args.hpo_storage:  # a worker of a shared search: its trials only, and nothing in output_dir to lock
+        run_hpo(apply_toolkit(task, args, finetune_args), args, finetune_args)
+        return {"main_metric": task.main_metric}
     with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
         check_ensemble_options(task, finetune_args)
         task = apply_toolkit(task, args, finetune_args)

@@ -98,6 +98,9 @@ class RunArguments:
                           "training_args.json). Without it such a resume is refused."},
     )
     precision_reason: str = field(default="", init=False, repr=False)  # why `precision` was chosen, for the log
+    # How this run was started (program and options), when known: an HPO study records it so that its summary
+    # prints the command that retrains the best trial.
+    command: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     # The other argument groups parse_args built with this one (data, model, fine-tuning, training), so that
     # setup_run can fingerprint what shapes training for the checkpoints (common.training.reliability.run_fingerprint).
     arguments: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -156,6 +159,7 @@ def parse_args(
     description: str | None = None,
 ) -> tuple[Any, ...]:
     """Build one instance of each dataclass from defaults < YAML (--config) < command line."""
+    from_sys_argv = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _Parser(dataclass_types, allow_abbrev=False, prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
@@ -217,10 +221,22 @@ def parse_args(
             raise RecipeInputError(f"invalid {dtype.__name__}: {err}") from None
         if isinstance(instances[-1], RunArguments):
             instances[-1].precision_reason = precision_reason
+            instances[-1].command = launch_command(argv, from_sys_argv)
     for instance in instances:
         if isinstance(instance, RunArguments):
             instance.arguments = tuple(other for other in instances if other is not instance)
     return tuple(instances)
+
+
+def launch_command(argv: list[str], from_sys_argv: bool) -> list[str] | None:
+    """The command line that started this run: `python script.py ...` or `finetune-recipes run recipe ...`;
+    None when a caller handed main() its options (a test, a notebook)."""
+    program = Path(sys.argv[0]) if sys.argv else None
+    if from_sys_argv and program is not None and program.suffix == ".py":
+        return ["python", str(program), *argv]
+    if program is not None and program.name == "finetune-recipes" and sys.argv[1:2] == ["run"]:
+        return ["finetune-recipes", "run", sys.argv[2], *argv]
+    return None
 
 
 def choose_precision(options: dict[str, Any]) -> tuple[str, str]:

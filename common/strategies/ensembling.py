@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,16 @@ def _member_names(members: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(m) for m in members]
 
 
+def ensemble_splits(task, args: TrainingArguments) -> dict[str, Any]:
+    """The splits an ensemble is scored on: validation when evaluating, test when predicting."""
+    splits = {}
+    if args.do_eval and task.eval_dataset is not None:
+        splits["eval"] = task.eval_dataset
+    if args.do_predict and task.test_dataset is not None:
+        splits["test"] = task.test_dataset
+    return splits
+
+
 def run_ensemble(task, args: TrainingArguments, finetune_args: EnsembleArguments, members: list[str],
                  oof_scores: np.ndarray | None = None, oof_labels: np.ndarray | None = None) -> dict[str, float]:
     """Combine `members`, score them and the ensemble side by side, save the ensemble into the output dir."""
@@ -372,47 +383,56 @@ def run_ensemble(task, args: TrainingArguments, finetune_args: EnsembleArguments
     spec = task.label_spec
     ensemble = Ensemble(finetune_args.ensemble, list(members), spec.problem_type, spec.names, task.pipeline_task)
     out = Path(args.output_dir)
-    main = args.process_index == 0
-    splits = {}
-    if args.do_eval and task.eval_dataset is not None:
-        splits["eval"] = task.eval_dataset
-    if args.do_predict and task.test_dataset is not None:
-        splits["test"] = task.test_dataset
+    splits = ensemble_splits(task, args)
     scores = member_scores(task, args, finetune_args, ensemble.members, splits)  # every process takes part
-    if not main:
+    if args.process_index != 0:
         return {}
-    if ensemble.method == "stack":
-        ensemble.fit_stacker(oof_scores, oof_labels, args.seed)
+    labels = {split: np.asarray(d["labels"]) for split, d in splits.items() if "labels" in d.column_names}
 
+    def write_test(combined: np.ndarray) -> None:
+        task.write_predictions(PredictionOutput(logits_from_scores(combined, spec.problem_type), None, {}), out)
+
+    return report_ensemble(ensemble, scores, labels, task.main_metric, out,
+                           write_test if task.write_predictions is not None else None, oof_scores, oof_labels, args.seed)
+
+
+def report_ensemble(ensemble: Ensemble, scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], main_metric: str,
+                    out: Path, write_test: Callable[[np.ndarray], None] | None = None,
+                    oof_scores: np.ndarray | None = None, oof_labels: np.ndarray | None = None,
+                    seed: int = 0) -> dict[str, float]:
+    """Fit the stacker if any, then score every member and the ensemble per split (`scores`: split -> array
+    (members, rows[, classes])): ensemble_results.json, ensemble.png, ensemble.json and the test predictions."""
+    if ensemble.method == "stack":
+        ensemble.fit_stacker(oof_scores, oof_labels, seed)
+    problem_type = ensemble.problem_type
     names = _member_names(ensemble.members)
-    report: dict[str, Any] = {"method": ensemble.method, "members": names, "main_metric": task.main_metric}
+    report: dict[str, Any] = {"method": ensemble.method, "members": names, "main_metric": main_metric}
     flat: dict[str, float] = {}
-    for split, dataset in splits.items():
-        combined = ensemble.combine(scores[split])
-        if split == "test" and task.write_predictions is not None:
-            task.write_predictions(PredictionOutput(logits_from_scores(combined, spec.problem_type), None, {}), out)
-        if "labels" not in dataset.column_names:
+    for split, split_scores in scores.items():
+        combined = ensemble.combine(split_scores)
+        if split == "test" and write_test is not None:
+            write_test(combined)
+        if split not in labels:
             continue
-        labels = np.asarray(dataset["labels"])
-        per_member = {n: score_predictions(labels, s, spec.problem_type) for n, s in zip(names, scores[split])}
+        truth = labels[split]
+        per_member = {n: score_predictions(truth, s, problem_type) for n, s in zip(names, split_scores)}
         member_mean = {k: float(np.mean([m[k] for m in per_member.values()])) for k in next(iter(per_member.values()))}
         report[split] = {"members": per_member, "member_mean": member_mean,
-                         "ensemble": score_predictions(labels, combined, spec.problem_type)}
+                         "ensemble": score_predictions(truth, combined, problem_type)}
         flat.update({f"ensemble_{split}_{k}": v for k, v in report[split]["ensemble"].items()})
         flat.update({f"ensemble_{split}_member_mean_{k}": v for k, v in member_mean.items()})
-        logger.info("%s on %s: ensemble %s %.4f, members %s", ensemble.method, split, task.main_metric,
-                    report[split]["ensemble"][task.main_metric],
-                    ", ".join(f"{m[task.main_metric]:.4f}" for m in per_member.values()))
+        logger.info("%s on %s: ensemble %s %.4f, members %s", ensemble.method, split, main_metric,
+                    report[split]["ensemble"][main_metric],
+                    ", ".join(f"{m[main_metric]:.4f}" for m in per_member.values()))
 
     write_json(out / "ensemble_results.json", report)
     ensemble.save(out)
     shown = next((report[s] for s in ("eval", "test") if s in report), None)
     if shown is not None:
-        metric = task.main_metric
-        values = {n: m[metric] for n, m in shown["members"].items()}
-        values["member mean"] = shown["member_mean"][metric]
-        values[ensemble.method] = shown["ensemble"][metric]
+        values = {n: m[main_metric] for n, m in shown["members"].items()}
+        values["member mean"] = shown["member_mean"][main_metric]
+        values[ensemble.method] = shown["ensemble"][main_metric]
         split = "eval" if "eval" in report else "test"
-        plot_bars(values, None, metric, f"Ensemble ({ensemble.method}) versus its members: {split} {metric}",
+        plot_bars(values, None, main_metric, f"Ensemble ({ensemble.method}) versus its members: {split} {main_metric}",
                   out / "ensemble.png")
     return flat

@@ -15,7 +15,17 @@ The search space is a mapping of TrainingArguments field to distribution, e.g. i
       weight_decay: {type: uniform, low: 0.0, high: 0.1}
 
 or as a YAML/JSON string with `--hpo_space`. A given space replaces the default one entirely; every
-argument it leaves out keeps its configured value.
+argument it leaves out keeps its configured value. Each trial trains with its own seed (--seed plus the trial
+number), recorded with the trial; the best configuration is retrained with the best trial's seed.
+
+Across machines: `--hpo_storage` puts the study in an optuna storage that any number of workers share
+(`sqlite:///study.db` on one node, `postgresql://user:password@host/db` across machines, or a journal file on a
+shared filesystem). Each worker runs its --hpo_trials trials on fresh models, writes nothing into the output dir
+and stops; `finetune-recipes hpo-summary` writes hpo_results.csv and hpo.png from the study and prints the
+command that retrains the best trial. The study records its search space and objective: a worker whose
+command would search another space is refused. A worker killed mid-trial leaves that trial RUNNING; with a
+database storage, the next worker to start a trial after the heartbeat grace period (HEARTBEAT_GRACE_S) marks it
+FAIL. Either way the summary lists it and ranks only COMPLETE trials.
 """
 
 from __future__ import annotations
@@ -23,7 +33,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import importlib.util
+import json
 import logging
+import os
+import re
+import shlex
+import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,22 +53,55 @@ from transformers import TrainingArguments
 
 from common.core.config import ALIASES
 from common.core.errors import RecipeInputError, nearest
+from common.training.reliability import RUN_RECORD_ATTR
 from common.training.reporting import plot_bars
 from common.training.run import build_trainer
 
 logger = logging.getLogger(__name__)
 
 
+HEARTBEAT_S, HEARTBEAT_GRACE_S = 60, 180  # database storages: a trial silent for the grace period is FAILed
+CONNECT_TIMEOUT_S = 10  # a database that does not answer fails the run in seconds, not minutes
+
+
 @dataclass
 class HpoArguments:
-    hpo_trials: int = field(default=0, metadata={"help": "Hyperparameter search trials (optuna); 0 = off."})
+    hpo_trials: int = field(
+        default=0,
+        metadata={"help": "Hyperparameter search trials (optuna); 0 = off. With --hpo_storage: the trials this "
+                          "worker runs."},
+    )
     hpo_space: str | None = field(
         default=None, metadata={"help": "Search space as YAML/JSON (usually a mapping under hpo_space: in the config)."}
+    )
+    hpo_storage: str | None = field(
+        default=None,
+        metadata={"help": "Share the study between workers: an optuna storage URL (sqlite:///study.db, "
+                          "postgresql://user:password@host/db) or a journal file path on a shared filesystem. Each "
+                          "worker runs --hpo_trials trials and stops; `finetune-recipes hpo-summary` reports the study."},
+    )
+    hpo_study_name: str | None = field(
+        default=None, metadata={"help": "The study's name in --hpo_storage (default: the output dir's folder name)."}
     )
 
     def check(self) -> None:
         if self.hpo_space:
             parse_space(self.hpo_space)  # a bad space fails at parse time, not after the data is prepared
+        if self.hpo_storage:
+            if not self.hpo_trials:
+                raise RecipeInputError("--hpo_storage needs --hpo_trials N: the number of trials this worker runs.")
+            if getattr(self, "cv_folds", 0) or getattr(self, "ensemble_models", None):
+                raise RecipeInputError("--hpo_storage makes this run a search worker, which trains trials only: drop "
+                                       "--cv_folds / --ensemble_models, and add them to the retrain command that "
+                                       "`finetune-recipes hpo-summary` prints.")
+            open_storage(self.hpo_storage)  # unreachable or refused: fail now, before any data or model loads
+
+    @staticmethod
+    def policies(options: dict[str, Any]) -> None:
+        # A worker writes nothing into the output dir (its trials save nothing; the study lives in the storage), so
+        # any number of workers share one, even after hpo-summary has written there.
+        if options.get("hpo_storage"):
+            options["overwrite_output_dir"] = True
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 3e-4},
@@ -135,6 +185,93 @@ def _number(value: Any) -> int | float | None:
         return None
 
 
+def shown_url(url: str) -> str:
+    """A storage URL fit for messages and logs: its password masked."""
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL: hide everything between scheme and host
+        return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _driver_url(url: str) -> str:
+    """postgresql:// through psycopg 3 when it is the driver installed (SQLAlchemy's default is psycopg2)."""
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg2") is None:
+        if importlib.util.find_spec("psycopg") is None:
+            raise RecipeInputError(f"--hpo_storage {shown_url(url)}: PostgreSQL needs a driver; install it with "
+                                   "`pip install -e '.[postgres]'` (psycopg).")
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+def open_storage(url: str):
+    """The optuna storage named by --hpo_storage, connected: a database URL, or a journal file path."""
+    import optuna
+
+    if "://" not in url:
+        path = Path(url)
+        if not path.parent.is_dir():
+            raise RecipeInputError(f"--hpo_storage {url}: folder {path.parent} does not exist. A journal file "
+                                   "storage needs a folder every worker can write to (a shared filesystem).")
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if url.startswith("postgres") else {}
+    try:
+        with warnings.catch_warnings():  # optuna calls heartbeats experimental on every start; they are the point
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs,
+                                              heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+    except RecipeInputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - drivers raise their own types; each becomes one clear message
+        cause = getattr(err, "orig", None) or err.__cause__ or err
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        password = _password(url)
+        if password:
+            reason = reason.replace(password, "***")
+        raise RecipeInputError(f"--hpo_storage {shown_url(url)} cannot be used: {reason}. Check the host, port, "
+                               "user, password and database name, and that the server is running.") from None
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def study_name(finetune_args: HpoArguments, args: TrainingArguments) -> str:
+    return finetune_args.hpo_study_name or Path(args.output_dir).resolve().name
+
+
+def join_study(study, space: dict, key: str, direction: str, args: TrainingArguments, where: str) -> None:
+    """Record the study's search space, objective and the first worker's command, or refuse a worker whose
+    command searches another space or objective than the study's."""
+    attrs = study.user_attrs
+    mine = {"space": json.loads(json.dumps(space)), "objective": key, "direction": direction}
+    if "space" in attrs:
+        differences = [f"{name}: study {attrs['space'].get(name, 'not searched')}, this command "
+                       f"{mine['space'].get(name, 'not searched')}"
+                       for name in sorted(set(attrs["space"]) | set(mine["space"]))
+                       if attrs["space"].get(name) != mine["space"].get(name)]
+        if attrs.get("objective") != key:
+            differences.append(f"objective: study {attrs.get('objective')}, this command {key}")
+        if differences:
+            raise RecipeInputError(f"study '{study.study_name}' in {where} searches another "
+                                   f"space than this command: {'; '.join(differences)}. Use the study's hpo_space, or "
+                                   "another --hpo_study_name.")
+        return
+    record = getattr(args, RUN_RECORD_ATTR, None)
+    for name, value in {**mine, "output_dir": str(Path(args.output_dir).resolve()),
+                        "command": record.command if record is not None else None}.items():
+        study.set_user_attr(name, value)
+
+
 def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Draw one configuration from `space` with an optuna trial."""
     params = {}
@@ -173,21 +310,36 @@ def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[
             raise RecipeInputError(f"HPO objective {key} is not among the evaluation metrics: {', '.join(metrics)}.")
         return metrics[key]
 
+    def hp_space(trial) -> dict[str, Any]:
+        params = suggest(trial, space)
+        params["seed"] = args.seed + trial.number  # each trial its own seed, kept with the trial
+        trial.set_user_attr("seed", params["seed"])
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        return params
+
+    shared = finetune_args.hpo_storage is not None
+    name = study_name(finetune_args, args) if shared else "hpo"
+    storage = open_storage(finetune_args.hpo_storage) if shared else optuna.storages.InMemoryStorage()
+    if args.process_index == 0:
+        join_study(optuna.create_study(storage=storage, study_name=name, direction=direction, load_if_exists=True),
+                   space, key, direction, args, shown_url(finetune_args.hpo_storage or "memory"))
     trainer = build_trainer(task, trial_args, finetune_args)
-    storage = optuna.storages.InMemoryStorage()
     # Only rank 0 holds the optuna study. A trial it pruned would stop there while the other processes, which
     # follow a fixed copy of the trial that cannot be pruned, kept training and waited on it forever.
     pruner = optuna.pruners.NopPruner() if args.world_size > 1 else None
-    logger.info("hyperparameter search: %d trials, %s %s over %s", finetune_args.hpo_trials, direction, key, list(space))
+    logger.info("hyperparameter search: %d trials, %s %s over %s%s", finetune_args.hpo_trials, direction, key,
+                list(space), f"; study '{name}' in {shown_url(finetune_args.hpo_storage)}" if shared else "")
     best_run = trainer.hyperparameter_search(
-        hp_space=lambda trial: suggest(trial, space),
+        hp_space=hp_space,
         compute_objective=compute_objective,
         n_trials=finetune_args.hpo_trials,
         direction=direction,
         backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        # Workers sharing a study must not draw the same configurations: their sampler is seeded by the system.
+        sampler=optuna.samplers.TPESampler(seed=None if shared else args.seed),
         storage=storage,
-        study_name="hpo",
+        study_name=name,
+        load_if_exists=True,
         pruner=pruner,
         gc_after_trial=True,
     )
@@ -195,23 +347,90 @@ def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-    best = best_run.hyperparameters if best_run is not None else None
-    if args.world_size > 1:  # only rank 0 drives optuna; the others follow its trials and learn the winner here
-
-        best = broadcast_object_list([best])[0]
     if args.process_index == 0:
         with contextlib.suppress(OSError):  # trials save nothing: drop their empty output dir
             (out / "hpo").rmdir()
-        write_hpo_results(optuna.load_study(study_name="hpo", storage=storage), key, out)
+    if shared:
+        if args.process_index == 0:
+            study = optuna.load_study(study_name=name, storage=storage)
+            done = sum(t.state.name == "COMPLETE" for t in study.trials)
+            logger.info("worker done: study '%s' holds %d complete trials of %d. Report it and retrain the best: "
+                        "finetune-recipes hpo-summary --hpo_storage '%s' --hpo_study_name %s", name, done,
+                        len(study.trials), shown_url(finetune_args.hpo_storage), name)
+        return {}
+
+    best = None
+    if best_run is not None:
+        study = optuna.load_study(study_name=name, storage=storage)
+        best = {**best_run.hyperparameters, "seed": study.best_trial.user_attrs["seed"]}
+    if args.world_size > 1:  # only rank 0 drives optuna; the others follow its trials and learn the winner here
+        best = broadcast_object_list([best])[0]
+    if args.process_index == 0:
+        write_hpo_results(optuna.load_study(study_name=name, storage=storage), key, out)
         logger.info("best trial %s: %s %.4f with %s", best_run.run_id, key, best_run.objective, best)
     return best
 
 
 def write_hpo_results(study, key: str, out: Path) -> None:
-    rows = [{"trial": t.number, "state": t.state.name, **t.params, "objective": t.value} for t in study.trials]
+    """hpo_results.csv (every trial: state, seed, parameters, objective) and hpo.png (the scored ones)."""
+    rows = [{"trial": t.number, "state": t.state.name, "seed": t.user_attrs.get("seed"), **t.params,
+             "objective": t.value, "worker": t.user_attrs.get("worker")} for t in study.trials]
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "hpo_results.csv", index=False)
-    scored = {f"trial {t.number}": t.value for t in study.trials if t.value is not None}
+    scored = {f"trial {t.number}": t.value for t in study.trials if t.state.name == "COMPLETE"}
     best = study.best_trial.number
     plot_bars(scored, None, key, f"Hyperparameter search: {key} per trial (best: trial {best})", out / "hpo.png")
+
+
+def hpo_summary(storage_url: str, name: str, output_dir: str | None = None) -> dict[str, Any]:
+    """Report a shared study: hpo_results.csv and hpo.png in the output dir (default: the workers'), the best
+    COMPLETE trial, and the command that retrains it. Returns the best trial's number, objective and settings."""
+    import optuna
+
+    storage = open_storage(storage_url)
+    names = optuna.study.get_all_study_names(storage)
+    if name not in names:
+        raise RecipeInputError(f"no study '{name}' in {shown_url(storage_url)}{nearest(name, names)}; it holds "
+                               f"{', '.join(names) or 'no study'}.")
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    if not complete:
+        states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+        raise RecipeInputError(f"study '{name}' has no complete trial yet (trials by state: {states or 'none'}).")
+    attrs = study.user_attrs
+    out = Path(output_dir or attrs.get("output_dir") or name)
+    write_hpo_results(study, attrs.get("objective", "objective"), out)
+    best = study.best_trial
+    settings = {**best.params, "seed": best.user_attrs.get("seed")}
+    flags = [token for key, value in settings.items() if value is not None for token in (f"--{key}", str(value))]
+    command = retrain_command(attrs.get("command"), flags, out / "best")
+    states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    print(f"study '{name}' in {shown_url(storage_url)}: {len(study.trials)} trials {states}")
+    print(f"best: trial {best.number}, {attrs.get('objective', 'objective')} {best.value:.4f}, {settings}")
+    print(f"results: {out / 'hpo_results.csv'}, {out / 'hpo.png'}")
+    print("retrain the best:\n  " + (" ".join(shlex.quote(t) for t in command) if command else
+                                     "your worker command without --hpo_storage, --hpo_study_name and --hpo_trials, "
+                                     "plus: " + " ".join(flags)))
+    return {"trial": best.number, "objective": best.value, "settings": settings, "command": command}
+
+
+HPO_FLAGS = ("--hpo_storage", "--hpo_study_name", "--hpo_trials", "--output_dir", "--overwrite_output_dir")
+
+
+def retrain_command(command: list[str] | None, flags: list[str], output_dir: Path) -> list[str] | None:
+    """The worker's command without its HPO options and the searched settings, then the best trial's settings
+    and a new output dir."""
+    if not command:
+        return None
+    dropped = {*HPO_FLAGS, *(token for token in flags if token.startswith("--"))}
+    kept, skip = [], False
+    for token in command:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if name in dropped:
+            skip = "=" not in token and name != "--overwrite_output_dir"
+            continue
+        kept.append(token)
+    return [*kept, *flags, "--output_dir", str(output_dir)]

@@ -291,6 +291,7 @@ HASH_LIMIT = 256 * 2**20  # bigger files are compared by size and modification t
 class RunRecord:
     fingerprint: dict[str, Any]
     resumed: dict[str, Any] | None = None  # set when the run resumed from a checkpoint
+    command: list[str] | None = None  # how the run was started, when known (RunArguments.command)
 
 
 def carry_run_record(source, target) -> None:

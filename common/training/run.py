@@ -99,7 +99,7 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     fingerprint = run_fingerprint(training_args, run_args.arguments, processes)
     resumed = (check_resume(training_args.resume_from_checkpoint, fingerprint, run_args.resume_ignore_changes)
                if resume else None)
-    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed))
+    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed, run_args.command))
 
 
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}

@@ -1,0 +1,154 @@
+"""Hyperparameter search workers sharing one optuna study: a real PostgreSQL server, SQLite and a journal file."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, fast_args, subprocess_env
+
+from common.core.errors import RecipeInputError
+from common.strategies.hpo import hpo_summary, open_storage
+from recipes import text_classification
+
+SPACE = "{learning_rate: {type: loguniform, low: 1.0e-4, high: 3.0e-3}, per_device_train_batch_size: " \
+        "{type: categorical, choices: [8, 16]}}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _pg(name: str) -> str:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: `make install` installs it (Debian package postgresql).")
+    return str(found[-1])
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 for this module, stopped at its end whatever happens."""
+    root = Path(tempfile.mkdtemp(prefix="pg-test-"))
+    run_as: list[str] = []
+    (root / "password").write_text("s3cret-pw\n")
+    if os.geteuid() == 0:  # initdb refuses to run as root: the server runs as Debian's postgres user
+        run_as = ["runuser", "-u", "postgres", "--"]
+        for path in (root, root / "password"):
+            shutil.chown(path, "postgres")
+    port = _free_port()
+    subprocess.run([*run_as, _pg("initdb"), "-D", str(root / "data"), "-U", "optuna", "--pwfile",
+                    str(root / "password"), "--auth=scram-sha-256", "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*run_as, _pg("pg_ctl"), "-D", str(root / "data"), "-l", str(root / "log"), "-w", "-t", "60",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://optuna:s3cret-pw@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, _pg("pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sst2_slice(shared_data, tmp_path_factory) -> dict[str, str]:
+    data = tmp_path_factory.mktemp("sst2-slice")
+    pd.read_csv(shared_data / "sst2/train.tsv", sep="\t").sample(200, random_state=0).to_csv(
+        data / "train.tsv", sep="\t", index=False)
+    pd.read_csv(shared_data / "sst2/dev.tsv", sep="\t").head(80).to_csv(data / "dev.tsv", sep="\t", index=False)
+    return {"train": str(data / "train.tsv"), "dev": str(data / "dev.tsv")}
+
+
+def _worker_args(model: str, data: dict, storage: str, study: str, out: Path, trials: int = 2) -> list[str]:
+    return ["--model_name_or_path", model, "--train_file", data["train"], "--validation_file", data["dev"],
+            "--hpo_trials", str(trials), "--hpo_storage", storage, "--hpo_study_name", study, "--hpo_space", SPACE,
+            "--do_predict", "false", *fast_args(out, num_train_epochs=1)]
+
+
+def test_two_workers_started_together_share_one_postgres_study(postgres, tiny_bert, sst2_slice, tmp_path, capsys):
+    out = tmp_path / "search"
+    command = [sys.executable, "recipes/text_classification.py",
+               *_worker_args(tiny_bert, sst2_slice, postgres, "sst2-search", out)]
+    workers = [subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [worker.communicate(timeout=600)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert all("worker done: study 'sst2-search'" in log for log in logs)
+    assert "s3cret-pw" not in logs[0] + logs[1]  # the URL is logged with its password masked
+
+    best = hpo_summary(postgres, "sst2-search")
+    printed = capsys.readouterr().out
+    trials = pd.read_csv(out / "hpo_results.csv")
+    assert len(trials) == 4 and set(trials["state"]) == {"COMPLETE"}
+    assert trials["worker"].nunique() == 2 and trials.groupby("worker").size().tolist() == [2, 2]
+    assert trials["seed"].nunique() == 4  # a seed per trial, recorded
+    top = trials.loc[trials["objective"].idxmax()]
+    assert best["trial"] == top["trial"] and best["objective"] == pytest.approx(top["objective"])
+    assert "4 trials {'COMPLETE': 4}" in printed and (out / "hpo.png").stat().st_size > 0
+    assert "optuna:***@127.0.0.1" in printed and "s3cret-pw" not in printed
+
+    # The printed command is the worker's, without the search, with the best trial's settings: it retrains.
+    retrain = best["command"]
+    assert retrain[:2] == ["python", "recipes/text_classification.py"] and "--hpo_storage" not in retrain
+    assert retrain[retrain.index("--seed") + 1] == str(int(top["seed"]))
+    assert f"--learning_rate {best['settings']['learning_rate']}" in shlex.join(retrain)
+    done = subprocess.run([sys.executable, *retrain[1:]], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (out / "best" / "config.json").is_file() and (out / "best" / "report.html").is_file()
+
+
+def test_a_wrong_password_or_a_stopped_server_fails_fast_with_the_password_masked(postgres, tmp_path):
+    wrong = postgres.replace("s3cret-pw", "not-the-pw")
+    down = f"postgresql://optuna:s3cret-pw@127.0.0.1:{_free_port()}/postgres"
+    for url, reason in ((wrong, "password authentication failed"), (down, "Connection refused")):
+        started = time.monotonic()
+        with pytest.raises(RecipeInputError) as err:  # at parse time: before any data or model loads
+            text_classification.main(["--hpo_trials", "2", "--hpo_storage", url, "--train_file", "missing.csv",
+                                      "--output_dir", str(tmp_path / "out")])
+        assert time.monotonic() - started < 30
+        message = str(err.value)
+        assert message.startswith("--hpo_storage postgresql://optuna:***@127.0.0.1:") and reason in message
+        assert "s3cret-pw" not in message and "not-the-pw" not in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_workers_share_a_sqlite_or_journal_study_and_a_changed_space_is_refused(kind, tiny_bert, sst2_slice,
+                                                                              tmp_path, capsys, one_thread):
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else str(tmp_path / "study.journal")
+    out = tmp_path / "search"
+    for _ in range(2):  # two workers, one after the other, one trial each
+        text_classification.main(_worker_args(tiny_bert, sst2_slice, storage, "s", out, trials=1))
+    best = hpo_summary(storage, "s")
+    trials = pd.read_csv(out / "hpo_results.csv")
+    assert len(trials) == 2 and set(trials["state"]) == {"COMPLETE"} and trials["seed"].nunique() == 2
+    assert best["objective"] == trials["objective"].max()
+    assert "your worker command without --hpo_storage" in capsys.readouterr().out  # started in-process: flags only
+
+    other = _worker_args(tiny_bert, sst2_slice, storage, "s", out, trials=1)
+    other[other.index("--hpo_space") + 1] = "{learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-3}}"
+    with pytest.raises(RecipeInputError, match=r"searches another space .*learning_rate: study .*high': 0\.003.*"
+                                               r"per_device_train_batch_size: study .*this command not searched"):
+        text_classification.main(other)
+    with pytest.raises(RecipeInputError, match="no study 'x' in"):
+        hpo_summary(storage, "x")
+
+
+def test_storage_options_are_checked_at_once(tmp_path):
+    with pytest.raises(RecipeInputError, match="needs --hpo_trials"):
+        text_classification.main(["--hpo_storage", "sqlite:///x.db", "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(RecipeInputError, match="folder .* does not exist"):
+        open_storage(str(tmp_path / "no" / "such" / "study.journal"))
+    with pytest.raises(RecipeInputError, match="search worker"):
+        text_classification.main(["--hpo_storage", f"sqlite:///{tmp_path / 's.db'}", "--hpo_trials", "1",
+                                  "--cv_folds", "3", "--output_dir", str(tmp_path / "o")])
