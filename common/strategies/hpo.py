@@ -40,6 +40,7 @@ import os
 import re
 import shlex
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,21 +220,27 @@ def open_storage(url: str):
                                    "storage needs a folder every worker can write to (a shared filesystem).")
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     engine_kwargs = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}} if url.startswith("postgres") else {}
-    try:
-        with warnings.catch_warnings():  # optuna calls heartbeats experimental on every start; they are the point
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs,
-                                              heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
-    except RecipeInputError:
-        raise
-    except Exception as err:  # noqa: BLE001 - drivers raise their own types; each becomes one clear message
-        cause = getattr(err, "orig", None) or err.__cause__ or err
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        password = _password(url)
-        if password:
-            reason = reason.replace(password, "***")
-        raise RecipeInputError(f"--hpo_storage {shown_url(url)} cannot be used: {reason}. Check the host, port, "
-                               "user, password and database name, and that the server is running.") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # optuna calls heartbeats experimental on every start; they are the point
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(_driver_url(url), engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=HEARTBEAT_S, grace_period=HEARTBEAT_GRACE_S)
+        except RecipeInputError:
+            raise
+        except Exception as err:  # noqa: BLE001 - drivers raise their own types; each becomes one clear message
+            cause = getattr(err, "orig", None) or err.__cause__ or err
+            text = str(cause).strip()
+            # Workers that start together on a new database all create optuna's tables; the losers retry.
+            if attempt < 4 and ("already exists" in text or "duplicate key" in text or "UNIQUE constraint" in text):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            reason = text.splitlines()[0] if text else type(cause).__name__
+            password = _password(url)
+            if password:
+                reason = reason.replace(password, "***")
+            raise RecipeInputError(f"--hpo_storage {shown_url(url)} cannot be used: {reason}. Check the host, port, "
+                                   "user, password and database name, and that the server is running.") from None
 
 
 def _password(url: str) -> str | None:

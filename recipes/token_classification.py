@@ -1,0 +1,203 @@
+"""Fine-tune a pretrained transformer for token classification: a tag per word (named entities, BIO tags).
+
+    python recipes/token_classification.py --config recipes/configs/token_classification/wnut17_minilm.yaml
+    accelerate launch recipes/token_classification.py --config recipes/configs/token_classification/wnut17_minilm.yaml
+
+Data: CoNLL files (`token<TAB>tag`, a blank line between sentences), JSON lines or parquet rows with a list of
+tokens and a list of tags, or a Hub dataset with `tokens` / `ner_tags`. Every option:
+`python recipes/token_classification.py --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    DataCollatorForTokenClassification,
+    TrainingArguments,
+    set_seed,
+)
+
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
+from common.data import add_validation_split, cap_splits, drop_unused_splits, load_file, load_splits, source
+from common.data.arrow import column_array
+from common.data.files import SPLITS
+from common.data.options import DataArguments
+from common.data.tokens import (
+    TABLE_FORMATS,
+    TAGS,
+    TOKENS,
+    bio_violations,
+    find_list_column,
+    read_conll,
+    tag_names,
+)
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.strategies.cross_validation import cv_groups
+from common.toolkit.finetuning import prepare_model
+from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.task import Task
+from common.training.tokens import EntityMetrics, align_tags, write_conll_predictions
+
+logger = logging.getLogger(__name__)
+
+TOKEN_COLUMNS = ("tokens", "words")
+TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
+DEFAULTS = {**TRAINING_DEFAULTS, "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
+            "output_dir": "outputs/token-classification", "learning_rate": 1e-4, "num_train_epochs": 3}
+
+
+@dataclass
+class TokenDataArguments(DataArguments):
+    tokens_column: str | None = field(default=None, metadata={"help": "Column with the list of tokens (tables, Hub). "
+                                                                      "Default: tokens or words."})
+    tags_column: str | None = field(default=None, metadata={"help": "Column with the list of tags. Default: ner_tags, "
+                                                                    "tags, labels or ner."})
+    label_all_tokens: bool = field(default=False, metadata={
+        "help": "Train on every sub-word of a word (B- tags continue as I-); default: its first sub-word only."})
+    max_seq_length: int = field(default=256, metadata={"help": "Truncate sentences to this many tokens (sub-words)."})
+
+
+def load_sentences(args: TokenDataArguments, keep: str | None) -> tuple[DatasetDict, dict[str, str], dict[str, int]]:
+    """(tokens, tags) rows per split from CoNLL files, tables or a Hub dataset, tags as their names; plus the
+    column `keep` (--cv_group_column) where a split has it."""
+    loaded, skipped, conll = DatasetDict(), {}, set()
+    if args.dataset_name:
+        loaded = load_splits(args)
+    else:
+        files = {split: getattr(args, f"{split}_file") for split in SPLITS if getattr(args, f"{split}_file")}
+        if "train" not in files:
+            raise RecipeInputError("no training data: pass --train_file (CoNLL, jsonl or parquet) or --dataset_name.")
+        for split, path in files.items():
+            if Path(path).suffix.lower() in TABLE_FORMATS:
+                loaded[split] = load_file(path, f"--{split}_file", split, args)
+            else:
+                loaded[split], skipped[f"skipped_bad_examples_{split}"] = read_conll(path, f"--{split}_file",
+                                                                                     args.skip_bad_examples)
+                conll.add(split)
+    sources = {s: source(args, s) for s in loaded}
+    result = DatasetDict({split: loaded[split] for split in conll})
+    for split in set(loaded) - conll:
+        dataset = loaded[split]
+        tokens = find_list_column(dataset, args.tokens_column, TOKEN_COLUMNS, "tokens", "--tokens_column", sources[split])
+        if split == "test" and not (args.tags_column or any(c in dataset.column_names for c in TAG_COLUMNS)):
+            result[split] = dataset.select_columns([tokens]).rename_column(tokens, TOKENS)
+            continue
+        tags = find_list_column(dataset, args.tags_column, TAG_COLUMNS, "tags", "--tags_column", sources[split])
+        names = tag_names(dataset, tags)
+        if names is not None:
+            dataset = dataset.map(lambda row, t=tags, n=names: {t: [n[i] for i in row[t]]})
+        extra = [keep] if keep in dataset.column_names and keep not in (tokens, tags) else []
+        rows = dataset.select_columns([tokens, tags, *extra])
+        rows = rows.rename_columns({old: new for old, new in ((tokens, TOKENS), (tags, TAGS)) if old != new})
+        unequal = [i for i, (a, b) in enumerate(zip(rows[TOKENS], rows[TAGS])) if len(a) != len(b)]
+        if unequal:
+            raise RecipeInputError(f"{sources[split]}: {len(unequal)} rows have a different number of tokens and tags "
+                                   f"(rows {', '.join(str(i + 1) for i in unequal[:5])}). Give one tag per token.")
+        result[split] = rows.map(lambda row: {TAGS: [str(t) for t in row[TAGS]]})
+    return result, sources, skipped
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, finetune_args, run_args, training_args = parse_args(
+        (ModelArguments, TokenDataArguments, FinetuneArguments, RunArguments, TrainingArguments), argv, DEFAULTS)
+    if finetune_args.text_augment:
+        raise RecipeInputError("--text_augment rewrites words, which would shift them against their tags: token "
+                               "classification does not support it.")
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+
+    # 2. Data: CoNLL files, tables of token and tag lists, or a Hub dataset.
+    splits, sources, skipped = load_sentences(data_args, finetune_args.cv_group_column)
+
+    # 3. Tags: the train split's set (a tag only validation or test holds is an error); BIO breaks are counted.
+    names = sorted({tag for row in splits["train"][TAGS] for tag in row}, key=lambda t: (t != "O", t[2:], t))
+    for split, dataset in splits.items():
+        unseen = sorted({t for row in dataset[TAGS] for t in row} - set(names)) if TAGS in dataset.column_names else []
+        if unseen:
+            raise RecipeInputError(f"{sources[split]} has tags that train never uses: {', '.join(unseen[:10])}. "
+                                   "Fix them, or add sentences with them to the training data.")
+    violations = {f"bio_violations_{s}": bio_violations(d[TAGS]) for s, d in splits.items() if TAGS in d.column_names}
+    for key, count in violations.items():
+        if count:
+            logger.warning("%s: %d tags I-x follow neither B-x nor I-x (kept as given)", key.rsplit("_", 1)[1], count)
+    group = finetune_args.cv_group_column  # e.g. `document` of a CoNLL file: its sentences stay on one side
+    groups = cv_groups(splits["train"], group, sources["train"]) if group else None
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed, groups=groups)
+    sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed)
+    logger.info("%d tags %s; sentences %s", len(names), names, {k: len(v) for k, v in splits.items()})
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
+        "token_classification", splits, sources, skipped=skipped, data_args=data_args,
+        columns={"tokens": chosen(TOKENS, "--tokens_column", data_args.tokens_column, TOKEN_COLUMNS),
+                 "tags": chosen(TAGS, "--tags_column", data_args.tags_column, TAG_COLUMNS)}))
+
+    # 4. Model and tokenizer: a fast tokenizer, which maps sub-words back to their words.
+    tokenizer = load_processor(AutoTokenizer, model_args)
+    if not tokenizer.is_fast:
+        raise RecipeInputError(f"{model_args.model_name_or_path} has no fast tokenizer, which token classification "
+                               "needs to align tags with sub-words.")
+    config = load_config(model_args, num_labels=len(names), id2label=dict(enumerate(names)),
+                         label2id={n: i for i, n in enumerate(names)})
+    model_init = partial(prepare_model, partial(load_model, AutoModelForTokenClassification, model_args, config),
+                         finetune_args)
+
+    # 5. Tokenize once and align each word's tag with its sub-words; sentences cut by --max_seq_length are counted.
+    align = partial(align_tags, tokenizer=tokenizer, label2id=config.label2id, max_length=data_args.max_seq_length,
+                    label_all_tokens=data_args.label_all_tokens)
+    with training_args.main_process_first(desc="tokenize"):
+        tokenized = DatasetDict({split: d.map(align, batched=True, remove_columns=d.column_names,
+                                              num_proc=data_args.preprocessing_num_workers)
+                                 for split, d in splits.items()})
+    truncated = {}
+    for split, dataset in tokenized.items():
+        cut = int(np.sum(column_array(dataset, "words_cut").to_numpy()))
+        truncated[f"truncated_words_{split}"] = cut
+        if cut:
+            logger.warning("%s: %d words beyond --max_seq_length %d tokens were cut (no tag is predicted for them)",
+                           split, cut, data_args.max_seq_length)
+        tokenized[split] = dataset.remove_columns("words_cut")
+    predicted = predicted_split(splits)
+
+    def write_predictions(output, out_dir: Path) -> None:
+        write_conll_predictions(out_dir / "predictions.conll", splits[predicted], output.predictions,
+                                tokenized[predicted], names)
+
+    # 6. Train, evaluate, predict, report.
+    task = Task(
+        name="token_classification",
+        model_init=model_init,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("validation"),
+        test_dataset=tokenized.get("test"),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        compute_metrics=EntityMetrics(names),
+        processing_class=tokenizer,
+        main_metric="f1",
+        pipeline_task="token-classification",
+        model_name=model_args.model_name_or_path,
+        write_predictions=write_predictions if predicted else None,
+        groups=cv_groups(splits["train"], group, sources["train"]) if group else None,
+        input_columns=[TOKENS],
+        data_results={**skipped, **violations, **truncated},
+        baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
+    )
+    results = run(task, training_args, finetune_args)
+    results["output_dir"] = training_args.output_dir
+    logger.info('load it: %s, aggregation_strategy="simple")', pipeline_hint(task, training_args.output_dir)[:-1])
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
