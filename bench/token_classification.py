@@ -1,7 +1,7 @@
 """Fine-tuning MiniLM versus training it from scratch for named entities: WNUT 2017 (../shared/data/wnut17).
 
 `finetune-recipes compare token_classification` trains on the whole train file (3394 sentences) with the
-wnut17_minilm config, pretrained and --from_scratch at the same budget (data, seed, epochs, learning rate), and
+wikiann_en_minilm config's model and the local WNUT files in place of its Hub dataset, pretrained and --from_scratch at the same budget (data, seed, epochs, learning rate), and
 scores entity-level F1 (seqeval) overall and per type on dev (emerging.dev, 1009 sentences) and test
 (emerging.test.annotated, 1287).
 
@@ -54,7 +54,8 @@ def main() -> None:
     from common.cli import main as cli
 
     command = ["compare", "token_classification", "--config",
-               str(ROOT / "recipes/configs/token_classification/wnut17_minilm.yaml"),
+               str(ROOT / "recipes/configs/token_classification/wikiann_en_minilm.yaml"),
+               "--learning_rate", "1e-4", "--per_device_train_batch_size", "16",
                "--train_file", str(WNUT / "wnut17train.conll"), "--validation_file", str(WNUT / "emerging.dev.conll"),
                "--test_file", str(WNUT / "emerging.test.annotated"), "--output_dir", str(RUNS),
                "--num_train_epochs", str(args.epochs), "--eval_strategy", "epoch", "--disable_tqdm", "true",

@@ -14,6 +14,7 @@ RECIPES = {
     "image_classification": "image classification with torchvision augmentation",
     "translation": "seq2seq translation with BLEU and chrF",
     "speech_recognition": "speech recognition, CTC (wav2vec2) or seq2seq (Whisper)",
+    "audio_classification": "audio classification (keywords, digits, speakers) with audio augmentation",
     "token_classification": "token classification (named entities): a BIO tag per word, entity-level F1",
 }
 

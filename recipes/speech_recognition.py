@@ -31,8 +31,10 @@ from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
 from common.data.arrow import list_lengths
 from common.data.audio import (
+    AUDIO_COLUMNS,
     FILE,
     SPEECH,
+    AudioDataArguments,
     check_examples,
     decode_splits,
     filter_durations,
@@ -40,7 +42,6 @@ from common.data.audio import (
     load_speech_splits,
     normalize_text,
 )
-from common.data.options import DataArguments
 from common.dispatch import FinetuneArguments, run
 from common.models.loading import ModelArguments, load_config, load_processor
 from common.strategies.cross_validation import cv_groups
@@ -71,7 +72,6 @@ from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 
-AUDIO_COLUMNS = ("audio", "path", "file", "audio_path", "audio_filepath", "file_name")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text")
 
 DEFAULTS = {
@@ -105,16 +105,7 @@ class SpeechModelArguments(ModelArguments):
 
 
 @dataclass
-class SpeechDataArguments(DataArguments):
-    audio_folder: str | None = field(
-        default=None, metadata={"help": "An audiofolder directory (audio files plus metadata.csv with file_name)."}
-    )
-    split_column: str | None = field(
-        default=None, metadata={"help": "Column of --train_file that assigns each row to train / validation / test."}
-    )
-    audio_column: str | None = field(
-        default=None, metadata={"help": "Audio column (file paths, relative to the manifest). Default: audio, path or file."}
-    )
+class SpeechDataArguments(AudioDataArguments):
     text_column: str | None = field(
         default=None, metadata={"help": "Transcript column. Default: text, transcript, transcription or sentence."}
     )
@@ -124,8 +115,6 @@ class SpeechDataArguments(DataArguments):
     normalize_transcripts: bool = field(
         default=True, metadata={"help": "Train on normalised transcripts. WER is reported normalised and raw either way."}
     )
-    min_duration_s: float | None = field(default=None, metadata={"help": "Drop clips shorter than this (counted)."})
-    max_duration_s: float | None = field(default=None, metadata={"help": "Drop clips longer than this (counted)."})
 
 
 ARGUMENTS = (SpeechModelArguments, SpeechDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,

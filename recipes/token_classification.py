@@ -1,7 +1,7 @@
 """Fine-tune a pretrained transformer for token classification: a tag per word (named entities, BIO tags).
 
-    python recipes/token_classification.py --config recipes/configs/token_classification/wnut17_minilm.yaml
-    accelerate launch recipes/token_classification.py --config recipes/configs/token_classification/wnut17_minilm.yaml
+    python recipes/token_classification.py --config recipes/configs/token_classification/wikiann_en_minilm.yaml
+    accelerate launch recipes/token_classification.py --config recipes/configs/token_classification/wikiann_en_minilm.yaml
 
 Data: CoNLL files (`token<TAB>tag`, a blank line between sentences), JSON lines or parquet rows with a list of
 tokens and a list of tags, or a Hub dataset with `tokens` / `ner_tags`. Every option:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -40,6 +41,26 @@ def normalize_text(text: str | None, chars_to_ignore: str | None = DEFAULT_CHARS
 
 
 # ---------------------------------------------------------------------------------------------- loading
+
+
+AUDIO_COLUMNS = ("audio", "path", "file", "audio_path", "audio_filepath", "file_name")  # tried in order
+
+
+@dataclass
+class AudioDataArguments(DataArguments):
+    """Where the clips come from, for every audio recipe."""
+
+    audio_folder: str | None = field(
+        default=None, metadata={"help": "An audiofolder directory (audio files plus metadata.csv with file_name)."}
+    )
+    split_column: str | None = field(
+        default=None, metadata={"help": "Column of --train_file that assigns each row to train / validation / test."}
+    )
+    audio_column: str | None = field(
+        default=None, metadata={"help": "Audio column (file paths, relative to the manifest). Default: audio, path or file."}
+    )
+    min_duration_s: float | None = field(default=None, metadata={"help": "Drop clips shorter than this (counted)."})
+    max_duration_s: float | None = field(default=None, metadata={"help": "Drop clips longer than this (counted)."})
 
 
 def load_speech_splits(args: DataArguments) -> tuple[DatasetDict, dict[str, str], dict[str, Path | None]]:

@@ -7,7 +7,8 @@ Inputs per recipe:
 - text classification: a csv/tsv/jsonl/parquet table with the run's text column(s);
 - image classification: a folder of images (searched recursively), a text file listing one image path per line,
   or a table with the run's image column;
-- speech recognition: a folder of audio files, or a manifest table with the run's audio column;
+- speech recognition and audio classification: a folder of audio files, or a manifest table with the run's
+  audio column;
 - translation: a text file of source sentences, one per line.
 
 The output has the columns of the recipe's own predictions file. Unreadable rows (an empty text, an image or
@@ -101,14 +102,16 @@ def _files(path: Path, extensions: frozenset[str], table_column: str | None, opt
             for value in _column(_table(str(path), options), table_column, str(path), "--input_column")]
 
 
+CLASSIFIERS = {"texts": "text-classification", "images": "image-classification", "clips": "audio-classification"}
+
+
 def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_size: int, what: str) -> tuple:
     """Class scores for each input (the ensemble's, or the one model's), with its problem type and class names."""
     if ensemble is None:
         config = AutoConfig.from_pretrained(model)
         names = [config.id2label[i] for i in range(config.num_labels)]
-        task = "image-classification" if what == "images" else "text-classification"
         ensemble = Ensemble("soft_vote", [str(model)], config.problem_type or "single_label_classification",
-                            names, task)
+                            names, CLASSIFIERS[what])
     scores = [ensemble.predict_scores(chunk, batch_size) for chunk in _chunks(inputs, batch_size * 4, what)]
     return np.concatenate(scores), ensemble.problem_type, ensemble.label_names
 
@@ -156,15 +159,27 @@ class _Lazy(Sequence):
         return self.load(self.items[index])
 
 
-def _speech(model, config, path, output, skip, batch_size) -> int:
-    options = config["options"]
-    files = _files(Path(path), AUDIO_EXTENSIONS, (config["input_columns"] or [None])[0], options)
+def _clips(model, config, path, skip) -> tuple[list[tuple[str, dict]], int]:
+    """The audio files of the input, decoded at the model's rate; unreadable ones fail or are skipped."""
+    files = _files(Path(path), AUDIO_EXTENSIONS, (config["input_columns"] or [None])[0], config["options"])
     rate = AutoFeatureExtractor.from_pretrained(model).sampling_rate
     feature = Audio(sampling_rate=rate)
     clips = [decode_audio(f, None, feature) for f in tqdm(files, desc="decode audio", unit="clips")]
     bad = _drop_bad([(i, c["problem"]) for i, c in enumerate(clips) if c["problem"]], len(files),
                     f"--input {path}", skip)
-    kept = [(f, c) for i, (f, c) in enumerate(zip(files, clips)) if i not in bad]
+    return [(f, c) for i, (f, c) in enumerate(zip(files, clips)) if i not in bad], rate
+
+
+def _audio_classes(model, ensemble, config, path, output, skip, batch_size) -> int:
+    kept, rate = _clips(ensemble.members[0] if ensemble else model, config, path, skip)
+    inputs = [{"raw": c[SPEECH], "sampling_rate": rate} for _, c in kept]
+    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "clips")
+    write_classification_predictions(output, {"audio_file": [f for f, _ in kept]}, scores, problem_type, names)
+    return len(kept)
+
+
+def _speech(model, config, path, output, skip, batch_size) -> int:
+    kept, rate = _clips(model, config, path, skip)
     pipe = pipeline("automatic-speech-recognition", model=str(model), device=_device())
     hypotheses = []
     for chunk in _chunks(kept, batch_size * 4, "clips"):
@@ -221,6 +236,8 @@ def predict(output_dir: str, input_path: str, output: str, skip_bad_examples: bo
         rows = _text(out, ensemble, config, input_path, output, skip, batch_size)
     elif task == "image-classification":
         rows = _images(out, ensemble, config, input_path, output, skip, batch_size)
+    elif task == "audio-classification":
+        rows = _audio_classes(out, ensemble, config, input_path, output, skip, batch_size)
     elif task == "automatic-speech-recognition":
         rows = _speech(out, config, input_path, output, skip, batch_size)
     elif task == "translation":

@@ -173,7 +173,8 @@ class AudioInputs:
 
 
 class SpeechCollator:
-    """Pads the model inputs with the feature extractor and the labels with -100.
+    """Pads the model inputs with the feature extractor and the label sequences with -100 (a class id per clip
+    passes as it is).
 
     For seq2seq models the decoder start token, when the tokenizer put it first, is dropped: the model
     prepends it itself when it shifts the labels right.
@@ -186,7 +187,9 @@ class SpeechCollator:
     def __call__(self, rows: list[dict]) -> dict:
 
         batch = self.feature_extractor.pad([{self.input_name: row[self.input_name]} for row in rows], return_tensors="pt")
-        if "labels" in rows[0]:
+        if "labels" in rows[0] and np.ndim(rows[0]["labels"]) == 0:  # a class per clip (audio classification)
+            batch["labels"] = torch.tensor([row["labels"] for row in rows], dtype=torch.long)
+        elif "labels" in rows[0]:
             labels = [list(row["labels"]) for row in rows]
             padded = torch.full((len(labels), max(map(len, labels))), -100, dtype=torch.long)
             for i, ids in enumerate(labels):

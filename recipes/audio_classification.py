@@ -1,0 +1,195 @@
+"""Fine-tune a pretrained audio model to classify clips: spoken digits, keywords, speakers, sounds.
+
+    python recipes/audio_classification.py --config recipes/configs/audio_classification/minds14_intent_wav2vec2.yaml
+    accelerate launch recipes/audio_classification.py --config recipes/configs/audio_classification/minds14_intent_wav2vec2.yaml
+
+Data: a manifest (csv/tsv/jsonl/parquet with an audio path column and a label column), an audiofolder, or a Hub
+dataset; clips are decoded and resampled to the model's rate. Models: AutoModelForAudioClassification (wav2vec2,
+HuBERT, AST, Whisper encoder). Every option: `python recipes/audio_classification.py --help`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, TrainingArguments, set_seed
+
+from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.errors import RecipeInputError, run_main
+from common.data import (
+    add_validation_split,
+    cap_splits,
+    drop_bad_rows,
+    drop_unused_splits,
+    find_bad_rows,
+    require_columns,
+)
+from common.data.audio import (
+    AUDIO_COLUMNS,
+    FILE,
+    SPEECH,
+    AudioDataArguments,
+    check_examples,
+    decode_splits,
+    filter_durations,
+    find_column,
+    load_speech_splits,
+)
+from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.sampling import check_class_balance, column_codes
+from common.dispatch import FinetuneArguments, run
+from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.strategies.cross_validation import cv_groups
+from common.toolkit.augment import TrainAugmentation
+from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
+from common.toolkit.finetuning import prepare_model
+from common.training.error_analysis import classification_errors
+from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.metrics import build_compute_metrics, scores_from_logits
+from common.training.reporting import write_classification_predictions
+from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.speech import AudioInputs, SpeechCollator
+from common.training.task import Task
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {**TRAINING_DEFAULTS, "output_dir": "outputs/audio-classification", "learning_rate": 3e-5,
+            "num_train_epochs": 5, "remove_unused_columns": False}  # features are computed by set_transform
+
+
+@dataclass
+class AudioClassificationDataArguments(AudioDataArguments):
+    label_column: str = field(default="label", metadata={"help": "Column holding each clip's class."})
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Class names for integer labels, in sorted id order."})
+    class_names_file: str | None = field(default=None, metadata={"help": "A text file with one class name per line."})
+
+
+def check_group_leak(splits, column: str, sources: dict[str, str]) -> None:
+    """No group (a speaker) in two splits: the split column or files must keep each group on one side."""
+    seen: dict[str, str] = {}
+    for split, dataset in splits.items():
+        if column not in dataset.column_names:
+            continue
+        for group in set(map(str, dataset[column])):
+            if seen.setdefault(group, split) != split:
+                raise RecipeInputError(
+                    f"--cv_group_column {column}: '{group}' is in both {sources[seen[group]]} and {sources[split]}, "
+                    "so the model would be scored on a speaker it trained on. Give splits with disjoint groups, or "
+                    "leave out the validation split and let the recipe hold one out by group.")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments: recipe defaults < --config YAML < command line.
+    model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(
+        (ModelArguments, AudioClassificationDataArguments, AudioAugmentArguments, FinetuneArguments, RunArguments,
+         TrainingArguments), argv, DEFAULTS)
+    setup_run(training_args, run_args)
+    set_seed(training_args.seed)
+
+    # 2. Data: manifests, an audiofolder or a Hub dataset; columns; an empty label is a bad row.
+    splits, sources, bases = load_speech_splits(data_args)
+    if "train" not in splits:
+        raise RecipeInputError("no training split: pass --train_file, --audio_folder or a --dataset_name with a train split.")
+    audio_column = find_column(splits["train"].column_names, data_args.audio_column, AUDIO_COLUMNS, "audio",
+                               sources["train"])
+    label = data_args.label_column
+    for split, dataset in splits.items():
+        require_columns(dataset, [audio_column, *([label] if split != "test" else [])], sources[split],
+                        "--audio_column / --label_column")
+    bad = {split: find_bad_rows(d, [], label, sources[split]) for split, d in splits.items()}
+    splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
+
+    # 3. Labels; validation held out by group (--cv_group_column speaker: no speaker on both sides); caps.
+    spec = infer_label_spec(splits, label, sources["train"], class_names_option(data_args.class_names,
+                                                                                data_args.class_names_file))
+    if spec.problem_type != SINGLE:
+        raise RecipeInputError(f"label column '{label}' of {sources['train']} holds {spec.problem_type} labels; this "
+                               "recipe gives each clip one class.")
+    splits = encode_labels(splits, spec, label, sources)
+    group = finetune_args.cv_group_column
+    if group:
+        check_group_leak(splits, group, sources)
+    groups = cv_groups(splits["train"], group, sources["train"]) if group else None
+    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
+                                  column_codes(splits["train"], "labels"), groups)
+    sources.setdefault("validation", f"validation split held out from {sources['train']}")
+    bases.setdefault("validation", bases["train"])
+    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed, "labels")
+
+    # 4. Model and feature extractor, whose sampling rate the audio is decoded at.
+    feature_extractor = load_processor(AutoFeatureExtractor, model_args)
+    rate = feature_extractor.sampling_rate
+    config = load_config(model_args, num_labels=spec.num_labels, id2label=spec.id2label, label2id=spec.label2id)
+    model_init = partial(prepare_model, partial(load_model, AutoModelForAudioClassification, model_args, config),
+                         finetune_args)
+
+    # 5. Decode every clip once (resampled, mono), then fail on or skip bad clips, then filter by duration.
+    with training_args.main_process_first(desc="decode audio"):
+        splits = decode_splits(splits, audio_column, rate, bases, data_args.preprocessing_num_workers)
+    splits, counts = check_examples(splits, None, sources, data_args, str)
+    splits, filtered = filter_durations(splits, rate, data_args.min_duration_s, data_args.max_duration_s, None, sources)
+    counts = {**skipped, **counts, **filtered}
+    check_class_balance(splits, spec.names, sources)
+    logger.info("%d classes %s; clips %s at %d Hz", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()},
+                rate)
+    stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
+        "audio_classification", splits, sources, label_spec=spec, skipped=counts, data_args=data_args,
+        columns={"audio": chosen(audio_column, "--audio_column", data_args.audio_column, AUDIO_COLUMNS),
+                 "label": chosen(label, "--label_column", label != "label")},
+        audio_column=audio_column, sampling_rate=rate))
+
+    # 6. Lazy inputs: features per batch; train keeps the waveform for --audio_augment.
+    files = {split: list(d[FILE]) for split, d in splits.items()}
+    stratify = list(splits["train"]["labels"])
+    groups = cv_groups(splits["train"], group, sources["train"]) if group else None
+    splits = {split: d.select_columns([SPEECH, "labels"] if "labels" in d.column_names else [SPEECH])
+              for split, d in splits.items()}
+    augment = any(augment_args.probabilities.values())
+    train_inputs = AudioInputs(feature_extractor, keep_raw=augment)
+    for split, dataset in splits.items():
+        dataset.set_transform(train_inputs if split == "train" else AudioInputs(feature_extractor))
+    augmentation = (TrainAugmentation(AudioAugmenter(augment_args, rate, SPEECH), train_inputs.encode, [SPEECH],
+                                      training_args.seed) if augment else None)
+    predicted = predicted_split(splits)
+
+    def write_predictions(output, out_dir: Path) -> None:
+        write_classification_predictions(out_dir / "predictions.csv", {"audio_file": files[predicted]},
+                                         scores_from_logits(output.predictions, SINGLE), SINGLE, spec.names)
+
+    def error_analysis(output, n: int):
+        return classification_errors(output, spec, {"audio_file": files["validation"]}, n)
+
+    # 7. Train, evaluate, predict, report.
+    task = Task(
+        name="audio_classification",
+        model_init=model_init,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get("validation"),
+        test_dataset=splits.get("test"),
+        data_collator=SpeechCollator(feature_extractor),
+        compute_metrics=build_compute_metrics(SINGLE, run_args.metric),
+        processing_class=feature_extractor,
+        main_metric=spec.main_metric,
+        pipeline_task="audio-classification",
+        model_name=model_args.model_name_or_path,
+        label_spec=spec,
+        input_columns=[audio_column],
+        write_predictions=write_predictions if predicted else None,
+        error_analysis=error_analysis if "validation" in splits else None,
+        stratify=stratify,
+        groups=groups,
+        augmentation=augmentation,
+        data_results=counts,
+    )
+    results = run(task, training_args, finetune_args)
+    results["output_dir"] = training_args.output_dir
+    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
