@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
@@ -52,7 +53,7 @@ def main() -> None:
     lines = [
         "# Spoken digits (FSDD): audio classification with no speaker on both sides", "",
         f"Command: `python bench/audio_classification.py --epochs {args.epochs} --learning_rate {args.learning_rate}` "
-        f"({seconds:.0f} s, 2 CPU threads)", "",
+        f"({seconds:.0f} s, {torch.get_num_threads()} CPU thread(s))", "",
         "Model: wav2vec2 built from its config (`common.models.tiny.tiny_wav2vec2_ctc`, hidden size 64, 2 layers, "
         "random weights), 8 kHz clips resampled to 16 kHz. Split: `--cv_group_column speaker --validation_split 0.3` "
         f"holds out whole speakers: train {', '.join(train)} ({results['train_samples']} clips); validation "
