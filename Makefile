@@ -42,6 +42,8 @@ bench: install
 	$(OFFLINE) $(BIN)/python bench/data_prep.py
 	$(OFFLINE) $(BIN)/python bench/fast_path.py
 	$(OFFLINE) $(BIN)/python bench/attention_dropout.py
+	$(OFFLINE) $(BIN)/python bench/token_classification.py
+	$(OFFLINE) $(BIN)/python bench/audio_classification.py
 
 clean:
 	rm -rf outputs .pytest_cache
