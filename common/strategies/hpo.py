@@ -400,9 +400,8 @@ def hpo_summary(storage_url: str, name: str, output_dir: str | None = None) -> d
         raise RecipeInputError(f"no study '{name}' in {shown_url(storage_url)}{nearest(name, names)}; it holds "
                                f"{', '.join(names) or 'no study'}.")
     study = optuna.load_study(study_name=name, storage=storage)
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if not complete:
-        states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
+    states = pd.Series([t.state.name for t in study.trials], dtype=object).value_counts().to_dict()
+    if not states.get("COMPLETE"):
         raise RecipeInputError(f"study '{name}' has no complete trial yet (trials by state: {states or 'none'}).")
     attrs = study.user_attrs
     out = Path(output_dir or attrs.get("output_dir") or name)
@@ -411,7 +410,6 @@ def hpo_summary(storage_url: str, name: str, output_dir: str | None = None) -> d
     settings = {**best.params, "seed": best.user_attrs.get("seed")}
     flags = [token for key, value in settings.items() if value is not None for token in (f"--{key}", str(value))]
     command = retrain_command(attrs.get("command"), flags, out / "best")
-    states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
     print(f"study '{name}' in {shown_url(storage_url)}: {len(study.trials)} trials {states}")
     print(f"best: trial {best.number}, {attrs.get('objective', 'objective')} {best.value:.4f}, {settings}")
     print(f"results: {out / 'hpo_results.csv'}, {out / 'hpo.png'}")
