@@ -51,6 +51,7 @@ def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -
         else:
             results = train_evaluate_predict(task, args, finetune_args)
         results["main_metric"] = task.main_metric
-        if (finetune_args.cv_folds or finetune_args.ensemble_models) and args.process_index == 0:
+        several = (finetune_args.cv_folds and finetune_args.cv_fold_index is None) or finetune_args.ensemble_models
+        if several and args.process_index == 0:  # a fold job's own run wrote its page already
             write_summary(task, args, Path(args.output_dir))  # the strategy's page, linking each fold's
         return results

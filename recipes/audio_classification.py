@@ -35,9 +35,9 @@ from common.data.audio import (
     check_examples,
     decode_splits,
     filter_durations,
-    find_column,
     load_speech_splits,
 )
+from common.data.files import find_column
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.sampling import check_class_balance, column_codes
 from common.dispatch import FinetuneArguments, run

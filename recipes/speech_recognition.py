@@ -38,10 +38,10 @@ from common.data.audio import (
     check_examples,
     decode_splits,
     filter_durations,
-    find_column,
     load_speech_splits,
     normalize_text,
 )
+from common.data.files import find_column
 from common.dispatch import FinetuneArguments, run
 from common.models.loading import ModelArguments, load_config, load_processor
 from common.strategies.cross_validation import cv_groups

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import datasets
 import numpy as np
 from datasets import DatasetDict
 from transformers import (
@@ -36,7 +37,7 @@ from common.data.tokens import (
     TAGS,
     TOKENS,
     bio_violations,
-    find_list_column,
+    list_column,
     read_conll,
     tag_names,
 )
@@ -89,14 +90,12 @@ def load_sentences(args: TokenDataArguments, keep: str | None) -> tuple[DatasetD
     result = DatasetDict({split: loaded[split] for split in conll})
     for split in set(loaded) - conll:
         dataset = loaded[split]
-        tokens = find_list_column(dataset, args.tokens_column, TOKEN_COLUMNS, "tokens", "--tokens_column", sources[split])
+        tokens = list_column(dataset, args.tokens_column, TOKEN_COLUMNS, "tokens", sources[split])
         if split == "test" and not (args.tags_column or any(c in dataset.column_names for c in TAG_COLUMNS)):
             result[split] = dataset.select_columns([tokens]).rename_column(tokens, TOKENS)
             continue
-        tags = find_list_column(dataset, args.tags_column, TAG_COLUMNS, "tags", "--tags_column", sources[split])
+        tags = list_column(dataset, args.tags_column, TAG_COLUMNS, "tags", sources[split])
         names = tag_names(dataset, tags)
-        if names is not None:
-            dataset = dataset.map(lambda row, t=tags, n=names: {t: [n[i] for i in row[t]]})
         extra = [keep] if keep in dataset.column_names and keep not in (tokens, tags) else []
         rows = dataset.select_columns([tokens, tags, *extra])
         rows = rows.rename_columns({old: new for old, new in ((tokens, TOKENS), (tags, TAGS)) if old != new})
@@ -104,7 +103,11 @@ def load_sentences(args: TokenDataArguments, keep: str | None) -> tuple[DatasetD
         if unequal:
             raise RecipeInputError(f"{sources[split]}: {len(unequal)} rows have a different number of tokens and tags "
                                    f"(rows {', '.join(str(i + 1) for i in unequal[:5])}). Give one tag per token.")
-        result[split] = rows.map(lambda row: {TAGS: [str(t) for t in row[TAGS]]})
+        # Tags as text: Hub ClassLabel ids become their names (declared, or map would cast them back to ids).
+        name_of = names.__getitem__ if names is not None else str
+        features = rows.features.copy()
+        features[TAGS] = datasets.List(datasets.Value("string"))
+        result[split] = rows.map(lambda row, n=name_of: {TAGS: [n(t) for t in row[TAGS]]}, features=features)
     return result, sources, skipped
 
 

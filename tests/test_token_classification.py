@@ -126,3 +126,14 @@ def test_text_augmentation_is_refused_and_unseen_tags_are_named(tmp_path):
     with pytest.raises(RecipeInputError, match="tags that train never uses: B-location"):
         token_classification.main(["--train_file", train, "--validation_file", dev,
                                    "--output_dir", str(tmp_path / "out")])
+
+
+def test_hub_classlabel_tags_become_their_names(monkeypatch):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=["O", "B-x", "I-x"]))})
+    hub = DatasetDict({"train": Dataset.from_dict({"tokens": [["a", "b", "c"]] * 4, "ner_tags": [[0, 1, 2]] * 4},
+                                                  features=features)})
+    monkeypatch.setattr(token_classification, "load_splits", lambda args: hub)
+    splits, _, _ = token_classification.load_sentences(token_classification.TokenDataArguments(dataset_name="hub/x"), None)
+    assert splits["train"]["tags"][0] == ["O", "B-x", "I-x"]  # names, not ids cast back by the ClassLabel feature

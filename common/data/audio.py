@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,14 +259,3 @@ def filter_durations(splits: DatasetDict, sampling_rate: int, min_s: float | Non
                            stereo)
         result[split] = dataset
     return result, counts
-
-
-def find_column(columns: Sequence[str], requested: str | None, candidates: Sequence[str], what: str, where: str) -> str:
-    """--<what>_column when given, else the first of `candidates` present."""
-    if requested:
-        return requested
-    for name in candidates:
-        if name in columns:
-            return name
-    raise RecipeInputError(f"no {what} column found in {where}: looked for {', '.join(candidates)}. Columns present: "
-                           f"{', '.join(columns)}. Set --{what}_column.")

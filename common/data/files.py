@@ -294,3 +294,14 @@ def require_columns(dataset: Dataset, columns: Sequence[str], where: str, option
             f"column{'s' if len(missing) > 1 else ''} {', '.join(repr(c) for c in missing)} not found in {where}{hints}. "
             f"Columns present: {', '.join(dataset.column_names)}. Set {option} to the right name."
         )
+
+
+def find_column(columns: Sequence[str], requested: str | None, candidates: Sequence[str], what: str, where: str) -> str:
+    """--<what>_column when given, else the first of `candidates` present."""
+    if requested:
+        return requested
+    for name in candidates:
+        if name in columns:
+            return name
+    raise RecipeInputError(f"no {what} column found in {where}: looked for {', '.join(candidates)}. Columns present: "
+                           f"{', '.join(columns)}. Set --{what}_column.")

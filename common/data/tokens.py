@@ -16,7 +16,7 @@ import datasets
 from datasets import Dataset
 
 from common.core.errors import RecipeInputError
-from common.data.files import check_utf8
+from common.data.files import check_utf8, find_column, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +81,15 @@ def read_conll(path: str, option: str, skip_bad: bool = False) -> tuple[Dataset,
                               DOCUMENT: [s[2] for s in sentences]}), skipped
 
 
-def find_list_column(dataset: Dataset, requested: str | None, candidates: Sequence[str], what: str, option: str,
-                     where: str) -> str:
+def list_column(dataset: Dataset, requested: str | None, candidates: Sequence[str], what: str, where: str) -> str:
     """The column holding a list per row (tokens or tags): --<what>_column, else the first candidate present."""
-    name = requested or next((c for c in candidates if c in dataset.column_names), None)
-    if name is None or name not in dataset.column_names:
-        raise RecipeInputError(f"no {what} column in {where}: looked for {requested or ', '.join(candidates)}. "
-                               f"Columns present: {', '.join(dataset.column_names)}. Set {option}.")
-    feature = dataset.features[name]
-    if not isinstance(feature, (datasets.Sequence, datasets.List, list)):
+    name = find_column(dataset.column_names, requested, candidates, what, where)
+    require_columns(dataset, [name], where, f"--{what}_column")
+    if not isinstance(dataset.features[name], (datasets.Sequence, datasets.List)):
         example = dataset[0][name]
         raise RecipeInputError(f"column '{name}' of {where} holds {type(example).__name__} values such as "
                                f"{str(example)[:60]!r}, not a list of {what} per sentence. Give one list per row, "
-                               f"or name the right column with {option}.")
+                               f"or name the right column with --{what}_column.")
     return name
 
 

@@ -42,13 +42,13 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 from transformers import TrainingArguments
 from transformers.trainer_utils import PredictionOutput
 
-from common.core.errors import RecipeInputError, nearest
+from common.core.errors import RecipeInputError
 from common.data import require_columns
 from common.data.arrow import column_array
-from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
+from common.data.labels import MULTI, REGRESSION, LabelSpec
 from common.strategies.ensembling import (
-    ENSEMBLE_METHODS,
     Ensemble,
+    check_method,
     ensemble_splits,
     logits_from_scores,
     member_scores,
@@ -240,6 +240,9 @@ def _train_fold(task, args: TrainingArguments, finetune_args, k: int, train_rows
     )
     fold_args = dataclasses.replace(args, output_dir=str(fold_dir), do_train=True, do_predict=True,
                                     resume_from_checkpoint=None)
+    record = getattr(args, RUN_RECORD_ATTR, None)
+    if record is not None:  # the fold's run_config.json and report show the run's options; a fold never resumes
+        setattr(fold_args, RUN_RECORD_ATTR, dataclasses.replace(record, resumed=None))
     results = train_evaluate_predict(fold_task, fold_args, finetune_args)
     record = {"fold": k, "train_rows": len(train_rows), "heldout_rows": len(held_rows),
               "heldout": _split_metrics(results, "test"), "eval": _split_metrics(results, "eval")}
@@ -351,12 +354,7 @@ def merge_folds(output_dir: str, method: str | None = None) -> dict[str, float]:
 def _merge_ensemble(out: Path, method: str, spec, first: dict, arrays: list, oof_scores, labels) -> dict[str, float]:
     if spec is None:
         raise RecipeInputError(f"--ensemble applies to classification and regression, not to {first['pipeline_task']}.")
-    if method not in ENSEMBLE_METHODS:
-        raise RecipeInputError(f"--ensemble {method}: choose one of {', '.join(ENSEMBLE_METHODS)}"
-                               f"{nearest(method, ENSEMBLE_METHODS)}.")
-    if spec.problem_type != SINGLE and method != "soft_vote":
-        raise RecipeInputError(f"--ensemble {method} is for single-label classification; use soft_vote for "
-                               f"{spec.problem_type}.")
+    check_method(method, spec.problem_type)
     members = [str(out / f"fold_{i}") for i in range(len(arrays))]
     ensemble = Ensemble(method, members, spec.problem_type, spec.names, first["pipeline_task"])
     splits = [split for split in ("eval", "test") if f"{split}_scores" in arrays[0]]

@@ -70,9 +70,17 @@ class EnsembleArguments:
     )
 
     def check(self) -> None:
-        if self.ensemble and self.ensemble not in ENSEMBLE_METHODS:
-            raise RecipeInputError(f"--ensemble {self.ensemble}: choose one of {', '.join(ENSEMBLE_METHODS)}"
-                                   f"{nearest(self.ensemble, ENSEMBLE_METHODS)}.")
+        if self.ensemble:
+            check_method(self.ensemble)
+
+
+def check_method(method: str, problem_type: str | None = None) -> None:
+    """A known method, and one that fits the problem type (hard vote and stacking need single-label classes)."""
+    if method not in ENSEMBLE_METHODS:
+        raise RecipeInputError(f"--ensemble {method}: choose one of {', '.join(ENSEMBLE_METHODS)}"
+                               f"{nearest(method, ENSEMBLE_METHODS)}.")
+    if problem_type is not None and problem_type != SINGLE and method != "soft_vote":
+        raise RecipeInputError(f"--ensemble {method} is for single-label classification; use soft_vote for {problem_type}.")
 
 
 def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
@@ -85,9 +93,7 @@ def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
         return
     if task.label_spec is None:
         raise RecipeInputError(f"--ensemble applies to classification and regression, not to the {task.name} recipe.")
-    problem_type = task.label_spec.problem_type
-    if problem_type != SINGLE and method != "soft_vote":
-        raise RecipeInputError(f"--ensemble {method} is for single-label classification; use soft_vote for {problem_type}.")
+    check_method(method, task.label_spec.problem_type)
     if finetune_args.cv_folds and models:
         raise RecipeInputError("give either --cv_folds (ensemble the fold models) or --ensemble_models, not both.")
     if not finetune_args.cv_folds and not models:

@@ -367,13 +367,13 @@ def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[
         return {}
 
     best = None
-    if best_run is not None:
+    if best_run is not None:  # rank 0
         study = optuna.load_study(study_name=name, storage=storage)
         best = {**best_run.hyperparameters, "seed": study.best_trial.user_attrs["seed"]}
+        write_hpo_results(study, key, out)
     if args.world_size > 1:  # only rank 0 drives optuna; the others follow its trials and learn the winner here
         best = broadcast_object_list([best])[0]
     if args.process_index == 0:
-        write_hpo_results(optuna.load_study(study_name=name, storage=storage), key, out)
         logger.info("best trial %s: %s %.4f with %s", best_run.run_id, key, best_run.objective, best)
     return best
 

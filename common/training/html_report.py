@@ -12,6 +12,7 @@ escapes every string taken from the data.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import math
@@ -38,11 +39,14 @@ TRAINING_SETTINGS = ("num_train_epochs", "max_steps", "learning_rate", "per_devi
                      "gradient_accumulation_steps", "weight_decay", "seed", "bf16", "fp16")
 SHOWN_ROWS = 50  # rows of a strategy's table on the page; the file beside it has them all
 
-_TEMPLATE = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,  # every value from the data (texts, labels, file names) reaches the page as text
-    undefined=jinja2.StrictUndefined,
-).get_template("report.html.j2")
+@functools.cache
+def _template() -> jinja2.Template:
+    """Compiled on the first report, not when a recipe imports the training layer."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+        autoescape=True,  # every value from the data (texts, labels, file names) reaches the page as text
+        undefined=jinja2.StrictUndefined,
+    ).get_template("report.html.j2")
 
 
 def write_run_config(out: Path, config: dict[str, Any]) -> None:
@@ -81,7 +85,7 @@ def _metrics(results: dict) -> tuple[list[str], list[tuple[str, list]]]:
         for prefix in METRIC_COLUMNS:
             if key.startswith(prefix + "_") and isinstance(value, (int, float)) and not isinstance(value, bool):
                 name = key[len(prefix) + 1:]
-                if name not in names and not name.endswith(NOT_METRICS) and not name.startswith("samples"):
+                if name not in names and not name.endswith(NOT_METRICS):
                     names.append(name)
     stages = [p for p in METRIC_COLUMNS if any(f"{p}_{n}" in results for n in names)]
     rows = [(n, [_cell(results.get(f"{p}_{n}", "")) for p in stages]) for n in sorted(names)]
@@ -164,7 +168,7 @@ def write_html_report(out: str | Path, title: str | None = None) -> Path:
                   "grid": _data_uri(out / GRID_FILE)}
     figures = [{"title": caption, "uri": uri} for name, caption in FIGURES.items()
                if (uri := _data_uri(out / name)) is not None]
-    page = _TEMPLATE.render(
+    page = _template().render(
         title=title or f"{config.get('recipe', 'Run').replace('_', ' ')}: {out.name}",
         subtitle=f"Output dir {out.resolve()}",
         warning=results.get("degenerate_reason") and f"Degenerate run: {results['degenerate_reason']}.",
