@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, pipeline
 
 from common.core.errors import RecipeInputError
 from common.data.audio import SPEECH, decode_audio, normalize_text
-from common.data.files import FORMATS, load_file
+from common.data.files import FORMATS, load_file, require_columns
 from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
 from common.data.parallel import read_lines
 from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
@@ -77,29 +77,24 @@ def _table(path: str, options: dict[str, Any]):
     return load_file(path, "--input", "test", SimpleNamespace(**options))
 
 
-def _column(dataset, name: str, path: str, option: str) -> list:
-    if name not in dataset.column_names:
-        raise RecipeInputError(f"--input {path} has no column '{name}', which the model was trained on "
-                               f"(columns present: {', '.join(dataset.column_names)}). Rename the column, or pass "
-                               f"{option} to name the one that holds it.")
-    return dataset[name]
-
-
 def _files(path: Path, extensions: frozenset[str], table_column: str | None, options: dict) -> list[str]:
-    """Paths from a folder (recursive), a list file (one path per line) or a table's column."""
+    """Paths from a folder (recursive), a list file (one path per line) or a table's column; relative ones
+    resolve against the list or table, as the recipes read manifests."""
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in extensions)
         if not files:
             raise RecipeInputError(f"--input {path} holds no files ending in {', '.join(sorted(extensions))}.")
         return files
     if path.suffix.lower() in (".txt", ""):
-        base = path.resolve().parent
-        return [str(base / line) if not Path(line).is_absolute() else line for line in read_lines(str(path), "--input")]
-    if table_column is None:
+        values = read_lines(str(path), "--input")
+    elif table_column is None:
         raise RecipeInputError(f"--input {path}: give a folder or a list of files; this run had no file column.")
+    else:
+        table = _table(str(path), options)
+        require_columns(table, [table_column], f"--input {path}", "--input_columns")
+        values = table[table_column]
     base = path.resolve().parent
-    return [str(base / value) if value and not Path(value).is_absolute() else value
-            for value in _column(_table(str(path), options), table_column, str(path), "--input_column")]
+    return [str(base / value) if value and not Path(value).is_absolute() else value for value in values]
 
 
 CLASSIFIERS = {"texts": "text-classification", "images": "image-classification", "clips": "audio-classification"}
@@ -119,7 +114,8 @@ def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_
 def _text(model, ensemble, config, path, output, skip, batch_size) -> int:
     columns = config["input_columns"]
     dataset = _table(path, config["options"])
-    texts = {c: _column(dataset, c, path, "--input_column") for c in columns}
+    require_columns(dataset, columns, f"--input {path}", "--input_columns")
+    texts = {c: dataset[c] for c in columns}
     problems = [(i, f"empty '{c}'") for c in columns for i, t in enumerate(texts[c]) if t is None or not str(t).strip()]
     bad = _drop_bad(sorted(problems), len(dataset), f"--input {path}", skip)
     keep = [i for i in range(len(dataset)) if i not in bad]
