@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         main_metric="f1",
         pipeline_task="token-classification",
+        tag_names=names,
         model_name=model_args.model_name_or_path,
         write_predictions=write_predictions if predicted else None,
         groups=cv_groups(splits["train"], group, sources["train"]) if group else None,

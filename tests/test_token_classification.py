@@ -7,7 +7,7 @@ import random
 
 import pytest
 from conftest import fast_args
-from transformers import AutoTokenizer, pipeline
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from common.core.errors import RecipeInputError
 from common.data.tokens import bio_violations, read_conll
@@ -104,6 +104,21 @@ def test_minilm_learns_entities_and_the_output_groups_them_in_a_pipeline(minilm,
     assert [(g["entity_group"], g["word"]) for g in groups] == [("person", "olga petrova"), ("location", "hanoi")]
     assert "person" in (out / "report.html").read_text()
 
+    # Soft vote per token with a second member whose head is untrained: near-uniform probabilities, which
+    # shift no tag the trained member is sure of, and a random member's F1 near zero.
+    config = AutoConfig.from_pretrained(out)
+    untrained = tmp_path / "untrained"
+    AutoModelForTokenClassification.from_pretrained(minilm, num_labels=config.num_labels, id2label=config.id2label,
+                                                    label2id=config.label2id).save_pretrained(untrained)
+    AutoTokenizer.from_pretrained(out).save_pretrained(untrained)
+    both = token_classification.main([
+        "--model_name_or_path", minilm, "--train_file", train, "--validation_file", dev, "--test_file", str(test),
+        "--ensemble", "soft_vote", "--ensemble_models", str(out), str(untrained), *fast_args(tmp_path / "ensemble")])
+    members = json.loads((tmp_path / "ensemble" / "ensemble_results.json").read_text())["eval"]["members"]
+    assert members["run"]["f1"] == pytest.approx(results["eval_f1"])  # the member scores as its own run did
+    assert members["untrained"]["f1"] < 0.3 and both["ensemble_eval_f1"] > results["eval_f1"] - 0.05
+    assert len((tmp_path / "ensemble" / "predictions.conll").read_text().split("\n\n")) == 20
+
 
 @pytest.mark.parametrize("rows, message", [
     ([{"tokens": ["a", "b"], "tags": "O O"}], "holds str values such as 'O O', not a list of tags"),
@@ -123,6 +138,8 @@ def test_text_augmentation_is_refused_and_unseen_tags_are_named(tmp_path):
     dev = _write_conll(tmp_path / "dev.conll", [(["Lima"], ["B-location"])])
     with pytest.raises(RecipeInputError, match="shift them against their tags"):
         token_classification.main(["--train_file", train, "--text_augment", "swap=0.1"])
+    with pytest.raises(RecipeInputError, match="hard_vote is for single-label classification; use soft_vote"):
+        token_classification.main(["--train_file", train, "--ensemble", "hard_vote", "--ensemble_models", "a", "b"])
     with pytest.raises(RecipeInputError, match="tags that train never uses: B-location"):
         token_classification.main(["--train_file", train, "--validation_file", dev,
                                    "--output_dir", str(tmp_path / "out")])

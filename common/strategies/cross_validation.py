@@ -269,11 +269,11 @@ def train_fold_job(task, args: TrainingArguments, finetune_args, splits, source_
     arrays: dict[str, np.ndarray] = {"held_rows": held_rows}
     if spec is not None:
         scored = ensemble_splits(task, args)  # as an ensemble of the folds scores its members, from the saved model
-        member = member_scores(task, args, finetune_args, [str(fold_dir)], scored)
-        for split, dataset in scored.items():
+        member, labels = member_scores(task, args, finetune_args, [str(fold_dir)], scored)
+        for split in scored:
             arrays[f"{split}_scores"] = member[split][0]
-            if "labels" in dataset.column_names:
-                arrays[f"{split}_labels"] = np.asarray(dataset["labels"])
+            if split in labels:
+                arrays[f"{split}_labels"] = labels[split]
         if args.process_index == 0:
             arrays["held_scores"] = held_scores
             arrays["held_labels"] = np.asarray(task.train_dataset.select(held_rows)["labels"])
@@ -353,7 +353,9 @@ def merge_folds(output_dir: str, method: str | None = None) -> dict[str, float]:
 
 def _merge_ensemble(out: Path, method: str, spec, first: dict, arrays: list, oof_scores, labels) -> dict[str, float]:
     if spec is None:
-        raise RecipeInputError(f"--ensemble applies to classification and regression, not to {first['pipeline_task']}.")
+        raise RecipeInputError(f"cv-merge --ensemble combines classification and regression folds, not "
+                               f"{first['pipeline_task']}: run the recipe with --ensemble soft_vote --ensemble_models "
+                               f"{out}/fold_0 {out}/fold_1 ...")
     check_method(method, spec.problem_type)
     members = [str(out / f"fold_{i}") for i in range(len(arrays))]
     ensemble = Ensemble(method, members, spec.problem_type, spec.names, first["pipeline_task"])

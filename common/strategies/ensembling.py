@@ -17,6 +17,8 @@ rescale, normalization and resampling settings).
   refuses --ensemble_models and asks for --cv_folds.
 
 Hard vote and stacking are for single-label classification; multi-label and regression use soft_vote.
+Token classification ensembles soft-vote per sub-word: the mean of the members' tag probabilities at each
+position, scored with the recipe's entity metrics (seqeval).
 
 `run_ensemble` scores every member and the ensemble on the validation and test splits side by side in
 `ensemble_results.json` and `ensemble.png`, writes test predictions, and saves `ensemble.json` (method,
@@ -41,18 +43,19 @@ import torch
 import transformers
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, pipeline
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, pipeline
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.pipelines import check_task
 from transformers.trainer_utils import PredictionOutput
 
 from common.core.errors import RecipeInputError, nearest
-from common.data.labels import MULTI, REGRESSION, SINGLE
+from common.data.labels import MULTI, PER_TOKEN, REGRESSION, SINGLE, LabelSpec
 from common.training.metrics import predictions_from_scores, score_predictions, scores_from_logits
 from common.training.reliability import plain_value
 from common.training.reporting import plot_bars, write_json
 from common.training.run import build_trainer
+from common.training.tokens import EntityMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +94,7 @@ def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
         if models:
             raise RecipeInputError("--ensemble_models needs --ensemble soft_vote or hard_vote to say how to combine them.")
         return
-    if task.label_spec is None:
-        raise RecipeInputError(f"--ensemble applies to classification and regression, not to the {task.name} recipe.")
-    check_method(method, task.label_spec.problem_type)
+    check_method(method, ensemble_labels(task).problem_type)
     if finetune_args.cv_folds and models:
         raise RecipeInputError("give either --cv_folds (ensemble the fold models) or --ensemble_models, not both.")
     if not finetune_args.cv_folds and not models:
@@ -113,6 +114,16 @@ def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
             raise RecipeInputError("--hpo_trials with --ensemble_models: nothing is trained, so there is nothing to tune.")
         for path in models:
             _check_model_dir(path, "--ensemble_models")
+
+
+def ensemble_labels(task) -> LabelSpec:
+    """What the members must predict alike: the task's classes, or per-token tags for token classification."""
+    if task.label_spec is not None:
+        return task.label_spec
+    if task.tag_names is not None:
+        return LabelSpec(PER_TOKEN, list(task.tag_names))
+    raise RecipeInputError(f"--ensemble applies to classification, regression and token classification, not to the "
+                           f"{task.name} recipe.")
 
 
 PROBE = ("Héllo WORLD, naïve café-au-lait: 12,345 ÜBER déjà-vu!", "a Second SEGMENT")  # case, accents, pairs
@@ -261,6 +272,12 @@ class Ensemble:
             return (votes + 0.5 * mean) / (count + 0.5)
         return self._meta_scores(mean)
 
+    def score(self, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+        """The built-in metrics of scores (one member's, or combined) against the labels."""
+        if self.problem_type == PER_TOKEN:  # labels -100 where a sub-word carries no tag (padding, special tokens)
+            return EntityMetrics(self.label_names)(EvalPrediction(predictions=scores, label_ids=labels))
+        return score_predictions(labels, scores, self.problem_type)
+
     def _meta_scores(self, features: np.ndarray) -> np.ndarray:
         if self.meta_learner is None:
             raise RecipeInputError("this stacking ensemble has no fitted meta-learner.")
@@ -288,6 +305,11 @@ class Ensemble:
     def predict_scores(self, inputs: list, batch_size: int = 32) -> np.ndarray:
         """Ensemble scores for raw inputs (texts, images, audio: whatever the members' pipeline takes)."""
 
+        if self.problem_type == PER_TOKEN:
+            raise RecipeInputError(
+                "a token classification ensemble predicts through the recipe, which aligns tags with words: run "
+                "recipes/token_classification.py --ensemble soft_vote --ensemble_models MEMBER ... --test_file FILE "
+                "(predictions.conll holds the tags).")
         if self._pipelines is None:
             device = 0 if torch.cuda.is_available() else -1
             self._pipelines = [pipeline(self.pipeline_task, model=m, device=device) for m in self.members]
@@ -341,7 +363,7 @@ def load_member(path: str | Path, task) -> PreTrainedModel:
 
     auto_class = check_task(task.pipeline_task)[1]["pt"][0]
     model = auto_class.from_pretrained(str(path))
-    spec = task.label_spec
+    spec = ensemble_labels(task)
     if spec.problem_type != REGRESSION:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if names != spec.names:
@@ -350,20 +372,25 @@ def load_member(path: str | Path, task) -> PreTrainedModel:
 
 
 def member_scores(task, args: TrainingArguments, finetune_args: EnsembleArguments, members: list[str],
-                  datasets: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Scores of every member on every split: split -> array (members, rows[, classes])."""
+                  datasets: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scores of every member on every split, split -> array (members, rows[, positions][, classes]); and the
+    labels of the splits that have them, as the predictions align them (token labels padded with -100)."""
     scores: dict[str, list[np.ndarray]] = {split: [] for split in datasets}
+    labels: dict[str, np.ndarray] = {}
     for path in members:
         model = load_member(path, task)
         trainer = build_trainer(task, args, finetune_args, model=model, model_init=None, callbacks=[],
                                 compute_metrics=None)
         for split, dataset in datasets.items():
-            predictions = trainer.predict(dataset).predictions
+            output = trainer.predict(dataset)
+            if output.label_ids is not None:
+                labels[split] = np.asarray(output.label_ids)
+            predictions = output.predictions
             logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
-            scores[split].append(scores_from_logits(logits, task.label_spec.problem_type))
+            scores[split].append(scores_from_logits(logits, ensemble_labels(task).problem_type))
         del trainer, model
         gc.collect()
-    return {split: np.stack(values) for split, values in scores.items()}
+    return {split: np.stack(values) for split, values in scores.items()}, labels
 
 
 def _member_names(members: list[str]) -> list[str]:
@@ -386,14 +413,13 @@ def run_ensemble(task, args: TrainingArguments, finetune_args: EnsembleArguments
     """Combine `members`, score them and the ensemble side by side, save the ensemble into the output dir."""
     check_ensemble_options(task, finetune_args)
     check_member_processors(task, list(members))  # before any member predicts
-    spec = task.label_spec
+    spec = ensemble_labels(task)
     ensemble = Ensemble(finetune_args.ensemble, list(members), spec.problem_type, spec.names, task.pipeline_task)
     out = Path(args.output_dir)
     splits = ensemble_splits(task, args)
-    scores = member_scores(task, args, finetune_args, ensemble.members, splits)  # every process takes part
+    scores, labels = member_scores(task, args, finetune_args, ensemble.members, splits)  # every process takes part
     if args.process_index != 0:
         return {}
-    labels = {split: np.asarray(d["labels"]) for split, d in splits.items() if "labels" in d.column_names}
 
     def write_test(combined: np.ndarray) -> None:
         task.write_predictions(PredictionOutput(logits_from_scores(combined, spec.problem_type), None, {}), out)
@@ -410,7 +436,6 @@ def report_ensemble(ensemble: Ensemble, scores: dict[str, np.ndarray], labels: d
     (members, rows[, classes])): ensemble_results.json, ensemble.png, ensemble.json and the test predictions."""
     if ensemble.method == "stack":
         ensemble.fit_stacker(oof_scores, oof_labels, seed)
-    problem_type = ensemble.problem_type
     names = _member_names(ensemble.members)
     report: dict[str, Any] = {"method": ensemble.method, "members": names, "main_metric": main_metric}
     flat: dict[str, float] = {}
@@ -421,10 +446,10 @@ def report_ensemble(ensemble: Ensemble, scores: dict[str, np.ndarray], labels: d
         if split not in labels:
             continue
         truth = labels[split]
-        per_member = {n: score_predictions(truth, s, problem_type) for n, s in zip(names, split_scores)}
+        per_member = {n: ensemble.score(truth, s) for n, s in zip(names, split_scores)}
         member_mean = {k: float(np.mean([m[k] for m in per_member.values()])) for k in next(iter(per_member.values()))}
         report[split] = {"members": per_member, "member_mean": member_mean,
-                         "ensemble": score_predictions(truth, combined, problem_type)}
+                         "ensemble": ensemble.score(truth, combined)}
         flat.update({f"ensemble_{split}_{k}": v for k, v in report[split]["ensemble"].items()})
         flat.update({f"ensemble_{split}_member_mean_{k}": v for k, v in member_mean.items()})
         logger.info("%s on %s: ensemble %s %.4f, members %s", ensemble.method, split, main_metric,

@@ -40,6 +40,8 @@ class Task:
     model_name: str = ""
     greater_is_better: bool = True  # False for error rates such as WER
     label_spec: LabelSpec | None = None
+    # Token classification: the tag names (ids index them), so ensembles can check and combine per-token scores.
+    tag_names: list[str] | None = None
     trainer_class: type = FinetuneTrainer
     # Writes the predictions on `predicted_split(splits)` in the recipe's format: (output, output dir) -> None.
     write_predictions: Callable[[PredictionOutput, Path], None] | None = None
