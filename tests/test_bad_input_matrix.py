@@ -36,14 +36,24 @@ from conftest import ROOT, fast_args
 
 from common import cli
 from common.core.errors import RecipeInputError, run_main
-from recipes import image_classification, sentiment, speech_recognition, text_classification, translation
+from recipes import (
+    audio_classification,
+    image_classification,
+    sentiment,
+    speech_recognition,
+    text_classification,
+    token_classification,
+    translation,
+)
 
-TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH = (
+TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO = (
     "text_classification",
     "sentiment",
     "image_classification",
     "translation",
     "speech_recognition",
+    "token_classification",
+    "audio_classification",
 )
 RECIPES = {
     TEXT: text_classification,
@@ -51,11 +61,17 @@ RECIPES = {
     IMAGE: image_classification,
     TRANSLATION: translation,
     SPEECH: speech_recognition,
+    TOKEN: token_classification,
+    AUDIO: audio_classification,
 }
 ALL = tuple(RECIPES)
+# The token recipe reads tables of token lists from JSON lines or parquet, and any other file as CoNLL: the csv
+# reader's cases are not its own.
+TABLES = tuple(r for r in ALL if r != TOKEN)
 TEXTS = (TEXT, SENTIMENT)
-CLASSIFIERS = (TEXT, SENTIMENT, IMAGE)
-MODEL = {TEXT: "bert", SENTIMENT: "bert", IMAGE: "vit", TRANSLATION: "marian", SPEECH: "ctc"}
+CLASSIFIERS = (TEXT, SENTIMENT, IMAGE, AUDIO)
+MODEL = {TEXT: "bert", SENTIMENT: "bert", IMAGE: "vit", TRANSLATION: "marian", SPEECH: "ctc", TOKEN: "bert",
+         AUDIO: "ctc"}
 
 EN = [f"a small sentence {i}" for i in range(10)]
 DE = [f"ein kleiner Satz {i}" for i in range(10)]
@@ -151,7 +167,11 @@ class Data:
         return [(self.shared / "fsdd" / f, t) for f, t in zip(meta["file"], meta["transcript"])]
 
     def rows(self, recipe: str) -> list[str]:
-        """A valid csv table in the recipe's own columns, header first."""
+        """A valid csv table in the recipe's own columns, header first (CoNLL lines for the token recipe)."""
+        if recipe == TOKEN:
+            return [line for i in range(8) for line in (f"Anna{i}\tB-person", "saw\tO", f"Lima{i}\tB-location", "")]
+        if recipe == AUDIO:
+            return ["audio,label", *(f"{clip},{text}" for clip, text in self.clips(6))]
         if recipe in TEXTS:
             return ["text,label", *(f"review number {i},{'pos' if i % 2 else 'neg'}" for i in range(20))]
         if recipe == IMAGE:
@@ -164,7 +184,8 @@ class Data:
     def table(
         self, recipe: str, content: str | bytes | list[str], name: str = "train.csv", split: str = "train"
     ) -> list[str]:
-        """Flags that make `content` (text, bytes or csv lines) the recipe's `split` split."""
+        """Flags that make `content` (text, bytes or csv lines) the recipe's `split` split (the token recipe
+        reads a .csv name as CoNLL, as it reads any file that is not JSON lines or parquet)."""
         if isinstance(content, list):
             content = "".join(f"{line}\n" for line in content)
         return [f"--{split}_file", self.write(name, content), *languages(recipe)]
@@ -244,11 +265,23 @@ def _labels(values: list[str]) -> Callable[[Data, str], list[str]]:
     """A table whose label column holds `values` (text recipes; the image recipe pairs them with photos)."""
 
     def args(d: Data, recipe: str) -> list[str]:
-        if recipe == IMAGE:
-            photos = [p for name in ("hat", "shoes") for p in d.photos("train", name, 3)]
-            rows = [f"{photos[i % len(photos)]},{v}" for i, v in enumerate(values)]
-            return d.table(recipe, ["image,label", *rows])
+        if recipe in (IMAGE, AUDIO):
+            inputs = ([p for name in ("hat", "shoes") for p in d.photos("train", name, 3)] if recipe == IMAGE
+                      else [clip for clip, _ in d.clips(6)])
+            rows = [f"{inputs[i % len(inputs)]},{v}" for i, v in enumerate(values)]
+            return d.table(recipe, [f"{'image' if recipe == IMAGE else 'audio'},label", *rows])
         return d.table(recipe, ["text,label", *(f"review number {i},{v}" for i, v in enumerate(values))])
+
+    return args
+
+
+def _token_table(columns: dict[str, str]) -> Callable[[Data], list[str]]:
+    """The token recipe's JSON lines table, its token and tag lists under the columns `columns` names."""
+
+    def args(d: Data) -> list[str]:
+        row = {columns.get("tokens", "tokens"): ["Anna", "saw", "Lima"],
+               columns.get("tags", "tags"): ["B-person", "O", "B-location"]}
+        return d.table(TOKEN, "".join(json.dumps(row) + "\n" for _ in range(6)), "train.jsonl")
 
     return args
 
@@ -341,7 +374,7 @@ CASES: dict[str, Case] = {
         ("--audio_folder {d}/missing is not a directory", "Give the folder holding the audio files"),
     ),
     "unsupported_extension": Case(
-        ALL,
+        TABLES,
         lambda d, r: d.table(r, "a,b\n", name="train.xlsx"),
         (
             "--train_file {d}/train.xlsx: unsupported extension '.xlsx'",
@@ -356,10 +389,13 @@ CASES: dict[str, Case] = {
     "empty_file": Case(
         ALL,
         lambda d, r: d.table(r, b""),
-        (
-            "--train_file {d}/train.csv has no rows: the train split is empty",
-            "Give a file with a header and data rows",
-        ),
+        {
+            **dict.fromkeys(TABLES, (
+                "--train_file {d}/train.csv has no rows: the train split is empty",
+                "Give a file with a header and data rows",
+            )),
+            TOKEN: ("--train_file {d}/train.csv holds no sentences", "expected `token<TAB>tag` lines"),
+        },
     ),
     "empty_line_file": Case(
         (TRANSLATION,),
@@ -367,7 +403,7 @@ CASES: dict[str, Case] = {
         ("--train_source_file {d}/train.en is empty", "one sentence per line"),
     ),
     "empty_split": Case(
-        ALL,
+        TABLES,
         lambda d, r: [*d.table(r, d.rows(r)), *d.table(r, d.rows(r)[:1], "validation.csv", "validation")],
         (
             "--validation_file {d}/validation.csv has no rows: the validation split is empty",
@@ -376,7 +412,7 @@ CASES: dict[str, Case] = {
     ),
     # --- #12: reader options, sampling, bad rows ---------------------------------------------------------------
     "header_looks_like_data": Case(
-        ALL,
+        TABLES,
         lambda d, r: d.table(r, ["1,the first row is data", "2,and so is the second"]),
         (
             "--train_file {d}/train.csv: its first line looks like data, not a header: '1' is not a column name",
@@ -384,7 +420,7 @@ CASES: dict[str, Case] = {
         ),
     ),
     "wrong_delimiter": Case(
-        ALL,
+        TABLES,
         lambda d, r: d.table(r, ["text|label", "one, two|pos", "three|neg"]),
         (
             "--train_file {d}/train.csv: its header 'text|label' is a single column when split on ','",
@@ -397,7 +433,7 @@ CASES: dict[str, Case] = {
         ("--train_file {d}/train.csv: line 3 has 3 fields but line 1 has 2", "Set --delimiter"),
     ),
     "column_names_count_mismatch": Case(
-        ALL,
+        TABLES,
         lambda d, r: [*d.table(r, ["a,b", "c,d"]), "--column_names", "x,y,z"],
         ("--column_names gives 3 names (x, y, z) but its first line has 2 fields", "Give one name per column"),
     ),
@@ -481,6 +517,8 @@ CASES: dict[str, Case] = {
                 "--text_column",
                 "transcrpt",
             ],
+            token_classification=lambda d: [*_token_table({})(d), "--tags_column", "tgas"],
+            audio_classification=lambda d: [*d.good(AUDIO), "--label_column", "lable"],
         ),
         {
             TEXT: (
@@ -508,6 +546,16 @@ CASES: dict[str, Case] = {
                 "Columns present: audio, transcript",
                 "Set --audio_column / --text_column",
             ),
+            TOKEN: (
+                "column 'tgas' not found in train split ({d}/train.jsonl) (did you mean 'tags'?)",
+                "Columns present: tokens, tags",
+                "--tags_column",
+            ),
+            AUDIO: (
+                "column 'lable' not found in train split ({d}/train.csv) (did you mean 'label'?)",
+                "Columns present: audio, label",
+                "--label_column",
+            ),
         },
     ),
     "no_input_column": Case(
@@ -518,6 +566,8 @@ CASES: dict[str, Case] = {
             image_classification=lambda d: d.table(IMAGE, ["photo,label", *d.rows(IMAGE)[1:]]),
             translation=lambda d: ["--train_file", d.write("train.csv", "\n".join(d.rows(TRANSLATION)))],
             speech_recognition=lambda d: d.table(SPEECH, ["clip,text", *d.rows(SPEECH)[1:]]),
+            token_classification=_token_table({"tokens": "text"}),
+            audio_classification=lambda d: d.table(AUDIO, ["clip,label", *d.rows(AUDIO)[1:]]),
         ),
         {
             **dict.fromkeys(
@@ -542,6 +592,16 @@ CASES: dict[str, Case] = {
                 "Columns present: clip, text",
                 "Set --audio_column",
             ),
+            TOKEN: (
+                "no tokens column found in train split ({d}/train.jsonl)",
+                "Columns present: text, tags",
+                "--tokens_column",
+            ),
+            AUDIO: (
+                "no audio column found in train split ({d}/train.csv)",
+                "Columns present: clip, label",
+                "Set --audio_column",
+            ),
         },
     ),
     "no_label_column": Case(
@@ -552,6 +612,8 @@ CASES: dict[str, Case] = {
             image_classification=lambda d: d.table(IMAGE, ["image,kind", *d.rows(IMAGE)[1:]]),
             translation=lambda d: [*d.table(TRANSLATION, d.rows(TRANSLATION)), "--target_lang", "fr"],
             speech_recognition=lambda d: d.table(SPEECH, ["audio,words", *d.rows(SPEECH)[1:]]),
+            token_classification=_token_table({"tags": "entities"}),
+            audio_classification=lambda d: d.table(AUDIO, ["audio,digit", *d.rows(AUDIO)[1:]]),
         ),
         {
             **dict.fromkeys(
@@ -577,6 +639,16 @@ CASES: dict[str, Case] = {
                 "Columns present: audio, words",
                 "Set --text_column",
             ),
+            TOKEN: (
+                "no tags column found in train split ({d}/train.jsonl)",
+                "Columns present: tokens, entities",
+                "--tags_column",
+            ),
+            AUDIO: (
+                "'label' not found in train split ({d}/train.csv)",
+                "Columns present: audio, digit",
+                "--label_column",
+            ),
         },
     ),
     # --- #2: labels ---------------------------------------------------------------------------------------------
@@ -601,6 +673,11 @@ CASES: dict[str, Case] = {
         _labels(["pos", "", "neg", "pos"]),
         ("train split ({d}/train.csv): 1 bad row: row 2 (no label)", "pass --skip_bad_examples"),
     ),
+    "label_column_empty": Case(
+        CLASSIFIERS,
+        _labels(["", "", "", "", ""]),
+        ("train split ({d}/train.csv): the label column is empty in all 5 rows", "Point --label_column at the column"),
+    ),
     "label_not_in_class_names": Case(
         CLASSIFIERS,
         lambda d, r: [*_labels(["pos", "neg", "meh", "pos"])(d, r), "--class_names", "neg", "pos"],
@@ -618,7 +695,7 @@ CASES: dict[str, Case] = {
                     "train split ({d}/train.csv) holds a single class: {{'pos': 5}}",
                     "A classifier needs at least two",
                 )
-                for r in TEXTS
+                for r in (*TEXTS, AUDIO)
             },
             IMAGE: (
                 "train split ({d}/img/train) holds a single class: {{'hat': 2}}",
@@ -633,7 +710,8 @@ CASES: dict[str, Case] = {
             if r == IMAGE
             else [
                 *d.good(r),
-                *d.table(r, ["text,label", "fine,pos", "so-so,meh"], "validation.csv", "validation"),
+                *d.table(r, ["audio,label", *(f"{clip},{label}" for (clip, _), label in zip(d.clips(2), ("zero", "meh")))]
+                         if r == AUDIO else ["text,label", "fine,pos", "so-so,meh"], "validation.csv", "validation"),
             ]
         ),
         {
@@ -644,6 +722,10 @@ CASES: dict[str, Case] = {
                 )
                 for r in TEXTS
             },
+            AUDIO: (
+                "labels ['meh'] in validation split ({d}/validation.csv) never occur in training (one, two, zero)",
+                "Remove those rows or add training examples",
+            ),
             IMAGE: (
                 "labels ['skirt'] in validation split ({d}/img/validation) never occur in training (hat, shoes)",
                 "Remove those rows or add training examples",
@@ -678,6 +760,8 @@ CASES: dict[str, Case] = {
                 IMAGE: "train_directory: x\n",
                 TRANSLATION: "source_language: en\n",
                 SPEECH: "audio_col: wav\n",
+                TOKEN: "tags_colum: ner\n",
+                AUDIO: "label_col: digit\n",
             }[r]
         )(d, r),
         {
@@ -688,6 +772,8 @@ CASES: dict[str, Case] = {
             IMAGE: ("unknown key 'train_directory' in {d}/config.yaml (did you mean 'train_dir'?)",),
             TRANSLATION: ("unknown key 'source_language' in {d}/config.yaml (did you mean 'source_lang'?)",),
             SPEECH: ("unknown key 'audio_col' in {d}/config.yaml (did you mean 'audio_column'?)",),
+            TOKEN: ("unknown key 'tags_colum' in {d}/config.yaml (did you mean 'tags_column'?)",),
+            AUDIO: ("unknown key 'label_col' in {d}/config.yaml (did you mean 'label_column'?)",),
         },
     ),
     "unknown_option": Case(
@@ -787,17 +873,19 @@ CASES: dict[str, Case] = {
         ALL,
         lambda d, r: [
             *d.good(r),
-            *{IMAGE: ["--image_augment", "hevy"], SPEECH: ["--audio_augment", "nose=0.5"]}.get(
+            *{IMAGE: ["--image_augment", "hevy"], SPEECH: ["--audio_augment", "nose=0.5"],
+              AUDIO: ["--audio_augment", "nose=0.5"]}.get(
                 r, ["--text_augment", "swp=0.1"]
             ),
         ],
         {
             **{
                 r: ("--text_augment: unknown operation 'swp' (did you mean 'swap'?)", "Operations: swap")
-                for r in (TEXT, SENTIMENT, TRANSLATION)
+                for r in (TEXT, SENTIMENT, TRANSLATION, TOKEN)
             },
             IMAGE: ("--image_augment hevy: choose one of none, light, standard, strong",),
-            SPEECH: ("--audio_augment: unknown operation 'nose' (did you mean 'noise'?)", "Operations: "),
+            **dict.fromkeys((SPEECH, AUDIO), ("--audio_augment: unknown operation 'nose' (did you mean 'noise'?)",
+                                              "Operations: ")),
         },
     ),
     "hpo_space_unknown_argument": Case(
@@ -808,12 +896,12 @@ CASES: dict[str, Case] = {
         ("hpo_space: unknown argument(s) learning_rat (did you mean 'learning_rate'?)",),
     ),
     "cv_folds_too_few": Case(
-        CLASSIFIERS,
+        (*CLASSIFIERS, TOKEN),
         _with_good("--cv_folds", "1"),
         ("--cv_folds 1: cross-validation needs at least 2 folds",),
     ),
     "ensemble_unknown": Case(
-        CLASSIFIERS,
+        (*CLASSIFIERS, TOKEN),
         _with_good("--ensemble", "vote"),
         ("--ensemble vote: choose one of soft_vote, hard_vote, stack",),
     ),
@@ -830,7 +918,8 @@ CASES: dict[str, Case] = {
         _with_good("--ensemble", "soft_vote"),
         {
             TRANSLATION: (
-                "--ensemble applies to classification and regression, not to the translation recipe",
+                "--ensemble applies to classification, regression and token classification, not to the translation "
+                "recipe",
             ),
             SPEECH: ("--cv_folds, --ensemble and --cache_features work on classification heads",),
         },
@@ -1017,6 +1106,20 @@ CASES: dict[str, Case] = {
             "--split_column 'split' in train split ({d}/train.csv) has values ['training']",
             "use train, validation (or dev) and test",
         ),
+    ),
+    # --- #16: token and audio classification ----------------------------------------------------------------------
+    "conll_line_without_tag": Case(
+        (TOKEN,),
+        lambda d, r: d.table(r, ["Anna\tB-person", "flew", "home\tO", "", "Tom\tB-person"], "train.conll"),
+        ("--train_file {d}/train.conll: 1 lines hold a token but no tag (line 2: 'flew')",
+         "Each line needs `token<TAB>tag`", "--skip_bad_examples"),
+    ),
+    "tag_column_holds_sentences": Case(
+        (TOKEN,),
+        lambda d, r: d.table(r, "".join(json.dumps({"tokens": ["Anna", "saw", "Lima"], "tags": "B-person O B-location"})
+                                        + "\n" for _ in range(4)), "train.jsonl"),
+        ("column 'tags' of train split ({d}/train.jsonl) holds str values such as 'B-person O B-location'",
+         "not a list of tags per sentence", "--tags_column"),
     ),
     "no_clip_within_durations": Case(
         (SPEECH,),
@@ -1226,6 +1329,8 @@ MISSING_DATA = {
     IMAGE: ["--train_dir", "missing"],
     SPEECH: ["--train_file", "missing.csv"],
     TRANSLATION: ["--train_source_file", "missing.en", "--train_target_file", "missing.de"],
+    TOKEN: ["--train_file", "missing.conll"],
+    AUDIO: ["--train_file", "missing.csv"],
 }
 
 

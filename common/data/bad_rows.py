@@ -53,6 +53,10 @@ def drop_bad_rows(
     `skip` is set (zeros included), so a results file always says whether anything was dropped.
     """
     bad = {split: rows for split, rows in bad.items() if rows}
+    for split, rows in bad.items():
+        if len(rows) == len(splits[split]) and all(r.problem in ("no label", "empty label") for r in rows):
+            raise RecipeInputError(f"{sources[split]}: the label column is empty in all {len(rows)} rows. Point "
+                                   "--label_column at the column that holds the labels, or fill them in.")
     if bad and not skip:
         details = " ".join(f"{sources[split]}: {len(rows)} bad row{'s' if len(rows) > 1 else ''}: {listing(rows)}."
                            for split, rows in bad.items())

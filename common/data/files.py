@@ -62,14 +62,15 @@ def check_utf8(path: str | Path) -> int:
     return lines + (last != b"\n")
 
 
-def check_file(path: str, option: str, formats: Sequence[str] = tuple(FORMATS)) -> Path:
-    """An existing file with a supported extension, or a clear error naming the option that gave it."""
+def check_file(path: str, option: str, formats: Sequence[str] | None = tuple(FORMATS)) -> Path:
+    """An existing file with a supported extension (any, for formats None), or a clear error naming the option
+    that gave it."""
     file = Path(path)
     if not file.exists():
         raise RecipeInputError(f"{option} {path} does not exist. Check the path (relative to {Path.cwd()}).")
     if not file.is_file():
         raise RecipeInputError(f"{option} {path} is not a file.")
-    if file.suffix.lower() not in formats:
+    if formats is not None and file.suffix.lower() not in formats:
         shown = ", ".join(f or "no extension" for f in formats)
         raise RecipeInputError(f"{option} {path}: unsupported extension '{file.suffix}'. Use one of: {shown}.")
     return file

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import datasets
 from datasets import Dataset
 
 from common.core.errors import RecipeInputError
-from common.data.files import check_utf8, find_column, require_columns
+from common.data.files import check_file, check_utf8, find_column, require_columns
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +29,7 @@ SHOWN = 5  # line or row numbers quoted in an error
 def read_conll(path: str, option: str, skip_bad: bool = False) -> tuple[Dataset, int]:
     """Sentences of a CoNLL file as (tokens, tags) rows, and how many sentences with a tag-less line were
     skipped (--skip_bad_examples; otherwise such a line is an error naming it)."""
-    file = Path(path)
-    if not file.is_file():
-        raise RecipeInputError(f"{option} {path} does not exist or is not a file.")
+    file = check_file(path, option, formats=None)  # CoNLL files come as .conll, .txt, .iob, .annotated, ...
     check_utf8(file)
     sentences: list[tuple[list[str], list[str], int]] = []
     tokens: list[str] = []
