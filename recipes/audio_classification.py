@@ -142,18 +142,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                  "label": chosen(label, "--label_column", label != "label")},
         audio_column=audio_column, sampling_rate=rate))
 
-    # 6. Lazy inputs: features per batch; train keeps the waveform for --audio_augment.
+    # 6. Lazy inputs: features per batch; --audio_augment changes train waveforms first.
     files = {split: list(d[FILE]) for split, d in splits.items()}
     stratify = list(splits["train"]["labels"])
     groups = cv_groups(splits["train"], group, sources["train"]) if group else None
     splits = {split: d.select_columns([SPEECH, "labels"] if "labels" in d.column_names else [SPEECH])
               for split, d in splits.items()}
     augment = any(augment_args.probabilities.values())
-    train_inputs = AudioInputs(feature_extractor, keep_raw=augment)
-    for split, dataset in splits.items():
-        dataset.set_transform(train_inputs if split == "train" else AudioInputs(feature_extractor))
-    augmentation = (TrainAugmentation(AudioAugmenter(augment_args, rate, SPEECH), train_inputs.encode, [SPEECH],
-                                      training_args.seed) if augment else None)
+    inputs = AudioInputs(feature_extractor)
+    for dataset in splits.values():
+        dataset.set_transform(inputs)
+    augmentation = (TrainAugmentation(AudioAugmenter(augment_args, rate, SPEECH), inputs.encode, [SPEECH],
+                                      training_args.seed, raw=inputs.raw) if augment else None)
     predicted = predicted_split(splits)
 
     def write_predictions(output, out_dir: Path) -> None:

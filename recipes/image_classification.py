@@ -51,6 +51,7 @@ from common.toolkit.augment.image import (
     PreviewCallback,
     SoftTargetLoss,
     batch_mixer,
+    decode_side,
     geometry_from_processor,
     save_preview,
     train_transform,
@@ -161,27 +162,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                          finetune_args)
     logger.info("%d classes: %s; images %s", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()})
 
-    # 5. Lazy inputs: eval through the image processor (as pipeline() does); train keeps the decoded image
-    #    for its augmentation.
+    # 5. Lazy inputs: every split through the image processor (as pipeline() does); augmented train rows are
+    #    only decoded, and the augmentation makes their inputs.
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
     groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
               if finetune_args.cv_group_column else None)
     predicted = predicted_split(splits)
     test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None
     raw_eval = splits["validation"].select_columns([column]) if "validation" in splits else None  # files, not pixels
-    eval_inputs = ImageInputs(processor, column, data_args.max_image_side)
-    train_inputs = ImageInputs(processor, column, data_args.max_image_side, keep_raw=augment_args.augments)
-    for split, dataset in splits.items():
-        dataset.set_transform(train_inputs if split == "train" else eval_inputs)
+    transform = train_transform(augment_args.image_augment, augment_args.image_augment_params, geometry)
+    inputs = ImageInputs(processor, column, data_args.max_image_side, decode_side(transform, geometry))
+    for dataset in splits.values():
+        dataset.set_transform(inputs)
     augmentation = mixer = None
     callbacks = []
     if augment_args.augments:
-        transform = train_transform(augment_args.image_augment, augment_args.image_augment_params, geometry)
-        augmentation = TrainAugmentation(ImageAugmenter(transform, column), train_inputs.encode, [column],
-                                         training_args.seed)
+        augmentation = TrainAugmentation(ImageAugmenter(transform, column), inputs.encode, [column],
+                                         training_args.seed, raw=inputs.raw)
         mixer = batch_mixer(augment_args.mixup_alpha, augment_args.cutmix_alpha, spec.num_labels)
         if augment_args.save_augment_preview:
-            callbacks.append(PreviewCallback(partial(save_preview, splits["train"], eval_inputs, transform,
+            callbacks.append(PreviewCallback(partial(save_preview, splits["train"], inputs, transform,
                                                      training_args.seed,
                                                      Path(training_args.output_dir) / "augment_preview.png")))
     elif augment_args.save_augment_preview:

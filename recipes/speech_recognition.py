@@ -217,15 +217,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     auto_class = AutoModelForCTC if family == CTC else AutoModelForSpeechSeq2Seq
     model_init = partial(prepare_model, partial(load_speech_model, auto_class, model_args, config), finetune_args)
 
-    # 7. Lazy inputs: features per batch; train keeps the waveform for --audio_augment.
+    # 7. Lazy inputs: features per batch; --audio_augment changes train waveforms first.
     augment = any(augment_args.probabilities.values())
-    train_inputs = AudioInputs(feature_extractor, keep_raw=augment)
-    for split, dataset in splits.items():
-        dataset.set_transform(train_inputs if split == "train" else AudioInputs(feature_extractor))
+    inputs = AudioInputs(feature_extractor)
+    for dataset in splits.values():
+        dataset.set_transform(inputs)
     augmentation = None
     if augment:
-        augmentation = TrainAugmentation(AudioAugmenter(augment_args, sampling_rate, SPEECH), train_inputs.encode,
-                                         [SPEECH], training_args.seed)
+        augmentation = TrainAugmentation(AudioAugmenter(augment_args, sampling_rate, SPEECH), inputs.encode,
+                                         [SPEECH], training_args.seed, raw=inputs.raw)
     decode = partial(decode_predictions, tokenizer=tokenizer, family=family)
     metrics = SpeechMetrics(decode, references, normalize)
 

@@ -26,6 +26,7 @@ from common.toolkit.augment.image import (
     ImageInputs,
     SoftTargetLoss,
     batch_mixer,
+    decode_side,
     geometry_from_processor,
     train_transform,
 )
@@ -198,12 +199,12 @@ def test_train_split_is_augmented_per_epoch_eval_split_is_not(vit, clothing):
     files = {"train": str(clothing["train"] / "**")}
     dataset = datasets.load_dataset("imagefolder", data_files=files, split="train").rename_column("label", "labels")
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    eval_inputs = ImageInputs(processor, "image", 1024)
-    train_inputs = ImageInputs(processor, "image", 1024, keep_raw=True)
-    evaluation = dataset.with_transform(eval_inputs)
-    train = dataset.with_transform(train_inputs)
-    wrapped = TrainAugmentation(ImageAugmenter(train_transform("standard", None, geometry), "image"),
-                                train_inputs.encode, ["image"], seed=0).wrap(train)
+    transform = train_transform("standard", None, geometry)
+    inputs = ImageInputs(processor, "image", 1024, decode_side(transform, geometry))
+    evaluation = dataset.with_transform(inputs)
+    train = dataset.with_transform(inputs)
+    wrapped = TrainAugmentation(ImageAugmenter(transform, "image"), inputs.encode, ["image"], seed=0,
+                                raw=inputs.raw).wrap(train)
     epoch0 = wrapped.__getitems__([0, 5])
     wrapped.epoch = 1
     epoch1 = wrapped.__getitems__([0, 5])
@@ -212,6 +213,7 @@ def test_train_split_is_augmented_per_epoch_eval_split_is_not(vit, clothing):
     wrapped.epoch = 0
     assert torch.equal(epoch0[1]["pixel_values"], wrapped.__getitems__([5])[0]["pixel_values"])
     assert torch.equal(evaluation[0]["pixel_values"], evaluation[0]["pixel_values"])
+    assert torch.equal(train[0]["pixel_values"], evaluation[0]["pixel_values"])  # unwrapped rows (CV held-out) as eval
     assert not torch.equal(evaluation[0]["pixel_values"], epoch0[0]["pixel_values"])
 
 

@@ -137,13 +137,14 @@ def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
 
 def test_kill_9_then_resume_equals_uninterrupted_image_with_augmentation(clothing, tmp_path):
     """RandomResizedCrop, flips, affine, colour jitter and MixUp: every draw is seeded by (seed, epoch, row), so the
-    resumed run augments and mixes each batch exactly as the uninterrupted one."""
+    resumed run augments and mixes each batch exactly as the uninterrupted one, and two persistent data loader
+    workers exactly as the main process alone."""
     from common.models.tiny import tiny_vit
     from recipes import image_classification
 
     vit = tiny_vit(tmp_path / "vit")
 
-    def args(out: Path) -> list[str]:
+    def args(out: Path, **loader) -> list[str]:
         # 24 images in batches of 4: 6 steps per epoch, a checkpoint every 4 steps.
         return fast_args(
             out,
@@ -159,10 +160,14 @@ def test_kill_9_then_resume_equals_uninterrupted_image_with_augmentation(clothin
             save_strategy="steps",
             save_steps=4,
             logging_steps=4,
+            **loader,
         )
 
     reference = tmp_path / "reference"
-    image_classification.main(args(reference))
+    image_classification.main(args(reference, dataloader_num_workers=0))
+    workers = tmp_path / "workers"
+    image_classification.main(args(workers, dataloader_num_workers=2, dataloader_persistent_workers=True))
+    _assert_same_run(reference, workers)
 
     killed = tmp_path / "killed"
     log = tmp_path / "killed.log"

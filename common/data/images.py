@@ -77,16 +77,18 @@ def image_name(value: Any, index: int) -> str:
     return path or f"row {index}"
 
 
-def open_image(value: Any, max_side: int) -> Image.Image:
-    """Decode one image as RGB, oriented by its EXIF tag, at most `max_side` pixels on its longer side."""
+def open_image(value: Any, max_side: int, min_side: int | None = None) -> Image.Image:
+    """Decode one image as RGB, oriented by its EXIF tag, at most `max_side` pixels on its longer side; with
+    `min_side`, a JPEG decodes at the smallest scale (1/2, 1/4 or 1/8) that keeps both sides >= min_side."""
     if isinstance(value, Image.Image):
         image = value
     else:
         data = value.get("bytes") if isinstance(value, dict) else None
         path = value.get("path") if isinstance(value, dict) else value
         image = Image.open(io.BytesIO(data) if data else path)
-        if max(image.size) > max_side:
-            image.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; no-op elsewhere
+        target = min(max_side, min_side) if min_side else max_side
+        if max(image.size) > target:
+            image.draft("RGB", (target, target))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; no-op elsewhere
     image = ImageOps.exif_transpose(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # palette transparency cannot convert to RGB directly

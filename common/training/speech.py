@@ -154,17 +154,22 @@ def model_family(config) -> str:
 class AudioInputs:
     """Lazy model inputs for `Dataset.set_transform`: the feature extractor over each batch of waveforms.
 
-    With `keep_raw` (the augmented train split) the waveform passes through untouched: `TrainAugmentation`
-    augments it and then calls `encode`, so the features are computed once, after augmentation.
+    Every split reads through it (a CV fold's held-out rows too). Augmented training rows read through `raw`
+    instead (`TrainAugmentation.raw`): the waveform alone, which the augmentation changes and then `encode`s,
+    so features are computed once, after augmentation.
     """
 
-    def __init__(self, feature_extractor, keep_raw: bool = False):
-        self.feature_extractor, self.keep_raw = feature_extractor, keep_raw
+    def __init__(self, feature_extractor):
+        self.feature_extractor = feature_extractor
         self.input_name = feature_extractor.model_input_names[0]
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out = {"labels": batch["labels"]} if "labels" in batch else {}
-        return {**out, SPEECH: batch[SPEECH]} if self.keep_raw else {**out, **self.encode(batch)}
+        return {**out, **self.encode(batch)}
+
+    @staticmethod
+    def raw(batch: dict[str, list]) -> dict[str, list]:
+        return batch  # the waveform and the labels, as stored
 
     def encode(self, raw: dict[str, list]) -> dict[str, list]:
         waveforms = [np.asarray(x, dtype=np.float32) for x in raw[SPEECH]]

@@ -4,23 +4,26 @@ An `Augmenter` changes one raw example (text, image, audio) with the random gene
 
     def __call__(self, example: dict, rng: numpy.random.Generator) -> dict
 
-It must draw all its randomness from `rng` (a torchvision v2 transform can seed a `torch.Generator`
-or `torch.manual_seed` from `rng.integers(2**63)` inside `torch.random.fork_rng()`), and it returns the
+It must draw all its randomness from `rng` (torchvision v2 transforms draw from torch's default CPU
+generator: seed it from `rng.integers(2**63)` inside `torch.random.fork_rng(devices=[])`), and it returns the
 example with the columns it augments replaced. Text lives in `common.toolkit.augment.text`; image
 (torchvision v2) and audio (noise, gain, time shift, speed) augmenters plug in the same way.
 
 A recipe hands a `TrainAugmentation` to its `Task`: the augmenter, the raw columns it reads, and
 `encode`, the recipe's own batched preprocessing (tokenizer, image processor, feature extractor)
-that turns those raw columns into model inputs. The train split keeps its raw columns beside the
-preprocessed ones. When the trainer is built, `wrap` puts the train split (or a CV fold of it) in an
-`AugmentedDataset`, which augments and re-encodes each batch as the data loader fetches it, and
-drops the raw columns. Eval and test data, and CV held-out rows, never pass through it, and the
-raw columns stay out of the model because the trainer removes unused columns from them.
+that turns those raw columns into model inputs. When the trainer is built, `wrap` puts the train
+split (or a CV fold of it) in an `AugmentedDataset`, which augments and re-encodes each batch as the
+data loader fetches it, and drops the raw columns. Eval and test data, and CV held-out rows, never
+pass through it. Text keeps its raw columns beside the tokenized ones (the trainer removes them from
+what reaches the model). Images and audio are model inputs only at batch time, through the split's
+`set_transform`, which eval rows need in full (image processor, feature extractor); `raw`, the
+batch transform the wrapped split reads through instead, yields just the decoded raw columns, so no
+augmented row ever pays for preprocessing that `encode` would replace.
 
 Each example's generator is seeded with (seed, epoch, row): the same seed and epoch give the same
-augmented data, whatever the batch size or shuffling, and every epoch sees new variants. The epoch
-comes from `EpochCallback` at the start of each epoch, before the data loader (and its worker
-processes) starts; with `dataloader_persistent_workers` the workers would keep their first epoch.
+augmented data, whatever the batch size, shuffling or number of data loader workers, and every epoch
+sees new variants. The epoch comes from `EpochCallback` at the start of each epoch, before the data
+loader asks for its first batch; it lives in shared memory, so persistent workers read it too.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ class TrainAugmentation:
     encode: Callable[[dict[str, list]], dict[str, list]]  # batched raw columns -> model inputs
     raw_columns: list[str]
     seed: int
+    # The train rows' batch transform while augmenting (None: read them as they are): decoded raw columns
+    # and the labels, in place of the split's own set_transform.
+    raw: Callable[[dict[str, list]], dict[str, list]] | None = None
 
     def wrap(self, dataset) -> AugmentedDataset:
-        return AugmentedDataset(dataset, self)
+        return AugmentedDataset(dataset if self.raw is None else dataset.with_transform(self.raw), self)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):
@@ -60,8 +66,16 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __init__(self, dataset, augmentation: TrainAugmentation):
         self.dataset = dataset
         self.augmentation = augmentation
-        self.epoch = 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by worker processes too
         self.callback = EpochCallback(self)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.fill_(value)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -77,10 +91,10 @@ class AugmentedDataset(torch.utils.data.Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        aug = self.augmentation
+        aug, epoch = self.augmentation, self.epoch
         batch = self.dataset[list(indices)]
         rows = [{key: values[j] for key, values in batch.items()} for j in range(len(indices))]
-        rows = [aug.augmenter(row, np.random.default_rng([aug.seed, self.epoch, int(i)])) for row, i in zip(rows, indices)]
+        rows = [aug.augmenter(row, np.random.default_rng([aug.seed, epoch, int(i)])) for row, i in zip(rows, indices)]
         raw = {column: [row[column] for row in rows] for column in aug.raw_columns}
         encoded = aug.encode(raw)
         return [

@@ -28,6 +28,7 @@ which turns the labels into class distributions; `SoftTargetLoss` trains on them
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,9 +199,10 @@ class ImageAugmenter:
         self.column = column
 
     def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        # v2 ops draw from torch's global generator: fork it so the draw depends on `rng` alone.
+        # v2 ops draw from torch's global CPU generator: fork it so the draw depends on `rng` alone. Seeding that
+        # generator alone costs microseconds; torch.manual_seed also seeds every accelerator's (about 0.4 ms).
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(2**63)))
+            torch.default_generator.manual_seed(int(rng.integers(2**63)))
             example[self.column] = self.transform(example[self.column])
         example[TRAIN_MARK] = int(rng.integers(1, 2**62))
         return example
@@ -233,7 +235,7 @@ class ImageCollator:
                 # resumed from a checkpoint (which restores that generator only after fetching its first
                 # batch) mixes every batch as the uninterrupted run did.
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(sum(int(r[TRAIN_MARK]) for r in rows) % 2**63)
+                    torch.default_generator.manual_seed(sum(int(r[TRAIN_MARK]) for r in rows) % 2**63)
                     mixed = self.mixer(batch["pixel_values"], batch["labels"])
                 batch["pixel_values"], batch["labels"] = mixed
         return batch
@@ -254,29 +256,48 @@ class SoftTargetLoss:
         return loss / (num_items_in_batch / (labels.shape[-1] if labels.ndim == 2 else 1))
 
 
+def decode_side(transform: v2.Compose, geometry: ImageGeometry) -> int:
+    """The shorter side a training image must keep so that the train transform never enlarges it: the
+    evaluation resize, or what the smallest, most elongated RandomResizedCrop window needs to cover the
+    output size (scale s at aspect ratio r spans sqrt(s / r) of the image's side)."""
+    crop = next((op for op in transform.transforms if isinstance(op, v2.RandomResizedCrop)), None)
+    if crop is None:
+        return max(geometry.resize) if isinstance(geometry.resize, tuple) else geometry.resize
+    return math.ceil(max(crop.size) * math.sqrt(max(crop.ratio) / min(crop.scale)))
+
+
 class ImageInputs:
     """Lazy model inputs for `Dataset.set_transform`: decode, then the model's own image processor.
 
-    Evaluation therefore sees exactly what `pipeline("image-classification")` feeds the saved model (Resize,
-    CenterCrop where the processor does one, normalization). With `keep_raw` the decoded image stays in its
-    column beside `pixel_values`, for the train split: the training augmentation starts from it and
-    replaces `pixel_values` through `encode`.
+    Every split reads through it, so evaluation (and a CV fold's held-out rows) sees exactly what
+    `pipeline("image-classification")` feeds the saved model (Resize, CenterCrop where the processor does
+    one, normalization). Augmented training rows read through `raw` instead (`TrainAugmentation.raw`):
+    decoded images only, JPEGs at the reduced scale `train_side` allows, since the train transform resizes
+    them anyway; the augmentation then ends in `encode`.
     """
 
-    def __init__(self, processor: Any, column: str, max_side: int, keep_raw: bool = False):
+    def __init__(self, processor: Any, column: str, max_side: int, train_side: int | None = None):
         self.processor = processor
         geometry = geometry_from_processor(processor)
         self.mean, self.std = torch.tensor(geometry.mean).view(3, 1, 1), torch.tensor(geometry.std).view(3, 1, 1)
-        self.normalize = v2.Normalize(geometry.mean, geometry.std)
-        self.column, self.max_side, self.keep_raw = column, max_side, keep_raw
+        self.column, self.max_side, self.train_side = column, max_side, train_side
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images = [open_image(value, self.max_side) for value in batch[self.column]]
         out = {"pixel_values": list(self.processor(images, return_tensors="pt")["pixel_values"])}
         if "labels" in batch:
             out["labels"] = batch["labels"]
-        if self.keep_raw:
-            out[self.column] = images
+        return out
+
+    def decode(self, value: Any) -> Any:
+        """One training image as the train transform starts from it."""
+        return open_image(value, self.max_side, self.train_side)
+
+    def raw(self, batch: dict[str, list]) -> dict[str, list]:
+        """Decoded training images (and labels), for the augmentation."""
+        out = {self.column: [self.decode(value) for value in batch[self.column]]}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
         return out
 
     def view(self, image: Any) -> torch.Tensor:
@@ -284,8 +305,9 @@ class ImageInputs:
         return self.processor(image, return_tensors="pt")["pixel_values"][0] * self.std + self.mean
 
     def encode(self, raw: dict[str, list]) -> dict[str, list]:
-        """Augmented [0, 1] tensors -> normalized `pixel_values` (the `TrainAugmentation.encode` step)."""
-        return {"pixel_values": [self.normalize(tensor) for tensor in raw[self.column]]}
+        """Augmented [0, 1] tensors -> normalized `pixel_values` (the `TrainAugmentation.encode` step), the whole
+        batch in one operation (per image, v2.Normalize's dispatch costs more than the arithmetic)."""
+        return {"pixel_values": list((torch.stack(raw[self.column]) - self.mean) / self.std)}
 
 
 def save_preview(dataset: Any, inputs: ImageInputs, transform: v2.Compose, seed: int, path: str | Path,
@@ -298,8 +320,9 @@ def save_preview(dataset: Any, inputs: ImageInputs, transform: v2.Compose, seed:
     augmenter = ImageAugmenter(transform, "image")
     tiles = []
     for row in np.linspace(0, len(raw) - 1, min(rows, len(raw))).astype(int).tolist():
-        image = open_image(raw[row][inputs.column], inputs.max_side)
-        tiles.append(inputs.view(image))
+        value = raw[row][inputs.column]
+        tiles.append(inputs.view(open_image(value, inputs.max_side)))
+        image = inputs.decode(value)  # as training decodes it
         tiles += [augmenter({"image": image}, np.random.default_rng([seed, epoch, row]))["image"] for epoch in range(variants)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(torch.stack(tiles).clamp(0, 1), str(path), nrow=variants + 1, padding=2, pad_value=1.0)
