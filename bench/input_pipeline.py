@@ -6,17 +6,18 @@ HF image-classification example.
 1. **Input pipeline alone.** Each recipe builds its `Task` as it would for training (the run itself is replaced),
    and the train split is read as its Trainer reads it: `Task.augmentation.wrap(train)`, the Task's collator,
    batches of 16 in random order, for `--loader_epochs` epochs, with no model. Images/s (clothing_small train,
-   tiny ConvNeXt at 64 px, the config's `standard` preset) and clips/s (FSDD train, tiny wav2vec2 CTC,
+   tiny ConvNeXt at 64 px, the default `light` preset and the config's `standard` one) and clips/s (FSDD train, tiny wav2vec2 CTC,
    `--audio_augment speed=0.5 shift=0.3 gain=0.3 noise=0.3`). `before` is a git worktree of COMMIT (the tree
    before the input pipeline was reworked), `now` is this tree; each measurement runs in its own process,
    before and now alternating, and the table shows the median.
 2. **End to end.** `recipes/image_classification.py` against `bench/peers/hf_run_image_classification.py` (the
    HF example's steps) at matched settings: the same tiny ConvNeXt (random init, 64 px), clothing_small train,
    `--epochs` epochs, batch 16, learning rate 3e-3, no evaluation or checkpoints during training, the same
-   seeds. Train samples/s comes from each one's `trainer.train()` metrics. The recipe runs its config's
-   augmentation (`standard`: RandomResizedCrop, flip, affine, colour jitter), and again with exactly the
-   example's ops (RandomResizedCrop scale 0.08-1 and a flip) to compare like with like; the data loader
-   workers are the recipe's default, and 0 (the example's default) as a separate arm.
+   seeds. Train samples/s comes from each one's `trainer.train()` metrics. The recipe runs with its defaults
+   (the `light` preset), with one data loader worker, with its config's `standard` preset (which adds an
+   affine warp and colour jitter the example does not do), and with exactly the example's ops
+   (RandomResizedCrop scale 0.08-1 and a flip). The speech recipe runs one FSDD epoch with its defaults and
+   with one worker: with the image arms, the evidence for the workers default on CPU.
 
 Writes its section into bench/RESULTS.md (between markers that bench/run.py keeps); runs stay in
 bench/runs/input_pipeline/.
@@ -43,15 +44,20 @@ PEER = "bench/peers/hf_run_image_classification.py"
 CLOTHING = DATA / "clothing_small"
 AUDIO_AUGMENT = ["speed=0.5", "shift=0.3", "gain=0.3", "noise=0.3"]
 PEER_OPS = '{RandomResizedCrop: {scale: [0.08, 1.0]}}'  # with the `light` preset: the example's crop and flip
+PEER_ARM = "HF example (its defaults: 0 workers)"
+LOADERS = {"image-light": ("images/s", "clothing_small, tiny ConvNeXt 64 px, the default `light` preset"),
+           "image-standard": ("images/s", "the same, the config's `standard` preset"),
+           "speech": ("clips/s", "FSDD, tiny wav2vec2 CTC, `--audio_augment` 4 ops")}
 
 
 def recipe_task(kind: str, models: Path, out: Path):
-    """The Task the image or speech recipe would train, built by its own main() with `run` replaced."""
-    if kind == "image":
+    """The Task the image (`image-PRESET`) or speech recipe would train, built by its own main() with `run`
+    replaced."""
+    if kind.startswith("image"):
         from recipes import image_classification as recipe
 
         argv = ["--model_name_or_path", str(models / "convnext"), "--train_dir", str(CLOTHING / "train"),
-                "--image_augment", "standard"]
+                "--image_augment", kind.split("-")[1]]
     else:
         from recipes import speech_recognition as recipe
 
@@ -121,7 +127,7 @@ def loader_rows(before: Path, models: Path, repeats: int, epochs: int) -> dict[s
     rates: dict[str, list[float]] = {}
     arms = [("before", before, 0), ("now", ROOT, 0), ("now, 1 worker", ROOT, 1)]
     for repeat in range(repeats):
-        for kind in ("image", "speech"):
+        for kind in LOADERS:
             for name, tree, workers in arms:
                 log = RUNS / f"loader-{kind}-{name.replace(', ', '-').replace(' ', '')}-{repeat}.log"
                 cmd = [str(ROOT / "bench" / "input_pipeline.py"), "--measure", kind, "--workers", str(workers),
@@ -134,18 +140,26 @@ def loader_rows(before: Path, models: Path, repeats: int, epochs: int) -> dict[s
 
 
 def e2e_arms(models: Path, epochs: int) -> dict[str, list[str]]:
+    """Image runs against the HF example, then the speech recipe with and without a worker."""
     common = ["--num_train_epochs", str(epochs), "--per_device_train_batch_size", "16", "--learning_rate", "3e-3"]
+    quiet = ["--eval_strategy", "no", "--save_strategy", "no", "--do_eval", "false", "--do_predict", "false",
+             "--error_examples", "0", "--disable_tqdm", "true", "--report_to", "none", "--overwrite_output_dir"]
     recipe = ["recipes/image_classification.py", "--model_name_or_path", str(models / "convnext"),
-              "--train_dir", str(CLOTHING / "train"), *common, "--eval_strategy", "no", "--save_strategy", "no",
-              "--do_eval", "false", "--do_predict", "false", "--error_examples", "0", "--disable_tqdm", "true",
-              "--report_to", "none", "--overwrite_output_dir"]
+              "--train_dir", str(CLOTHING / "train"), *common, *quiet]
+    speech = ["recipes/speech_recognition.py", "--model_name_or_path", str(models / "ctc"), "--train_file",
+              str(DATA / "fsdd" / "metadata.csv"), "--split_column", "split", "--audio_column", "file",
+              "--text_column", "transcript", "--max_duration_s", "1.0", "--audio_augment", *AUDIO_AUGMENT,
+              "--num_train_epochs", "1", *quiet]
     return {
-        "HF example (its defaults: 0 workers)": [PEER, str(CLOTHING / "train"), "{seed}", "{out}",
-                                                 "--model_name_or_path", str(models / "convnext"), *common],
-        "recipe, config augmentation (standard)": [*recipe, "--image_augment", "standard"],
-        "recipe, the example's ops": [*recipe, "--image_augment", "light", "--image_augment_params", PEER_OPS],
-        "recipe, the example's ops, 0 workers": [*recipe, "--image_augment", "light", "--image_augment_params",
-                                                 PEER_OPS, "--dataloader_num_workers", "0"],
+        PEER_ARM: [PEER, str(CLOTHING / "train"), "{seed}", "{out}", "--model_name_or_path", str(models / "convnext"),
+                   *common],
+        "image recipe, its defaults (`light` preset; on CPU 0 workers)": recipe,
+        "image recipe, 1 data loader worker": [*recipe, "--dataloader_num_workers", "1"],
+        "image recipe, the config's `standard` preset": [*recipe, "--image_augment", "standard"],
+        "image recipe, the example's own ops": [*recipe, "--image_augment", "light", "--image_augment_params",
+                                                PEER_OPS],
+        "speech recipe (FSDD, 1 epoch), its defaults (on CPU 0 workers)": speech,
+        "speech recipe (FSDD, 1 epoch), 1 data loader worker": [*speech, "--dataloader_num_workers", "1"],
     }
 
 
@@ -155,7 +169,7 @@ def e2e_rows(models: Path, seeds: list[int], epochs: int) -> dict[str, list[floa
         for index, (name, cmd) in enumerate(e2e_arms(models, epochs).items()):
             out = RUNS / f"e2e-{index}-{seed}"
             log = RUNS / f"e2e-{index}-{seed}.log"
-            args = [a.format(seed=seed, out=out) for a in cmd]
+            args = [a.replace("{seed}", str(seed)).replace("{out}", str(out)) for a in cmd]
             if cmd[0] != PEER:
                 args += ["--seed", str(seed), "--output_dir", str(out)]
             with log.open("w") as stream:
@@ -172,7 +186,7 @@ def e2e_rows(models: Path, seeds: list[int], epochs: int) -> dict[str, list[floa
 def section(loader: dict[str, list[float]], e2e: dict[str, list[float]], options, seconds: float,
             rate: float) -> list[str]:
     median = {k: statistics.median(v) for k, v in {**loader, **e2e}.items()}
-    peer = median["HF example (its defaults: 0 workers)"]
+    peer = median[PEER_ARM]
     lines = [f"<!-- {MARK} -->", "## Input pipelines: images and audio, alone and against the HF example", "",
              f"`python bench/input_pipeline.py --before {options.before} --seeds {' '.join(map(str, options.seeds))} "
              f"--epochs {options.epochs}` ({seconds / 60:.1f} min; fp32 matmul {rate / 1e9:.0f} GFLOP/s in the same "
@@ -180,16 +194,17 @@ def section(loader: dict[str, list[float]], e2e: dict[str, list[float]], options
              f"**The train input pipeline alone** (no model; batches of 16, random order, {options.loader_epochs} "
              f"epochs, median of {options.repeats} runs; `before` is commit {options.before}):", "",
              "| pipeline | before | now | now / before | now, 1 worker |", "|---|---:|---:|---:|---:|"]
-    for kind, unit, what in (("image", "images/s", "clothing_small, tiny ConvNeXt 64 px, `standard` preset"),
-                             ("speech", "clips/s", "FSDD, tiny wav2vec2 CTC, `--audio_augment` 4 ops")):
+    for kind, (unit, what) in LOADERS.items():
         b, n, w = (median[f"{kind}|{arm}"] for arm in ("before", "now", "now, 1 worker"))
         lines.append(f"| {kind}: {what} | {b:.0f} {unit} | {n:.0f} {unit} | **{n / b:.2f}×** | {w:.0f} {unit} |")
     lines += ["", f"**End to end** (train samples/s from `trainer.train()`, median of seeds "
               f"{', '.join(map(str, options.seeds))}; {options.epochs} epochs of the 400 train images, batch 16):", "",
-              "| run | train samples/s (per seed) | ratio to the HF example |", "|---|---:|---:|"]
+              "| run | train samples/s (per seed) | ratio |", "|---|---:|---:|"]
+    speech = next(name for name in e2e if name.startswith("speech"))
     for name, values in e2e.items():
-        lines.append(f"| {name} | {median[name]:.1f} ({', '.join(f'{v:.1f}' for v in values)}) | "
-                     f"**{median[name] / peer:.2f}×** |")
+        base, against = (median[speech], "its defaults") if name.startswith("speech") else (peer, "the HF example")
+        ratio = "" if name in (PEER_ARM, speech) else f"**{median[name] / base:.2f}×** {against}"
+        lines.append(f"| {name} | {median[name]:.1f} ({', '.join(f'{v:.1f}' for v in values)}) | {ratio} |")
     lines += ["", f"<!-- /{MARK} -->"]
     return lines
 
@@ -215,7 +230,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default=str(RUNS / "models"))
     # One measurement, in a process of its own (used by the driver above).
-    parser.add_argument("--measure", choices=("image", "speech"))
+    parser.add_argument("--measure", choices=LOADERS)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--tree", default=None)
     parser.add_argument("--result", default=None)

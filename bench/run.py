@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -48,6 +49,13 @@ from parts.cache import cache_rows, cache_section
 from parts.padding import padding_rows, padding_section
 from parts.profile import PROFILE_JSON, dropout_steps, efficiency_rows, efficiency_section, eval_padding
 from parts.recipes import build_models, recipe_rows, recipes_section
+
+
+def standalone_sections(path: Path) -> list[str]:
+    """The sections standalone benchmarks wrote into `path` between `<!-- name -->` and `<!-- /name -->` (e.g.
+    bench/input_pipeline.py), kept as they are: this harness does not rerun them."""
+    text = path.read_text() if path.is_file() else ""
+    return [m.group(0) + "\n" for m in re.finditer(r"<!-- (\w+) -->.*?<!-- /\1 -->", text, flags=re.S)]
 
 
 def main() -> int:
@@ -101,6 +109,7 @@ def main() -> int:
              *padding_section(ctx, padding if "padding" in parts else [], verdicts),
              *cache_section(caching, verdicts),
              *efficiency_section(ctx, rows, extra, efficiency),
+             *standalone_sections(out_file),
              *targets_section(verdicts),
              *commands_section(everything)]
     text = "\n".join(lines)

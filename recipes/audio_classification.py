@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, TrainingArguments, set_seed
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.config import TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import (
     add_validation_split,
@@ -56,8 +56,9 @@ from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {**TRAINING_DEFAULTS, "output_dir": "outputs/audio-classification", "learning_rate": 3e-5,
-            "num_train_epochs": 5, "remove_unused_columns": False}  # features are computed by set_transform
+DEFAULTS = {**TRAINING_DEFAULTS, **input_loader_defaults(), "output_dir": "outputs/audio-classification",
+            "learning_rate": 3e-5, "num_train_epochs": 5,
+            "remove_unused_columns": False}  # features are computed by set_transform
 
 
 @dataclass
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for dataset in splits.values():
         dataset.set_transform(inputs)
     augmentation = (TrainAugmentation(AudioAugmenter(augment_args, rate, SPEECH), inputs.encode, [SPEECH],
-                                      training_args.seed, raw=inputs.raw) if augment else None)
+                                      training_args.seed, raw_view=inputs.raw_view) if augment else None)
     predicted = predicted_split(splits)
 
     def write_predictions(output, out_dir: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainingArguments, set_seed
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.config import TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import (
     add_validation_split,
@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,
+    **input_loader_defaults(),
     "model_name_or_path": "google/vit-base-patch16-224-in21k",
     "output_dir": "outputs/image-classification",
     "per_device_train_batch_size": 32,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     callbacks = []
     if augment_args.augments:
         augmentation = TrainAugmentation(ImageAugmenter(transform, column), inputs.encode, [column],
-                                         training_args.seed, raw=inputs.raw)
+                                         training_args.seed, raw_view=inputs.raw_view)
         mixer = batch_mixer(augment_args.mixup_alpha, augment_args.cutmix_alpha, spec.num_labels)
         if augment_args.save_augment_preview:
             callbacks.append(PreviewCallback(partial(save_preview, splits["train"], inputs, transform,

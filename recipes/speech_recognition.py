@@ -26,7 +26,7 @@ from transformers import (
     set_seed,
 )
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.config import TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, require_columns
 from common.data.arrow import list_lengths
@@ -76,6 +76,7 @@ TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_t
 
 DEFAULTS = {
     **TRAINING_DEFAULTS,
+    **input_loader_defaults(),
     "output_dir": "outputs/speech-recognition",
     "per_device_eval_batch_size": 32,
     "learning_rate": 1e-4,
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     augmentation = None
     if augment:
         augmentation = TrainAugmentation(AudioAugmenter(augment_args, sampling_rate, SPEECH), inputs.encode,
-                                         [SPEECH], training_args.seed, raw=inputs.raw)
+                                         [SPEECH], training_args.seed, raw_view=inputs.raw_view)
     decode = partial(decode_predictions, tokenizer=tokenizer, family=family)
     metrics = SpeechMetrics(decode, references, normalize)
 

@@ -23,6 +23,7 @@ from common.toolkit.augment.image import (
     TRAIN_MARK,
     ImageAugmenter,
     ImageCollator,
+    ImageGeometry,
     ImageInputs,
     SoftTargetLoss,
     batch_mixer,
@@ -204,7 +205,7 @@ def test_train_split_is_augmented_per_epoch_eval_split_is_not(vit, clothing):
     evaluation = dataset.with_transform(inputs)
     train = dataset.with_transform(inputs)
     wrapped = TrainAugmentation(ImageAugmenter(transform, "image"), inputs.encode, ["image"], seed=0,
-                                raw=inputs.raw).wrap(train)
+                                raw_view=inputs.raw_view).wrap(train)
     epoch0 = wrapped.__getitems__([0, 5])
     wrapped.epoch = 1
     epoch1 = wrapped.__getitems__([0, 5])
@@ -314,6 +315,11 @@ def test_huge_images_are_decoded_small(tmp_path, monkeypatch):
     # The JPEG decoded straight at 1/4 scale (draft mode): its 3000x3000 bitmap never existed. PNG has no such
     # mode, so it decodes in full once and is shrunk at once.
     assert decoded == [(750, 750), (3000, 3000)]
+    # Training decodes at the smallest scale that still covers its crops: 1/4 leaves 750 >= 700, 1/8 would not.
+    assert open_image(str(tmp_path / "huge.jpg"), max_side=4096, min_side=700).size == (750, 750)
+    geometry = ImageGeometry(resize=73, crop=(64, 64), mean=[0.5] * 3, std=[0.5] * 3)
+    assert decode_side(train_transform("light", None, geometry), geometry) == 105  # 64 * sqrt((4/3) / 0.5)
+    assert decode_side(train_transform("none", None, geometry), geometry) == 73  # the evaluation resize
 
 
 # --- bad input: fails before training, output dir untouched -----------------------------------------------------

@@ -45,6 +45,23 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     # On SIGTERM, checkpoint at the next step boundary and stop (common.training.reliability.PreemptionCallback).
     "enable_jit_checkpoint": True,
 }
+
+
+def input_loader_defaults() -> dict[str, Any]:
+    """Data loader workers for the recipes that decode and augment each batch (images, audio).
+
+    With a GPU, workers prepare batches while it steps: up to 4 per process, one core left to the process
+    itself, kept across epochs (the augmentation's epoch is shared with them). Without one, loading and the
+    step share the same cores: on the 2-core CPU of bench/RESULTS.md one worker made both the image and the
+    speech recipe slower end to end, so loading stays in the main process there.
+    """
+    if not torch.cuda.is_available():
+        return {}
+    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = max(0, min(4, cores - 1))
+    return {"dataloader_num_workers": workers, "dataloader_persistent_workers": True} if workers else {}
+
+
 class ArgumentGroups:
     """Base of a dataclass composed of option groups (dataclasses beside the code that reads them): building it
     runs every group's `check(self)`, and `apply_policies` every group's `policies(options)`, the settings its

@@ -81,7 +81,7 @@ def open_image(value: Any, max_side: int, min_side: int | None = None) -> Image.
     """Decode one image as RGB, oriented by its EXIF tag, at most `max_side` pixels on its longer side; with
     `min_side`, a JPEG decodes at the smallest scale (1/2, 1/4 or 1/8) that keeps both sides >= min_side."""
     if isinstance(value, Image.Image):
-        image = value
+        image = ImageOps.exif_transpose(value)  # a new image: the caller's stays as it is
     else:
         data = value.get("bytes") if isinstance(value, dict) else None
         path = value.get("path") if isinstance(value, dict) else value
@@ -89,7 +89,7 @@ def open_image(value: Any, max_side: int, min_side: int | None = None) -> Image.
         target = min(max_side, min_side) if min_side else max_side
         if max(image.size) > target:
             image.draft("RGB", (target, target))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; no-op elsewhere
-    image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # our own image: no copy
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # palette transparency cannot convert to RGB directly
     if image.mode != "RGB":

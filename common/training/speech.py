@@ -8,6 +8,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -154,9 +155,10 @@ def model_family(config) -> str:
 class AudioInputs:
     """Lazy model inputs for `Dataset.set_transform`: the feature extractor over each batch of waveforms.
 
-    Every split reads through it (a CV fold's held-out rows too). Augmented training rows read through `raw`
-    instead (`TrainAugmentation.raw`): the waveform alone, which the augmentation changes and then `encode`s,
-    so features are computed once, after augmentation.
+    Every split reads through it (a CV fold's held-out rows too). Augmented training rows read through
+    `raw_view` instead (`TrainAugmentation.raw_view`): the stored waveform as a numpy array (far cheaper than
+    the Python lists a transform receives), which the augmentation changes and then `encode`s, so features are
+    computed once, after augmentation.
     """
 
     def __init__(self, feature_extractor):
@@ -168,8 +170,8 @@ class AudioInputs:
         return {**out, **self.encode(batch)}
 
     @staticmethod
-    def raw(batch: dict[str, list]) -> dict[str, list]:
-        return batch  # the waveform and the labels, as stored
+    def raw_view(dataset: Any) -> Any:
+        return dataset.with_format("numpy")
 
     def encode(self, raw: dict[str, list]) -> dict[str, list]:
         waveforms = [np.asarray(x, dtype=np.float32) for x in raw[SPEECH]]

@@ -16,9 +16,9 @@ split (or a CV fold of it) in an `AugmentedDataset`, which augments and re-encod
 data loader fetches it, and drops the raw columns. Eval and test data, and CV held-out rows, never
 pass through it. Text keeps its raw columns beside the tokenized ones (the trainer removes them from
 what reaches the model). Images and audio are model inputs only at batch time, through the split's
-`set_transform`, which eval rows need in full (image processor, feature extractor); `raw`, the
-batch transform the wrapped split reads through instead, yields just the decoded raw columns, so no
-augmented row ever pays for preprocessing that `encode` would replace.
+`set_transform`, which eval rows need in full (image processor, feature extractor); `raw_view` gives
+the wrapped split another view of the same rows that yields just the raw columns (decoded images;
+stored waveforms as numpy arrays), so no augmented row pays for preprocessing that `encode` replaces.
 
 Each example's generator is seeded with (seed, epoch, row): the same seed and epoch give the same
 augmented data, whatever the batch size, shuffling or number of data loader workers, and every epoch
@@ -52,12 +52,12 @@ class TrainAugmentation:
     encode: Callable[[dict[str, list]], dict[str, list]]  # batched raw columns -> model inputs
     raw_columns: list[str]
     seed: int
-    # The train rows' batch transform while augmenting (None: read them as they are): decoded raw columns
-    # and the labels, in place of the split's own set_transform.
-    raw: Callable[[dict[str, list]], dict[str, list]] | None = None
+    # The view of the train split the augmentation reads (None: the split as it is): raw columns and labels only,
+    # in place of the split's own set_transform, e.g. `lambda d: d.with_transform(decode)`.
+    raw_view: Callable[[Any], Any] | None = None
 
     def wrap(self, dataset) -> AugmentedDataset:
-        return AugmentedDataset(dataset if self.raw is None else dataset.with_transform(self.raw), self)
+        return AugmentedDataset(dataset if self.raw_view is None else self.raw_view(dataset), self)
 
 
 class AugmentedDataset(torch.utils.data.Dataset):

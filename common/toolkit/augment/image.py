@@ -20,7 +20,9 @@ it with `null`, or adds any other v2 op, e.g.
       RandomGrayscale: {p: 0.1}
 
 The output size always comes from the model's image processor (RandomResizedCrop's `size`, or Resize +
-CenterCrop when no op sets it), as do the mean and std. Evaluation always gets Resize + CenterCrop only.
+CenterCrop when no op sets it), as do the mean and std; crops resample bilinearly. Evaluation always gets
+the processor's own Resize + CenterCrop only. Training images decode at the reduced JPEG scale the crop
+allows (`decode_side`), and only evaluation rows pay for the image processor.
 `--mixup_alpha`/`--cutmix_alpha` mix whole training batches in `ImageCollator` (v2.MixUp / v2.CutMix),
 which turns the labels into class distributions; `SoftTargetLoss` trains on them.
 """
@@ -179,7 +181,9 @@ def train_transform(preset: str, params: str | dict | None, geometry: ImageGeome
     for name, args in ops:
         if name == "RandomResizedCrop":
             args.setdefault("size", geometry.crop)
-            args.setdefault("interpolation", geometry.interpolation)
+            # Bilinear, as torchvision's reference recipes and HF's example crop: cheaper than the bicubic some
+            # processors evaluate with, and the crop rescales the image anyway. Evaluation keeps the processor's.
+            args.setdefault("interpolation", v2.InterpolationMode.BILINEAR)
         if name == "RandomErasing":
             args.setdefault("value", geometry.mean)  # erased patches become the mean colour: zero once normalized
     image_ops = [_make_op(n, a) for n, a in ops if n not in TENSOR_OPS]
@@ -271,7 +275,7 @@ class ImageInputs:
 
     Every split reads through it, so evaluation (and a CV fold's held-out rows) sees exactly what
     `pipeline("image-classification")` feeds the saved model (Resize, CenterCrop where the processor does
-    one, normalization). Augmented training rows read through `raw` instead (`TrainAugmentation.raw`):
+    one, normalization). Augmented training rows read through `raw` instead (`TrainAugmentation.raw_view`):
     decoded images only, JPEGs at the reduced scale `train_side` allows, since the train transform resizes
     them anyway; the augmentation then ends in `encode`.
     """
@@ -299,6 +303,9 @@ class ImageInputs:
         if "labels" in batch:
             out["labels"] = batch["labels"]
         return out
+
+    def raw_view(self, dataset: Any) -> Any:
+        return dataset.with_transform(self.raw)
 
     def view(self, image: Any) -> torch.Tensor:
         """The evaluation input of one image, back in [0, 1] for display."""
