@@ -213,7 +213,7 @@ def test_data_pipeline_resamples_builds_vocab_and_augments_train_only(fsdd, tiny
     assert len(row["input_values"]) != len(plain) or not np.allclose(row["input_values"], plain)
     np.testing.assert_array_equal(row["input_values"], augmented[0]["input_values"])  # same seed, same epoch
     assert isinstance(task.augmentation, TrainAugmentation)
-    assert row["labels"] == task.train_dataset[0]["labels"]
+    assert list(row["labels"]) == task.train_dataset[0]["labels"]
 
 
 def test_ctc_trains_on_fsdd_with_frozen_feature_encoder(fsdd, tiny_ctc, tmp_path):
