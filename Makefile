@@ -44,6 +44,7 @@ bench: install
 	$(OFFLINE) $(BIN)/python bench/attention_dropout.py
 	$(OFFLINE) $(BIN)/python bench/token_classification.py
 	$(OFFLINE) $(BIN)/python bench/audio_classification.py
+	$(OFFLINE) $(BIN)/python bench/input_pipeline.py
 
 clean:
 	rm -rf outputs .pytest_cache
