@@ -56,7 +56,12 @@ from common.strategies.ensembling import (
     run_ensemble,
 )
 from common.training.html_report import RUN_CONFIG_FILE, write_html_report, write_run_config
-from common.training.metrics import predictions_from_scores, score_predictions, scores_from_logits
+from common.training.metrics import (
+    first_output,
+    predictions_from_scores,
+    score_predictions,
+    scores_from_logits,
+)
 from common.training.reliability import RUN_RECORD_ATTR, compare_fingerprints
 from common.training.reporting import plot_bars, write_classification_predictions, write_json
 from common.training.run import train_evaluate_predict
@@ -248,9 +253,7 @@ def _train_fold(task, args: TrainingArguments, finetune_args, k: int, train_rows
               "heldout": _split_metrics(results, "test"), "eval": _split_metrics(results, "eval")}
     if args.process_index != 0 or task.label_spec is None:
         return record, None
-    predictions = captured["output"].predictions
-    logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
-    return record, scores_from_logits(logits, task.label_spec.problem_type)
+    return record, scores_from_logits(first_output(captured["output"].predictions), task.label_spec.problem_type)
 
 
 FOLD_RECORD, FOLD_ARRAYS = "cv_fold.json", "cv_fold.npz"

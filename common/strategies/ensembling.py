@@ -51,7 +51,12 @@ from transformers.trainer_utils import PredictionOutput
 
 from common.core.errors import RecipeInputError, nearest
 from common.data.labels import MULTI, PER_TOKEN, REGRESSION, SINGLE, LabelSpec
-from common.training.metrics import predictions_from_scores, score_predictions, scores_from_logits
+from common.training.metrics import (
+    first_output,
+    predictions_from_scores,
+    score_predictions,
+    scores_from_logits,
+)
 from common.training.reliability import plain_value
 from common.training.reporting import plot_bars, write_json
 from common.training.run import build_trainer
@@ -385,9 +390,7 @@ def member_scores(task, args: TrainingArguments, finetune_args: EnsembleArgument
             output = trainer.predict(dataset)
             if output.label_ids is not None:
                 labels[split] = np.asarray(output.label_ids)
-            predictions = output.predictions
-            logits = np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
-            scores[split].append(scores_from_logits(logits, ensemble_labels(task).problem_type))
+            scores[split].append(scores_from_logits(first_output(output.predictions), ensemble_labels(task).problem_type))
         del trainer, model
         gc.collect()
     return {split: np.stack(values) for split, values in scores.items()}, labels

@@ -33,7 +33,7 @@ from transformers.trainer_utils import PredictionOutput
 
 from common.data.arrow import column_array
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
-from common.training.metrics import score_predictions, scores_from_logits
+from common.training.metrics import first_output, score_predictions, scores_from_logits
 from common.training.task import Task
 
 logger = logging.getLogger(__name__)
@@ -221,17 +221,13 @@ def constant_baseline(task: Task) -> Baseline | None:
         return None
 
 
-def _logits(predictions: Any) -> np.ndarray:
-    return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
-
-
 def degenerate_reasons(baseline: Baseline, eval_metrics: dict[str, float], predictions: Any = None,
                        spec: LabelSpec | None = None, eval_labels: np.ndarray | None = None) -> list[str]:
     """Why the run is degenerate, or [] when it is not: (a) single-label classification predicting one class
     for at least DOMINANT_SHARE of the rows; (b) the compared metric no better than the constant's."""
     reasons = []
     if spec is not None and spec.problem_type == SINGLE and predictions is not None:
-        predicted = _logits(predictions).argmax(-1)
+        predicted = first_output(predictions).argmax(-1)
         if predicted.size:
             counts = np.bincount(predicted, minlength=spec.num_labels)
             top = int(counts.argmax())

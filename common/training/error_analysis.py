@@ -24,6 +24,7 @@ from scipy.special import log_expit, log_softmax
 from transformers.trainer_utils import PredictionOutput
 
 from common.data.labels import MULTI, REGRESSION, LabelSpec
+from common.training.metrics import first_output
 from common.training.reporting import plot_image_grid
 
 ERRORS_FILE = "errors.csv"
@@ -44,11 +45,6 @@ class ErrorAnalysis:
             self.confused.to_csv(out / CONFUSED_FILE, index=False)
         if self.grid is not None:
             self.grid(out / GRID_FILE)
-
-
-def logits_of(output: PredictionOutput) -> np.ndarray:
-    predictions = output.predictions
-    return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
 
 
 def worst(values: np.ndarray, n: int, largest: bool = True) -> np.ndarray:
@@ -73,7 +69,7 @@ def classification_errors(
     PIL image) adds the grid of the worst images, captioned with true / predicted / confidence."""
     if output.label_ids is None:
         return None
-    logits = logits_of(output)
+    logits = first_output(output.predictions)
     labels = np.asarray(output.label_ids)
     check_inputs(inputs, len(logits))
     shown = {name: list(values) for name, values in inputs.items()}

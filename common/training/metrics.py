@@ -46,6 +46,12 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
+def first_output(predictions) -> np.ndarray:
+    """The model's first output (logits, or generated ids) in Trainer predictions, which are a tuple when the
+    model returns more than one output."""
+    return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
+
+
 def scores_from_logits(logits: np.ndarray, problem_type: str) -> np.ndarray:
     """Probabilities (softmax, or sigmoid for multi-label); regression outputs pass through."""
     if problem_type == REGRESSION:
@@ -89,8 +95,7 @@ def build_compute_metrics(problem_type: str, hub_metric_id: str | None = None) -
     hub_metric = load_hub_metric(hub_metric_id) if hub_metric_id else None
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        scores = scores_from_logits(np.asarray(logits), problem_type)
+        scores = scores_from_logits(first_output(prediction.predictions), problem_type)
         result = score_predictions(np.asarray(prediction.label_ids), scores, problem_type)
         if hub_metric is not None:
             predicted = predictions_from_scores(scores, problem_type)

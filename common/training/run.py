@@ -26,7 +26,7 @@ from common.data.labels import SINGLE
 from common.training import inspection
 from common.training.baseline import constant_baseline, judge_run, model_card_warning
 from common.training.html_report import REPORT_FILE, write_html_report, write_run_config
-from common.training.metrics import scores_from_logits
+from common.training.metrics import first_output, scores_from_logits
 from common.training.reliability import (
     RUN_RECORD_ATTR,
     STAGING_NAME,
@@ -267,8 +267,7 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
         plot_training_curves(trainer.state.log_history, task.main_metric, out / "training_curves.png")
     spec = task.label_spec
     if eval_output is not None and spec is not None and spec.problem_type == SINGLE and eval_output.label_ids is not None:
-        logits = eval_output.predictions[0] if isinstance(eval_output.predictions, tuple) else eval_output.predictions
-        predicted = scores_from_logits(np.asarray(logits), spec.problem_type).argmax(-1)
+        predicted = scores_from_logits(first_output(eval_output.predictions), spec.problem_type).argmax(-1)
         plot_confusion_matrix(np.asarray(eval_output.label_ids), predicted, spec.names, out / "confusion_matrix.png")
     try:
         trainer.create_model_card(model_name=out.name, finetuned_from=task.model_name or None, tasks=task.pipeline_task)

@@ -24,7 +24,7 @@ from common.core.errors import RecipeInputError
 from common.data.parallel import SOURCE, TARGET
 from common.data.truncation import report_truncation, tokenize_truncated
 from common.training.error_analysis import ErrorAnalysis, check_inputs, worst
-from common.training.metrics import load_hub_metric
+from common.training.metrics import first_output, load_hub_metric
 from common.training.translation_pipeline import TASK
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def seq2seq_collator(tokenizer, config: PretrainedConfig, trust_remote_code: boo
 
 def decode(tokenizer, ids) -> list[str]:
     """Generated or label ids (padded with -100) to text."""
-    ids = np.asarray(ids[0] if isinstance(ids, tuple) else ids)
+    ids = first_output(ids)
     ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 

@@ -24,6 +24,7 @@ from common.core.errors import RecipeInputError
 from common.data.audio import SPEECH
 from common.models.loading import load_model, load_processor, resolve_model_path
 from common.training.error_analysis import ErrorAnalysis, check_inputs, worst
+from common.training.metrics import first_output
 from common.training.trainer import FinetuneSeq2SeqTrainer, FinetuneTrainer
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,7 @@ class SpeechMetrics:
         self.split = "validation"
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
-        predictions = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        hypotheses = self.decode(np.asarray(predictions))
+        hypotheses = self.decode(first_output(prediction.predictions))
         references = self.references.get(self.split)
         if references is None:
             return {}

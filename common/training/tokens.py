@@ -11,6 +11,7 @@ from seqeval.metrics import accuracy_score, classification_report
 from transformers import EvalPrediction
 
 from common.data.tokens import TAGS, TOKENS
+from common.training.metrics import first_output
 
 WORD_IDS = "word_ids"  # per sub-word, the index of its word (-1: special token); Trainer drops it before the model
 AVERAGES = ("micro avg", "macro avg", "weighted avg")
@@ -56,8 +57,7 @@ class EntityMetrics:
         self.names = list(names)
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predicted, labels = np.asarray(logits).argmax(-1), np.asarray(prediction.label_ids)
+        predicted, labels = first_output(prediction.predictions).argmax(-1), np.asarray(prediction.label_ids)
         true_tags, predicted_tags = [], []
         for row_predicted, row_labels in zip(predicted, labels):
             keep = row_labels != -100
@@ -88,7 +88,7 @@ def word_predictions(logits: np.ndarray, word_ids: Sequence[int], words: int, na
 def write_conll_predictions(path: str | Path, raw: Dataset, logits: np.ndarray, tokenized: Dataset,
                             names: Sequence[str]) -> None:
     """predictions.conll: `token<TAB>gold<TAB>predicted` per word (gold empty without tags), sentences apart."""
-    logits = logits[0] if isinstance(logits, tuple) else logits
+    logits = first_output(logits)
     gold = raw[TAGS] if TAGS in raw.column_names else None
     lines = []
     for i, (tokens, word_ids) in enumerate(zip(raw[TOKENS], tokenized[WORD_IDS])):
