@@ -17,7 +17,7 @@ from common.strategies.hpo import HpoArguments, run_hpo
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
 from common.training.reliability import OutputDirLock, carry_run_record
-from common.training.run import train_evaluate_predict, write_summary
+from common.training.run import log_load_hint, train_evaluate_predict, write_summary
 from common.training.task import Task
 from common.training.trainer import TrainingLoopArguments
 
@@ -36,7 +36,7 @@ def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -
     the run ends."""
     if finetune_args.hpo_storage:  # a worker of a shared search: its trials only, and nothing in output_dir to lock
         run_hpo(apply_toolkit(task, args, finetune_args), args, finetune_args)
-        return {"main_metric": task.main_metric}
+        return {"main_metric": task.main_metric, "output_dir": args.output_dir}
     with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
         check_ensemble_options(task, finetune_args)
         task = apply_toolkit(task, args, finetune_args)
@@ -50,8 +50,10 @@ def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -
             results = run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models)
         else:
             results = train_evaluate_predict(task, args, finetune_args)
-        results["main_metric"] = task.main_metric
+        results["main_metric"], results["output_dir"] = task.main_metric, args.output_dir
         several = (finetune_args.cv_folds and finetune_args.cv_fold_index is None) or finetune_args.ensemble_models
         if several and args.process_index == 0:  # a fold job's own run wrote its page already
             write_summary(task, args, Path(args.output_dir))  # the strategy's page, linking each fold's
+        if args.process_index == 0:
+            log_load_hint(task, args.output_dir)
         return results

@@ -61,7 +61,7 @@ from common.training.error_analysis import classification_errors
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
-from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.run import predicted_split, setup_run
 from common.training.task import Task
 
 logger = logging.getLogger(__name__)
@@ -222,10 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=callbacks,
         data_results=skipped,
     )
-    results = run(task, training_args, finetune_args)
-    results["output_dir"] = training_args.output_dir
-    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
-    return results
+    return run(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

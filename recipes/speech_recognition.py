@@ -50,7 +50,7 @@ from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.baseline import speech_baseline
 from common.training.inspection import DataReport, chosen, stop_for_inspection
-from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.run import predicted_split, setup_run
 from common.training.speech import (
     CTC,
     SEQ2SEQ,
@@ -262,10 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_results=counts,
         baseline=partial(speech_baseline, references["train"], references.get("validation", []), normalize),
     )
-    results = run(task, training_args, finetune_args)
-    results["output_dir"] = training_args.output_dir
-    logger.info("load it: %s", pipeline_hint(task, training_args.output_dir))
-    return results
+    return run(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from common.models.loading import ModelArguments, load_config, load_model, load_
 from common.strategies.cross_validation import cv_groups
 from common.toolkit.finetuning import prepare_model
 from common.training.inspection import DataReport, chosen, stop_for_inspection
-from common.training.run import pipeline_hint, predicted_split, setup_run
+from common.training.run import predicted_split, setup_run
 from common.training.task import Task
 from common.training.tokens import EntityMetrics, align_tags, write_conll_predictions
 
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         main_metric="f1",
         pipeline_task="token-classification",
         tag_names=names,
+        pipeline_options=['aggregation_strategy="simple"'],  # whole entities, not sub-word tags
         model_name=model_args.model_name_or_path,
         write_predictions=write_predictions if predicted else None,
         groups=cv_groups(splits["train"], group, sources["train"]) if group else None,
@@ -197,10 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_results={**skipped, **violations, **truncated},
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
     )
-    results = run(task, training_args, finetune_args)
-    results["output_dir"] = training_args.output_dir
-    logger.info('load it: %s, aggregation_strategy="simple")', pipeline_hint(task, training_args.output_dir)[:-1])
-    return results
+    return run(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         main_metric="bleu",
         pipeline_task="translation",
+        pipeline_options=["trust_remote_code=True"],  # the recipe's pipeline class, saved beside the model
         model_name=model_args.model_name_or_path,
         trainer_class=FinetuneSeq2SeqTrainer,
         write_predictions=write_predictions if raw_test is not None else None,
@@ -239,9 +240,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     out = Path(training_args.output_dir)
     if training_args.should_save and (out / "config.json").is_file():
         save_translation_pipeline(out)
-        logger.info('load it: from transformers import pipeline; pipe = pipeline("translation", model="%s", '
-                    "trust_remote_code=True)", out)
-    results["output_dir"] = training_args.output_dir
     return results
 
 

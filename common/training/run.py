@@ -290,5 +290,10 @@ def write_summary(task: Task, args: TrainingArguments, out: Path) -> None:
     write_html_report(out)
 
 
-def pipeline_hint(task: Task, output_dir: str) -> str:
-    return f'from transformers import pipeline; pipe = pipeline("{task.pipeline_task}", model="{output_dir}")'
+def log_load_hint(task: Task, output_dir: str) -> None:
+    """How to load the model the run saved into `output_dir` (nothing when it saved none: a search worker, CV
+    folds, an ensemble)."""
+    if (Path(output_dir) / "config.json").is_file():
+        options = "".join(f", {option}" for option in task.pipeline_options)
+        logger.info('load it: from transformers import pipeline; pipe = pipeline("%s", model="%s"%s)',
+                    task.pipeline_task, output_dir, options)

@@ -65,6 +65,8 @@ class Task:
     # The largest errors on the eval split, written after evaluation (common.training.error_analysis):
     # (eval output, --error_examples) -> ErrorAnalysis, or None when the split has no labels.
     error_analysis: Callable[[PredictionOutput, int], Any] | None = None
+    # Extra pipeline() arguments the saved model wants, shown in the run's load hint, e.g. 'aggregation_strategy="simple"'.
+    pipeline_options: list[str] = dataclasses.field(default_factory=list)
     # The columns of the data that hold each example's input (text columns; the image or audio column), as
     # run_config.json records them for `finetune-recipes predict`.
     input_columns: list[str] = dataclasses.field(default_factory=list)
