@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import DATA, ROOT, child_env, machine, matmul_rate
+from harness import DATA, ROOT, child_env, launch, machine, matmul_rate
 
 RUNS = ROOT / "bench" / "runs" / "input_pipeline"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -172,9 +172,7 @@ def e2e_rows(models: Path, seeds: list[int], epochs: int) -> dict[str, list[floa
             args = [a.replace("{seed}", str(seed)).replace("{out}", str(out)) for a in cmd]
             if cmd[0] != PEER:
                 args += ["--seed", str(seed), "--output_dir", str(out)]
-            with log.open("w") as stream:
-                code = subprocess.call([sys.executable, *args], cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT,
-                                       env=child_env())
+            code, _, _ = launch(["python", *args], log)
             results = out / ("results.json" if cmd[0] == PEER else "all_results.json")
             if code != 0 or not results.is_file():
                 raise SystemExit(f"failed ({code}): {' '.join(args)}; see {log}")
