@@ -231,3 +231,27 @@ def test_feature_cache_keeps_the_copy_another_node_wrote_first(monkeypatch, tmp_
         p.name.startswith("train-") and ".partial" not in p.name
         for p in (tmp_path / "feature_cache").iterdir()
     ] == [True]
+
+
+def test_length_grouped_shards_cover_every_row_once_in_every_epoch():
+    """Under DDP each process iterates its own copy of the train sampler and keeps its shard of the batches.
+    Whatever else each process draws from its global generator (dropout, augmentation), every epoch's shards
+    together hold every train row exactly once, and each epoch has an order of its own."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    from common.training.trainer import ShuffledLengthGroupedSampler
+
+    lengths = torch.randint(3, 40, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    orders = []
+    for epoch in range(3):
+        shards = []
+        for rank in range(2):
+            torch.manual_seed(100 * rank + epoch)  # the processes' global generators differ
+            sampler = ShuffledLengthGroupedSampler(lengths, 4, seed=42)
+            sampler.set_epoch(epoch)
+            batches = torch.utils.data.BatchSampler(sampler, 4, drop_last=False)
+            shards.append([i for batch in BatchSamplerShard(batches, num_processes=2, process_index=rank) for i in batch])
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == list(range(64))
+        orders.append(shards[0])
+    assert orders[0] != orders[1] != orders[2]

@@ -122,19 +122,29 @@ class ShuffledLengthGroupedSampler(torch.utils.data.Sampler):
     order, so an epoch runs from long to short examples again and again; on a small train split that order
     follows whatever goes with length, often the label. The batches here are the same groups of similar length,
     drawn in random order; the one holding the longest example still comes first, so an OOM shows at once.
+
+    The order is a function of (seed, epoch) alone, as with `DistributedSampler.set_epoch`: a run resumed in a
+    later epoch redraws that epoch's order exactly, and under DDP every process draws the same permutation and
+    takes its own shard of it. The global torch generator would hold neither: it moves with everything else
+    that draws from it (dropout, augmentation), differently in each process and after a resume.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int):
-        self.lengths, self.batch_size = lengths, batch_size
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __iter__(self):
-        indices = get_length_grouped_indices(self.lengths, self.batch_size)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        indices = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         batches = [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
         full = len(batches) - (len(indices) % self.batch_size != 0)  # a short last batch stays last
-        order = [0, *(1 + torch.randperm(max(full - 1, 0))).tolist(), *range(max(full, 1), len(batches))]
+        shuffled = (1 + torch.randperm(max(full - 1, 0), generator=generator)).tolist()
+        order = [0, *shuffled, *range(max(full, 1), len(batches))]
         return iter([index for batch in order for index in batches[batch]])
 
 
@@ -269,7 +279,9 @@ class FinetuneTrainerMixin:
         if self.args.train_sampling_strategy == "group_by_length":
             lengths = self._train_lengths(dataset)
             if lengths is not None:
-                return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                batch_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+                return ShuffledLengthGroupedSampler(lengths, batch_size, seed)
         return super()._get_train_sampler(train_dataset)
 
     def _train_lengths(self, dataset) -> list[int] | None:
