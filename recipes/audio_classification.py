@@ -35,9 +35,11 @@ from common.data.audio import (
     check_examples,
     decode_splits,
     filter_durations,
+    input_window,
     load_speech_splits,
 )
-from common.data.files import find_column
+from common.data.bad_rows import add_counts
+from common.data.files import fill_path_template, find_column
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.sampling import check_class_balance, column_codes
 from common.dispatch import FinetuneArguments, run
@@ -101,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split, dataset in splits.items():
         require_columns(dataset, [audio_column, *([label] if split != "test" else [])], sources[split],
                         "--audio_column / --label_column")
+    splits, missing = fill_path_template(splits, audio_column, data_args.audio_path_template, "--audio_path_template",
+                                         bases, sources, data_args)
     bad = {split: find_bad_rows(d, [], label, sources[split]) for split, d in splits.items()}
     splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
 
@@ -132,8 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="decode audio"):
         splits = decode_splits(splits, audio_column, rate, bases, data_args.preprocessing_num_workers)
     splits, counts = check_examples(splits, None, sources, data_args, str)
-    splits, filtered = filter_durations(splits, rate, data_args.min_duration_s, data_args.max_duration_s, None, sources)
-    counts = {**skipped, **counts, **filtered}
+    splits, filtered = filter_durations(splits, rate, data_args.min_duration_s, data_args.max_duration_s,
+                                        input_window(feature_extractor), sources)
+    counts = add_counts(missing, skipped, counts, filtered)
     check_class_balance(splits, spec.names, sources)
     logger.info("%d classes %s; clips %s at %d Hz", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()},
                 rate)

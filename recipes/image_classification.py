@@ -28,6 +28,8 @@ from common.data import (
     find_bad_rows,
     require_columns,
 )
+from common.data.bad_rows import add_counts
+from common.data.files import fill_path_template
 from common.data.images import (
     find_bad_images,
     image_column,
@@ -85,6 +87,10 @@ class ImageDataArguments(DataArguments):
     image_column: str | None = field(
         default=None, metadata={"help": "Column with the image (or its file path, relative to the data file). Default: image or img."}
     )
+    image_path_template: str | None = field(
+        default=None, metadata={"help": "The image column holds ids: each image's path with the id in place of {}, "
+                                        "relative to the data file, e.g. 'images/{}.jpg'."}
+    )
     label_column: str = field(default="label", metadata={"help": "Column holding the class (name or id)."})
     class_names: list[str] | None = field(
         default=None,
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split, dataset in splits.items():
         label = [data_args.label_column] if split != "test" else []
         require_columns(dataset, [column, *label], sources[split], "--image_column / --label_column")
+    bases = {split: Path(file).resolve().parent for split in splits if (file := getattr(data_args, f"{split}_file"))}
+    splits, missing = fill_path_template(splits, column, data_args.image_path_template, "--image_path_template", bases,
+                                         sources, data_args)
     splits = prepare_image_column(splits, column, data_args)
     splits["train"] = number_rows(splits["train"])  # file row numbers: the `row` of oof_predictions.parquet
     bad = {split: find_bad_rows(ds, [], data_args.label_column, sources[split]) for split, ds in splits.items()}
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits, skipped = drop_bad_rows(splits, bad_images, sources, data_args.skip_bad_examples,
                                     data_args.max_bad_fraction)
     splits, source_rows = take_source_rows(splits)  # out of the data before the transforms and collator
-    skipped = {key: count + skipped_labels.get(key, 0) for key, count in skipped.items()}
+    skipped = add_counts(missing, skipped_labels, skipped)
     check_class_balance(splits, spec.names, sources)
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
         "image_classification", splits, sources, label_spec=spec, data_args=data_args, image_column=column,

@@ -38,10 +38,12 @@ from common.data.audio import (
     check_examples,
     decode_splits,
     filter_durations,
+    input_window,
     load_speech_splits,
     normalize_text,
 )
-from common.data.files import find_column
+from common.data.bad_rows import add_counts
+from common.data.files import fill_path_template, find_column
 from common.dispatch import FinetuneArguments, run
 from common.models.loading import ModelArguments, load_config, load_processor
 from common.strategies.cross_validation import cv_groups
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for split, dataset in splits.items():
         text = [text_column] if split != "test" else []
         require_columns(dataset, [audio_column, *text], sources[split], "--audio_column / --text_column")
+    splits, missing = fill_path_template(splits, audio_column, data_args.audio_path_template, "--audio_path_template",
+                                         bases, sources, data_args)
     groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
               if finetune_args.cv_group_column else None)
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed, groups=groups)
@@ -154,7 +158,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     config.update(augment_args.spec_augment(config.model_type))
     feature_extractor = load_processor(AutoFeatureExtractor, model_args)
     sampling_rate = feature_extractor.sampling_rate
-    limit = getattr(feature_extractor, "chunk_length", None) if config.model_type == "whisper" else None
 
     # 4. Decode every clip once (resampled, mono), then fail on or skip bad rows, then filter by duration.
     with training_args.main_process_first(desc="decode audio"):
@@ -162,8 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     normalize = partial(normalize_text, chars_to_ignore=data_args.chars_to_ignore or None)
     splits, counts = check_examples(splits, text_column, sources, data_args, normalize)
     splits, filtered = filter_durations(splits, sampling_rate, data_args.min_duration_s, data_args.max_duration_s,
-                                        limit, sources)
-    counts.update(filtered)
+                                        input_window(feature_extractor), sources)
+    counts = add_counts(missing, counts, filtered)
     logger.info("%s model (%s); clips %s at %d Hz", family, config.model_type, {k: len(v) for k, v in splits.items()},
                 sampling_rate)
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here (the config and feature extractor only)

@@ -37,6 +37,7 @@ from common.data import (
     require_columns,
     source,
 )
+from common.data.bad_rows import add_counts
 from common.data.duplicates import find_duplicates
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.options import DataArguments
@@ -241,7 +242,7 @@ def main(
                 if finetune_args.cv_group_column else None),
         source_rows=source_rows,
         augmentation=augmentation,
-        data_results={**skipped, **duplicates, **truncated},
+        data_results=add_counts(skipped, duplicates, truncated),
     )
     return run(task, training_args, finetune_args)
 

@@ -30,6 +30,7 @@ from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, load_file, load_splits, source
 from common.data.arrow import column_array
+from common.data.bad_rows import add_counts
 from common.data.files import SPLITS
 from common.data.options import DataArguments
 from common.data.tokens import (
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_predictions=write_predictions if predicted else None,
         groups=cv_groups(splits["train"], group, sources["train"]) if group else None,
         input_columns=[TOKENS],
-        data_results={**skipped, **violations, **truncated},
+        data_results=add_counts(skipped, violations, truncated),
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
     )
     return run(task, training_args, finetune_args)

@@ -28,6 +28,7 @@ from transformers import (
 from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, load_splits, source
+from common.data.bad_rows import add_counts
 from common.data.duplicates import find_duplicates
 from common.data.options import DataArguments
 from common.data.parallel import SOURCE, TARGET, drop_empty_pairs, load_parallel_files, pairs_from_table
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_predictions=write_predictions if raw_test is not None else None,
         error_analysis=error_analysis if "validation" in splits else None,
         augmentation=augmentation,
-        data_results={**skipped, **duplicates},
+        data_results=add_counts(skipped, duplicates),
         baseline=lambda: translation_baseline(splits["train"][TARGET], splits["validation"][TARGET]),
     )
     results = run(task, training_args, finetune_args)

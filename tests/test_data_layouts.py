@@ -14,14 +14,21 @@ import numpy as np
 import pytest
 import yaml
 from conftest import fast_args
-from datasets import Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, Features
 
 from common.core.errors import RecipeInputError
 from common.data import load_splits
 from common.data.labels import encode_labels, infer_label_spec
 from common.data.options import DataArguments
 from common.data.sampling import cap_splits, stratified_sample
-from recipes import image_classification, sentiment, text_classification, translation
+from recipes import (
+    audio_classification,
+    image_classification,
+    sentiment,
+    speech_recognition,
+    text_classification,
+    translation,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,6 +111,65 @@ def test_pipe_delimited_manifest_with_commas_in_transcripts(shared_data, tmp_pat
     for args in (_args(train_file=str(manifest)), _args(train_file=str(_copy(manifest, ".csv")), delimiter="|")):
         train = load_splits(args)["train"]
         assert train.column_names == ["path", "text"] and train["text"][2] == "zero, one, 2"
+
+
+def _dry_run(recipe, monkeypatch, argv: list[str]):
+    """Run a recipe up to training and return the Task it hands to `run` (nothing trains)."""
+    captured = {}
+    monkeypatch.setattr(recipe, "run", lambda task, args, ft: captured.update(task=task) or {})
+    recipe.main(argv)
+    return captured["task"]
+
+
+def test_manifests_naming_files_by_bare_ids_with_a_path_template(shared_data, vit, tmp_path, monkeypatch):
+    """LJSpeech's layout (`ID|transcript|normalized`, no header, clips in wavs/ID.wav) and an image table of ids:
+    --audio_path_template / --image_path_template turn each id into a file relative to the manifest, in YAML and
+    on the command line; a template without {} and an id without a file fail naming the row, id and path."""
+    from common.models.tiny import tiny_wav2vec2_ctc
+
+    encoder = tiny_wav2vec2_ctc(tmp_path / "encoder")
+    corpus = tmp_path / "ljs"
+    (corpus / "wavs").mkdir(parents=True)
+    lines = []
+    for i, digit in enumerate([0, 1] * 6):
+        shutil.copy(shared_data / f"fsdd/recordings/{digit}_jackson_{i}.wav", corpus / "wavs" / f"LJ001-{i:04d}.wav")
+        word = ["zero", "one"][digit]
+        lines.append(f"LJ001-{i:04d}|{word.capitalize()}.|{word}\n")
+    (corpus / "metadata.csv").write_text("".join(lines))
+    options = {"model_name_or_path": encoder, "train_file": str(corpus / "metadata.csv"), "delimiter": "|",
+               "column_names": ["id", "transcript", "normalized"], "audio_column": "id",
+               "audio_path_template": "wavs/{}.wav", "validation_split": 0.25, "output_dir": str(tmp_path / "out")}
+    config = tmp_path / "ljs.yaml"
+    config.write_text(yaml.safe_dump({**options, "text_column": "normalized"}))
+    task = _dry_run(speech_recognition, monkeypatch, ["--config", str(config)])
+    assert len(task.train_dataset) + len(task.eval_dataset) == 12
+
+    flags = [x for key, value in options.items() if key != "column_names" for x in (f"--{key}", str(value))]
+    flags += ["--column_names", "id,transcript,normalized"]
+    task = _dry_run(audio_classification, monkeypatch, [*flags, "--label_column", "normalized"])
+    assert task.label_spec.names == ["one", "zero"] and len(task.train_dataset) + len(task.eval_dataset) == 12
+
+    with pytest.raises(RecipeInputError, match=r"--audio_path_template 'wavs/clip.wav' has no \{\}"):
+        _dry_run(audio_classification, monkeypatch, [*flags, "--label_column", "normalized",
+                                                     "--audio_path_template", "wavs/clip.wav"])
+    with open(corpus / "metadata.csv", "a") as handle:
+        handle.write("LJ009-9999|Zero.|zero\n")
+    missing = str(corpus / "wavs/LJ009-9999.wav")
+    with pytest.raises(RecipeInputError, match=rf"row 13 \(id 'LJ009-9999': no file {re.escape(missing)}\)"):
+        _dry_run(speech_recognition, monkeypatch, ["--config", str(config)])
+
+    images = tmp_path / "photos"
+    rows = []
+    for i, kind in enumerate(["hat", "shoes"] * 6):
+        source = sorted((shared_data / "clothing_small/train" / kind).iterdir())[i]
+        (images / "img").mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, images / "img" / f"p{i:03d}.jpg")
+        rows.append(f"p{i:03d},{kind}\n")
+    (images / "labels.csv").write_text("id,label\n" + "".join(rows))
+    task = _dry_run(image_classification, monkeypatch, [
+        "--model_name_or_path", vit, "--train_file", str(images / "labels.csv"), "--image_column", "id",
+        "--image_path_template", "img/{}.jpg", "--validation_split", "0.25", *fast_args(tmp_path / "image")])
+    assert len(task.train_dataset) + len(task.eval_dataset) == 12
 
 
 def _copy(path, suffix: str):
@@ -211,6 +277,19 @@ def test_integer_ids_are_the_sorted_values_present():
     unseen = DatasetDict({**splits, "validation": Dataset.from_dict({"label": [2]})})
     with pytest.raises(RecipeInputError, match=r"labels \['2'\] in validation never occur in training"):
         encode_labels(unseen, spec, "label", {"train": "train", "validation": "validation"})
+
+
+def test_class_names_that_are_digits_are_names_in_numeric_order():
+    """Class names that are digits (folders 0..10, an MNIST-like Hub ClassLabel) name their classes, sorted
+    numerically; a text column that mixes numbers and names fails quoting one of each."""
+    features = Features({"label": ClassLabel(names=["0", "1", "10", "2"])})
+    splits = DatasetDict({"train": Dataset.from_dict({"label": [2, 0, 3, 1, 2]}, features=features)})
+    spec = infer_label_spec(splits, "label", "train")
+    assert spec.names == ["0", "1", "2", "10"] and not spec.from_ids
+    assert encode_labels(splits, spec, "label", {"train": "train"})["train"]["labels"] == [3, 0, 2, 1, 3]
+    mixed = DatasetDict({"train": Dataset.from_dict({"label": ["1", "cat", "dog", "2"]})})
+    with pytest.raises(RecipeInputError, match=r"mixes numbers and names \(e.g. '1' and 'cat'\)"):
+        infer_label_spec(mixed, "label", "train")
 
 
 # ----------------------------------------------------------------------------------------------- bad rows

@@ -15,10 +15,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 from datasets import Audio, DatasetDict
+from transformers import ASTFeatureExtractor, WhisperFeatureExtractor
 
 from common.core.errors import RecipeInputError, nearest
 from common.data import SPLIT_ALIASES, BadRow, drop_bad_rows, load_splits, source
@@ -58,6 +60,10 @@ class AudioDataArguments(DataArguments):
     )
     audio_column: str | None = field(
         default=None, metadata={"help": "Audio column (file paths, relative to the manifest). Default: audio, path or file."}
+    )
+    audio_path_template: str | None = field(
+        default=None, metadata={"help": "The audio column holds ids: each clip's path with the id in place of {}, "
+                                        "relative to the manifest, e.g. 'wavs/{}.wav' (LJSpeech's metadata.csv)."}
     )
     min_duration_s: float | None = field(default=None, metadata={"help": "Drop clips shorter than this (counted)."})
     max_duration_s: float | None = field(default=None, metadata={"help": "Drop clips longer than this (counted)."})
@@ -226,9 +232,32 @@ def check_examples(splits: DatasetDict, text_column: str | None, sources: dict[s
     return drop_bad_rows(splits, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 
+def input_window(feature_extractor: Any) -> tuple[float, str] | None:
+    """The longest clip, in seconds, that the feature extractor keeps whole, and what sets it; None: no limit.
+
+    Whisper pads or cuts every clip to `chunk_length` seconds, AST to `max_length` filterbank frames (25 ms
+    windows every 10 ms): a longer clip would be classified or transcribed on its first window alone.
+    """
+    name = type(feature_extractor).__name__
+    if isinstance(feature_extractor, WhisperFeatureExtractor):
+        seconds = feature_extractor.n_samples / feature_extractor.sampling_rate
+        return seconds, f"{name} chunk_length {seconds:g} s"
+    if isinstance(feature_extractor, ASTFeatureExtractor):
+        frames = feature_extractor.max_length
+        return round(0.025 + (frames - 1) * 0.010, 3), f"{name} max_length {frames} frames"
+    return None
+
+
+def window_problem(seconds: float, window: tuple[float, str] | None) -> str:
+    """Why a clip of `seconds` would be cut by the model's input window, or '' when it fits."""
+    if window is None or seconds <= window[0]:
+        return ""
+    return f"{seconds:.1f} s, longer than the model's {window[0]:g} s input limit ({window[1]})"
+
+
 def filter_durations(splits: DatasetDict, sampling_rate: int, min_s: float | None, max_s: float | None,
-                     model_limit_s: float | None, sources: dict[str, str]) -> tuple[DatasetDict, dict[str, int]]:
-    """Drop clips outside [min_s, max_s] (counted per split); clips past the model's limit are an error."""
+                     window: tuple[float, str] | None, sources: dict[str, str]) -> tuple[DatasetDict, dict[str, int]]:
+    """Drop clips outside [min_s, max_s] (counted per split); clips past the model's `input_window` are an error."""
     result, counts = DatasetDict(), {}
     for split, dataset in splits.items():
         durations = np.asarray(dataset["num_samples"]) / sampling_rate
@@ -246,12 +275,13 @@ def filter_durations(splits: DatasetDict, sampling_rate: int, min_s: float | Non
             if len(dataset) == 0:
                 raise RecipeInputError(f"{sources[split]}: no clip is left within --min_duration_s {min_s} / "
                                        f"--max_duration_s {max_s}. Widen or drop those limits.")
-        if model_limit_s is not None and (durations > model_limit_s).any():
-            files = dataset[FILE]
-            long = [(files[i], f"{durations[i]:.1f} s") for i in np.flatnonzero(durations > model_limit_s)]
+        if window is not None and (durations > window[0]).any():
+            files, limit = dataset[FILE], window[0]
+            long = [(files[i], f"{durations[i]:.1f} s") for i in np.flatnonzero(durations > limit)]
             raise RecipeInputError(
-                f"{sources[split]}: {len(long)} clip(s) are longer than the model's {model_limit_s:g} s input limit "
-                f"and would be cut: {_listing(long)}. Split them, or drop them with --max_duration_s {model_limit_s:g}.")
+                f"{sources[split]}: {len(long)} clip(s) are longer than the model's {limit:g} s input limit "
+                f"({window[1]}) and would be cut to their first {limit:g} s: {_listing(long)}. Split them, or drop "
+                f"them with --max_duration_s {limit:g}.")
         stereo = sum(1 for c in dataset["channels"] if c > 1)
         if stereo:
             counts[f"downmixed_to_mono_{split}"] = stereo

@@ -9,6 +9,7 @@ few broken rows, and training on what is left would hide it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,15 @@ class BadRow:
 def listing(rows: list[BadRow], shown: int = SHOWN) -> str:
     text = "; ".join(str(row) for row in rows[:shown])
     return text + (f"; and {len(rows) - shown} more" if len(rows) > shown else "")
+
+
+def add_counts(*counts: dict[str, int]) -> dict[str, int]:
+    """Counts from several checks, summed per key: two checks that each skip rows of a split (labels, then
+    files) both count, where merging the dicts would keep only the last one's."""
+    total: Counter[str] = Counter()
+    for part in counts:
+        total.update(part)  # update, unlike `+`, keeps zero counts (a results file says nothing was skipped)
+    return dict(total)
 
 
 def drop_bad_rows(

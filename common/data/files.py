@@ -15,6 +15,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from common.core.errors import RecipeInputError, nearest
+from common.data.bad_rows import BadRow, drop_bad_rows
 from common.data.options import QUOTING, DataArguments
 
 logger = logging.getLogger(__name__)
@@ -277,6 +278,33 @@ def load_splits(args: DataArguments, folder_loader: Callable[[str, str, str], Da
     if not any(files.values()):
         raise RecipeInputError("no data given: pass --dataset_name, or --train_file (plus --validation_file/--test_file).")
     return DatasetDict({split: load_file(path, f"--{split}_file", split, args) for split, path in files.items() if path})
+
+
+def fill_path_template(splits: DatasetDict, column: str, template: str | None, option: str,
+                       bases: dict[str, Path | None], sources: dict[str, str],
+                       args: DataArguments) -> tuple[DatasetDict, dict[str, int]]:
+    """A `column` of bare ids (LJSpeech's LJ001-0001) made file paths: `template` with the id in place of {}
+    ('wavs/{}.wav'), relative to the split's manifest folder in `bases`. A row without its file is a bad row naming
+    its id and path: an error, or dropped and counted with --skip_bad_examples (the counts are returned)."""
+    if not template:
+        return splits, {}
+    result, bad = DatasetDict(), {}
+    for split, dataset in splits.items():
+        feature = dataset.features[column]
+        if not isinstance(feature, datasets.Value):
+            raise RecipeInputError(f"{option}: column '{column}' of {sources[split]} holds {type(feature).__name__} "
+                                   "values, not ids to put in the template. Leave out the option for this data.")
+        base, paths, rows = bases.get(split), [], []
+        for i, value in enumerate(dataset[column]):
+            key = "" if value is None else str(value).strip()
+            path = base / template.replace("{}", key) if base else Path(template.replace("{}", key))
+            paths.append(str(path))
+            if not key:
+                rows.append(BadRow(i, f"row {i + 1}", "no id"))
+            elif not path.is_file():
+                rows.append(BadRow(i, f"row {i + 1}", f"id {key!r}: no file {path}"))
+        result[split], bad[split] = dataset.remove_columns(column).add_column(column, paths), rows
+    return drop_bad_rows(result, bad, sources, args.skip_bad_examples, args.max_bad_fraction)
 
 
 def source(args: DataArguments, split: str) -> str:

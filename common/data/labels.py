@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def bad_label_rows(dataset: Dataset, column: str, separator: str | None = None, 
         bad.update({int(i): "empty label" for i in np.flatnonzero(empty)})
         numeric = pc.match_substring_regex(values, NUMBER).fill_null(False).to_numpy(zero_copy_only=False)
         filled = ~values.is_null().to_numpy(zero_copy_only=False) & ~empty
-        # Mostly numbers with a few words ('n/a', '?'): the words are broken labels, not extra classes.
-        if numeric.sum() > 0.5 * filled.sum():
+        # Mostly numbers with a few words ('n/a', '?'): the words are broken labels, not extra classes. Class
+        # names (a ClassLabel: folders, Hub datasets) are all names, numbers or not.
+        if numeric.sum() > 0.5 * filled.sum() and not isinstance(dataset.features[column], ClassLabel):
             for i in np.flatnonzero(filled & ~numeric):
                 bad[int(i)] = f"label {values[int(i)].as_py()!r} is not a number, unlike the others"
     return bad
@@ -164,7 +166,7 @@ def infer_label_spec(
                                "them, or pass --skip_bad_examples to train without them.")
     kind = values.type
     if pa.types.is_list(kind):
-        found = sorted(pc.unique(pc.list_flatten(values)).to_pylist())
+        found = _sorted(pc.unique(pc.list_flatten(values)).to_pylist())
         return LabelSpec(problem_type or MULTI, _named(found, names, where))
     if problem_type == REGRESSION:
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
@@ -179,16 +181,17 @@ def infer_label_spec(
             values, kind = values.cast(pa.int64()), pa.int64()
         elif problem_type is None:
             return LabelSpec(REGRESSION)
-    if pa.types.is_string(kind):
+    # Class names (folders 0..9, a Hub ClassLabel) are names even when they look like numbers.
+    if pa.types.is_string(kind) and not isinstance(splits["train"].features[column], ClassLabel):
         numeric = pc.match_substring_regex(values, NUMBER)
-        if pc.any(numeric).as_py():  # some numbers among names (all numbers were cast by canonical)
+        if pc.any(numeric).as_py() and not pc.all(numeric).as_py():  # numbers among names
             number = values.filter(numeric)[0].as_py()
             text = values.filter(pc.invert(numeric))[0].as_py()
             raise RecipeInputError(
                 f"label column '{column}' of {where} mixes numbers and names (e.g. {number!r} and {text!r}). Make "
                 "every label the same type: all class names or all integer ids."
             )
-    found = sorted(pc.unique(values).to_pylist())
+    found = _sorted(pc.unique(values).to_pylist())
     if problem_type == MULTI:
         raise RecipeInputError(f"--problem_type {MULTI} needs a list of labels per row in '{column}' of {where}: "
                                "a list column (jsonl/parquet) or --label_separator for text like 'a;b'.")
@@ -197,6 +200,13 @@ def infer_label_spec(
     if not names:
         return LabelSpec(SINGLE, [_text(v) for v in found], found, from_ids=True)
     return LabelSpec(SINGLE, _names_for_ids(found, names, where, column), found)
+
+
+def _sorted(found: list) -> list:
+    """Values in sorted order; names that are all integers ('0' .. '10') numerically, not as text."""
+    if found and all(isinstance(v, str) and re.match(INTEGER, v) for v in found):
+        return sorted(found, key=int)
+    return sorted(found)
 
 
 def _text(value: object) -> str:

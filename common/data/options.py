@@ -45,6 +45,11 @@ def check_reader_options(args: Any) -> None:
         if repeated or not args.column_names:
             raise RecipeInputError(f"--column_names {','.join(args.column_names)}: give each column a distinct "
                                    f"name (repeated: {', '.join(repeated)}).")
+    for option, example in (("audio_path_template", "wavs/{}.wav"), ("image_path_template", "images/{}.jpg")):
+        template = getattr(args, option, None)
+        if template is not None and "{}" not in template:
+            raise RecipeInputError(f"--{option} {template!r} has no {{}} for the row's id: write where each id's "
+                                   f"file is, relative to the manifest, e.g. --{option} '{example}'.")
     if getattr(args, "class_names", None) is not None:
         args.class_names = split_names(args.class_names)
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoFeatureExtractor, pipeline
 
 from common.core.errors import RecipeInputError
-from common.data.audio import SPEECH, decode_audio, normalize_text
+from common.data.audio import SPEECH, decode_audio, input_window, normalize_text, window_problem
 from common.data.files import FORMATS, load_file, require_columns
 from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
 from common.data.parallel import read_lines
@@ -155,19 +155,22 @@ class _Lazy(Sequence):
         return self.load(self.items[index])
 
 
-def _clips(model, config, path, skip) -> tuple[list[tuple[str, dict]], int]:
-    """The audio files of the input, decoded at the model's rate; unreadable ones fail or are skipped."""
+def _clips(model, config, path, skip, whole: bool = False) -> tuple[list[tuple[str, dict]], int]:
+    """The audio files of the input, decoded at the model's rate; unreadable ones fail or are skipped. With
+    `whole` (a classifier, which sees its feature extractor's window alone, where the speech pipeline transcribes
+    long clips window by window), so do clips longer than that window, as in training."""
     files = _files(Path(path), AUDIO_EXTENSIONS, (config["input_columns"] or [None])[0], config["options"])
-    rate = AutoFeatureExtractor.from_pretrained(model).sampling_rate
+    extractor = AutoFeatureExtractor.from_pretrained(model)
+    rate, window = extractor.sampling_rate, input_window(extractor) if whole else None
     feature = Audio(sampling_rate=rate)
     clips = [decode_audio(f, None, feature) for f in tqdm(files, desc="decode audio", unit="clips")]
-    bad = _drop_bad([(i, c["problem"]) for i, c in enumerate(clips) if c["problem"]], len(files),
-                    f"--input {path}", skip)
+    problems = [c["problem"] or window_problem(c["num_samples"] / rate, window) for c in clips]
+    bad = _drop_bad([(i, why) for i, why in enumerate(problems) if why], len(files), f"--input {path}", skip)
     return [(f, c) for i, (f, c) in enumerate(zip(files, clips)) if i not in bad], rate
 
 
 def _audio_classes(model, ensemble, config, path, output, skip, batch_size) -> int:
-    kept, rate = _clips(ensemble.members[0] if ensemble else model, config, path, skip)
+    kept, rate = _clips(ensemble.members[0] if ensemble else model, config, path, skip, whole=True)
     inputs = [{"raw": c[SPEECH], "sampling_rate": rate} for _, c in kept]
     scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "clips")
     write_classification_predictions(output, {"audio_file": [f for f, _ in kept]}, scores, problem_type, names)
