@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         augmentation=augmentation,
         data_results=counts,
         baseline=partial(speech_baseline, references["train"], references.get("validation", []), normalize),
+        output_texts=lambda output: ([normalize(t) for t in decode(output.predictions)],
+                                     [normalize(r) for r in references["validation"]]),
+        output_noun="transcript",
     )
     return run(task, training_args, finetune_args)
 

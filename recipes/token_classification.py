@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         input_columns=[TOKENS],
         data_results=add_counts(skipped, violations, truncated),
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
+        output_noun="tag",
     )
     return run(task, training_args, finetune_args)
 

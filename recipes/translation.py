@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         augmentation=augmentation,
         data_results=add_counts(skipped, duplicates),
         baseline=lambda: translation_baseline(splits["train"][TARGET], splits["validation"][TARGET]),
+        output_texts=lambda output: (decode(tokenizer, output.predictions), splits["validation"][TARGET]),
+        output_noun="translation",
     )
     results = run(task, training_args, finetune_args)
     out = Path(training_args.output_dir)

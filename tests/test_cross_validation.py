@@ -88,4 +88,30 @@ def test_cv_run_writes_folds_results_and_oof(tiny_bert, tmp_path, csv_file):
     assert oof.groupby(pd.Series(speakers))["fold"].nunique().eq(1).all()  # --cv_group_column respected
     for k in range(3):
         assert (out / f"fold_{k}" / "config.json").is_file()
-        assert (out / f"fold_{k}" / "all_results.json").is_file()
+        fold = json.loads((out / f"fold_{k}" / "all_results.json").read_text())
+        assert fold["heldout_fold_accuracy"] == accuracies[k] and not any(key.startswith("test_") for key in fold)
+
+
+def test_a_fold_names_its_held_out_scores_apart_from_the_test_split(tiny_bert, tmp_path, csv_file):
+    """A fold's held-out rows are its test split inside the run, but its results and page name their metrics
+    heldout_fold_* ("held-out fold"), not test_*: beside the run's test file, "test" would read as its score there.
+    The fold job's predictions.csv holds the test file's rows."""
+    from recipes import text_classification
+
+    words = {0: "bad poor awful", 1: "good fine great"}
+    rows = [{"sentence": f"{words[i % 2]} film {i}", "label": i % 2} for i in range(34)]
+    data = [csv_file(part, name) for part, name in ((rows[:20], "train.csv"), (rows[20:28], "dev.csv"),
+                                                     (rows[28:], "test.csv"))]
+    out = tmp_path / "cv"
+    results = text_classification.main([
+        "--model_name_or_path", tiny_bert, "--train_file", data[0], "--validation_file", data[1], "--test_file",
+        data[2], "--cv_folds", "2", "--cv_fold_index", "0", "--eval_strategy", "no", *fast_args(out),
+    ])
+    fold = out / "fold_0"
+    saved = json.loads((fold / "all_results.json").read_text())
+    heldout = json.loads((fold / "cv_fold.json").read_text())["record"]["heldout"]
+    assert saved["heldout_fold_accuracy"] == heldout["accuracy"] == results["heldout_fold_accuracy"]
+    assert not [key for key in {**saved, **results} if key.startswith("test_")]
+    page = (fold / "report.html").read_text()
+    assert "<th>held-out fold</th>" in page and "<th>test</th>" not in page
+    assert len(pd.read_csv(fold / "predictions.csv")) == 6

@@ -8,16 +8,22 @@ import logging
 import numpy as np
 import pytest
 from conftest import fast_args
+from transformers import EvalPrediction
+from transformers.trainer_utils import PredictionOutput
 
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
 from common.training.baseline import (
     CARD_HEADING,
     classification_baseline,
+    constant_baseline,
     degenerate_reasons,
+    judge_run,
+    model_card_warning,
     speech_baseline,
     translation_baseline,
 )
 from common.training.metrics import build_compute_metrics
+from common.training.task import Task
 from recipes import text_classification
 
 POSITIVE = ["great", "wonderful", "excellent", "lovely", "superb", "fantastic", "brilliant", "delightful"]
@@ -111,12 +117,83 @@ def test_guard_rules():
     assert len(degenerate_reasons(baseline, {"eval_accuracy": 0.5}, mixed, spec)) == 1
     assert len(degenerate_reasons(baseline, {"eval_accuracy": float("nan")}, mixed, spec)) == 1
     one_class = np.tile([0.0, 1.0], (20, 1))
-    (reason,) = degenerate_reasons(baseline, {"eval_accuracy": 0.9}, one_class, spec, np.array([1] * 10 + [0] * 10))
+    # 0.55 on 20 rows is within one standard error of the constant's 0.5 (0.11), so one class still counts.
+    baseline.noise = 0.11
+    (reason,) = degenerate_reasons(baseline, {"eval_accuracy": 0.55}, one_class, spec, np.array([1] * 10 + [0] * 10))
     assert "'positive' for 100% of the 20 validation rows (50% of them are 'positive')" in reason
     regression = classification_baseline(LabelSpec(REGRESSION), np.array([0.0, 2.0]), np.array([0.0, 2.0]),
                                          build_compute_metrics(REGRESSION))  # mse 1
     assert degenerate_reasons(regression, {"eval_mse": 0.5, "eval_pearson": 0.1}) == []
     assert degenerate_reasons(regression, {"eval_mse": 1.2, "eval_pearson": 0.9})
+
+
+def test_a_perfect_model_on_imbalanced_data_is_not_flagged():
+    """On 97:3 data a model that gets every row right predicts the majority class for 97% of them: its accuracy beats
+    the constant's 0.97 by more than one standard error, so the one-class rule does not apply. The majority class
+    everywhere is flagged, with macro-F1 beside the constant's; so is a model within the noise of the constant."""
+    spec = LabelSpec(SINGLE, ["common", "rare"])
+    labels = np.array([0] * 97 + [1] * 3)
+    compute = build_compute_metrics(SINGLE)
+    baseline = classification_baseline(spec, labels, labels, compute)
+
+    def scored(predicted: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        logits = np.eye(2)[predicted] * 10
+        return logits, {f"eval_{k}": v for k, v in compute(EvalPrediction(logits, labels)).items()}
+
+    perfect, metrics = scored(labels)
+    assert metrics["eval_accuracy"] == metrics["eval_f1_macro"] == 1.0
+    assert degenerate_reasons(baseline, metrics, perfect, spec, labels) == []
+    assert baseline.value == pytest.approx(0.97) and baseline.noise == pytest.approx((0.97 * 0.03 / 100) ** 0.5)
+    task = Task("t", lambda: None, None, None, None, None, None, None, "accuracy", "text-classification",
+                label_spec=spec)
+    results = judge_run(baseline, PredictionOutput(perfect, labels, metrics), task)
+    assert results["degenerate"] is False and model_card_warning(results) is None
+    assert results["baseline_eval_f1_macro"] == pytest.approx(baseline.metrics["f1_macro"])
+    assert baseline.summary() == f"accuracy 0.9700, f1_macro {baseline.metrics['f1_macro']:.4f}"
+
+    majority, metrics = scored(np.zeros(100, dtype=int))
+    one_class, no_better = degenerate_reasons(baseline, metrics, majority, spec, labels)
+    assert "'common' for 100% of the 100 validation rows (97% of them are 'common')" in one_class
+    assert f"eval_f1_macro {metrics['eval_f1_macro']:.4f}, the constant's {baseline.metrics['f1_macro']:.4f}" in no_better
+    one_rare = np.r_[np.zeros(98, dtype=int), [1, 0]]  # 0.98: better than 0.97, but by less than 0.017
+    (reason,) = degenerate_reasons(baseline, scored(one_rare)[1], scored(one_rare)[0], spec, labels)
+    assert "'common' for 99% of the 100 validation rows" in reason
+
+
+def test_generation_that_says_the_same_thing_for_every_input_is_flagged():
+    """A translation model that outputs 'Die , , , ,' for all 50 validation sentences beats the empty output's
+    BLEU 0.0, yet it is flagged: one output for every input, and BLEU and chrF no better than before training. A
+    split whose references repeat as much (spoken keywords) is not held against the model."""
+    references = [f"Der Hund Nummer {i} läuft durch den Park ." for i in range(50)]
+    task = Task("t", lambda: None, None, None, None, None, None, None, "bleu", "translation",
+                baseline=lambda: translation_baseline(["xyz"], references), output_noun="translation",
+                output_texts=lambda output: (list(output.predictions), references))
+    baseline = constant_baseline(task)
+    assert baseline is not None and baseline.value == 0.0 and baseline.tracked == ("bleu", "chrf")
+    metrics = {"eval_bleu": 0.09, "eval_chrf": 0.99}
+    output = PredictionOutput(["Die , , , ,"] * 50, None, metrics)
+    results = judge_run(baseline, output, task, before={"before_bleu": 0.1, "before_chrf": 4.13})
+    assert results["degenerate"] is True
+    assert ("only 1 of the model's outputs for the 50 validation rows are distinct (of the references, 50): it "
+            "gives the translation 'Die , , , ,' for 50 of them") in results["degenerate_reason"]
+    assert ("eval_bleu 0.0900 and eval_chrf 0.9900 are no better than before training (0.1000 and 4.1300)"
+            in results["degenerate_reason"])
+    # Either alone flags the run; neither holds for varied outputs that improved.
+    assert len(degenerate_reasons(baseline, metrics, outputs=(output.predictions, references))) == 1
+    assert len(degenerate_reasons(baseline, metrics, before={"before_bleu": 0.1, "before_chrf": 4.13})) == 1
+    assert degenerate_reasons(baseline, metrics, outputs=(references, references),
+                              before={"before_bleu": 0.0, "before_chrf": 0.5}) == []
+    keywords = ["yes", "no", "up"] * 20  # 5% distinct, as the references: a model that recognises them all
+    assert degenerate_reasons(baseline, metrics, outputs=(keywords, keywords)) == []
+    assert degenerate_reasons(baseline, metrics, outputs=(["yes"] * 60, keywords))
+
+
+def test_the_model_card_warning_names_the_tasks_output():
+    """The card of a degenerate speech model speaks of transcripts, in the wording its Task gives, not of classes."""
+    results = {"degenerate": True, "degenerate_reason": "only 1 of the model's outputs ... are distinct"}
+    card = model_card_warning(results, "transcript")
+    assert "gives the same transcript for almost every input" in card and "class" not in card
+    assert "gives the same class for almost every input" in model_card_warning(results)
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -68,6 +68,7 @@ def test_two_trials_write_results_and_retrain_the_best(tiny_bert, tmp_path, csv_
     assert retrained["learning_rate"] == pytest.approx(best["learning_rate"])
     assert retrained["per_device_train_batch_size"] == best["per_device_train_batch_size"]
     assert retrained["warmup_steps"] == pytest.approx(best["warmup_steps"])
+    assert retrained["seed"] == best["seed"]
     assert (out / "config.json").is_file() and "eval_accuracy" in results
     # Trials leave no checkpoints; the retrain keeps the ones it was asked for.
     assert not (out / "hpo").exists()
@@ -82,3 +83,33 @@ def test_hpo_needs_a_validation_split():
     task = Task("t", lambda: None, None, None, None, None, None, None, "accuracy", "text-classification")
     with pytest.raises(RecipeInputError, match="validation split"):
         run_hpo(task, None, FinetuneArguments(hpo_trials=2))
+
+
+def test_trials_take_every_value_of_the_space_as_drawn(tmp_path, monkeypatch):
+    """Trainer casts a trial's value to the type of the argument it replaces: with an integer warmup_steps from the
+    YAML, a drawn 0.1 would train as 0 while the retrain of the best used 0.1. Trials start from arguments of a
+    type that keeps every value the space can draw."""
+    from transformers import TrainingArguments
+
+    from common.dispatch import FinetuneArguments
+    from common.strategies import hpo
+    from common.training.task import Task
+
+    class Started(Exception):
+        pass
+
+    def build_trainer(task, trial_args, finetune_args):
+        raise Started(trial_args)
+
+    monkeypatch.setattr(hpo, "build_trainer", build_trainer)
+    space = {"warmup_steps": {"type": "categorical", "choices": [0.1, 0.2]},
+             "weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+             "num_train_epochs": {"type": "int", "low": 1, "high": 3}}
+    args = TrainingArguments(output_dir=str(tmp_path), warmup_steps=0, weight_decay=0, num_train_epochs=3)
+    task = Task("t", lambda: None, None, [0], None, None, None, None, "accuracy", "text-classification")
+    with pytest.raises(Started) as started:
+        hpo.run_hpo(task, args, FinetuneArguments(hpo_trials=1, hpo_space=json.dumps(space)))
+    trial_args = started.value.args[0]
+    for name, spec in space.items():
+        for value in spec.get("choices", [spec.get("low"), spec.get("high")]):
+            assert type(getattr(trial_args, name))(value) == value, (name, value)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import ROOT, fast_args, subprocess_env
 
 from common.core.errors import RecipeInputError
@@ -96,11 +97,13 @@ def test_two_workers_started_together_share_one_postgres_study(postgres, tiny_be
     assert "4 trials {'COMPLETE': 4}" in printed and (out / "hpo.png").stat().st_size > 0
     assert "optuna:***@127.0.0.1" in printed and "s3cret-pw" not in printed
 
-    # The printed command is the worker's, without the search, with the best trial's settings: it retrains.
+    # The printed command is the worker's program with best.yaml: its options, without the search, with the best
+    # trial's settings. It retrains.
     retrain = best["command"]
-    assert retrain[:2] == ["python", "recipes/text_classification.py"] and "--hpo_storage" not in retrain
-    assert retrain[retrain.index("--seed") + 1] == str(int(top["seed"]))
-    assert f"--learning_rate {best['settings']['learning_rate']}" in shlex.join(retrain)
+    assert retrain[:2] == ["python", "recipes/text_classification.py"] and "--config" in retrain
+    config = yaml.safe_load(Path(best["config"]).read_text())
+    assert config["seed"] == int(top["seed"]) and config["learning_rate"] == best["settings"]["learning_rate"]
+    assert not {"hpo_storage", "hpo_trials", "hpo_study_name"} & set(config) and "s3cret-pw" not in str(config)
     done = subprocess.run([sys.executable, *retrain[1:]], cwd=ROOT, env=subprocess_env(), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
@@ -133,7 +136,7 @@ def test_workers_share_a_sqlite_or_journal_study_and_a_changed_space_is_refused(
     trials = pd.read_csv(out / "hpo_results.csv")
     assert len(trials) == 2 and set(trials["state"]) == {"COMPLETE"} and trials["seed"].nunique() == 2
     assert best["objective"] == trials["objective"].max()
-    assert "your worker command without --hpo_storage" in capsys.readouterr().out  # started in-process: flags only
+    assert f"your recipe with --config {out / 'best.yaml'}" in capsys.readouterr().out  # started in-process
 
     other = _worker_args(tiny_bert, sst2_slice, storage, "s", out, trials=1)
     other[other.index("--hpo_space") + 1] = "{learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-3}}"
@@ -152,3 +155,30 @@ def test_storage_options_are_checked_at_once(tmp_path):
     with pytest.raises(RecipeInputError, match="search worker"):
         text_classification.main(["--hpo_storage", f"sqlite:///{tmp_path / 's.db'}", "--hpo_trials", "1",
                                   "--cv_folds", "3", "--output_dir", str(tmp_path / "o")])
+
+
+def test_the_printed_retrain_uses_best_yaml_and_trains_the_best_trials_settings(tiny_bert, sst2_slice, tmp_path,
+                                                                              capsys, monkeypatch, one_thread):
+    """A worker whose YAML holds hpo_trials: hpo-summary's command retrains with exactly the best trial's settings
+    (best.yaml), rather than starting a fresh search that leaves another configuration in best/."""
+    out, storage = tmp_path / "search", f"sqlite:///{tmp_path / 'study.db'}"
+    config = tmp_path / "search.yaml"
+    config.write_text(f"model_name_or_path: {tiny_bert}\ntrain_file: {sst2_slice['train']}\n"
+                      f"validation_file: {sst2_slice['dev']}\nhpo_trials: 2\nhpo_space: {SPACE}\n"
+                      "learning_rate: 1.0e-5\ndo_predict: false\nmax_train_samples: 64\n")
+    # Started as `python recipes/text_classification.py ...`, so the study records the program to print.
+    monkeypatch.setattr(sys, "argv", ["recipes/text_classification.py", "--config", str(config), "--hpo_storage",
+                                      storage, "--hpo_study_name", "s", *fast_args(out)])
+    text_classification.main()
+    best = hpo_summary(storage, "s")
+    retrain = best["command"]
+    assert retrain[:2] == ["python", "recipes/text_classification.py"]
+    text_classification.main(retrain[2:])
+
+    trained = json.loads((out / "best" / "training_args.json").read_text())
+    assert trained["learning_rate"] == best["settings"]["learning_rate"] != 1.0e-5
+    assert trained["per_device_train_batch_size"] == best["settings"]["per_device_train_batch_size"]
+    assert trained["seed"] == best["settings"]["seed"]
+    assert not (out / "best" / "hpo_results.csv").exists()  # no second search
+    assert f"--config {out / 'best.yaml'} --output_dir {out / 'best'}" in capsys.readouterr().out
+    assert "hpo_trials" not in yaml.safe_load((out / "best.yaml").read_text())

@@ -123,6 +123,21 @@ def test_tiny_marian_learns_multi30k_from_line_aligned_files(marian, multi30k, t
     assert lines[0] == "source\treference\thypothesis" and lines[2].startswith("Two men sit on a bench.\t")
 
 
+def test_a_model_that_gives_one_translation_for_every_sentence_is_flagged(marian, multi30k, tmp_path):
+    """Left untrained (learning rate 0), the tiny model says the same words whatever the sentence: the run is flagged
+    degenerate for it and for not improving on its start, and the model card speaks of translations."""
+    out = tmp_path / "out"
+    results = translation.main([
+        "--model_name_or_path", marian, *pair_args(multi30k, "train", "train"), *pair_args(multi30k, "validation", "val"),
+        "--max_train_samples", "32", "--max_eval_samples", "50", "--generation_max_length", "12",
+        "--eval_strategy", "no", "--do_predict", "false", *fast_args(out, learning_rate=0),
+    ])
+    reason = results["degenerate_reason"]
+    assert "only 1 of the model's outputs for the 50 validation rows are distinct (of the references, 50)" in reason
+    assert "eval_bleu" in reason and "eval_chrf" in reason and "no better than before training" in reason
+    assert "gives the same translation for almost every input" in (out / "README.md").read_text()
+
+
 def test_line_aligned_files_load_like_jsonl_and_csv(multi30k, tmp_path):
     import pandas as pd
 

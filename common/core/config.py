@@ -118,6 +118,9 @@ class RunArguments:
     # How this run was started (program and options), when known: an HPO study records it so that its summary
     # prints the command that retrains the best trial.
     command: list[str] | None = field(default=None, init=False, repr=False, compare=False)
+    # Every option this run set (the recipe's defaults, --config and the command line, before the policies), as
+    # a YAML config takes them: such a config repeats the run (an HPO study writes its best trial's as best.yaml).
+    options: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
     # The other argument groups parse_args built with this one (data, model, fine-tuning, training), so that
     # setup_run can fingerprint what shapes training for the checkpoints (common.training.reliability.run_fingerprint).
     arguments: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -221,6 +224,7 @@ def parse_args(
         raise RecipeInputError(f"unknown option '{unknown[0]}'{nearest(key, dests)}. See --help for every option.")
 
     options = vars(namespace)
+    configured = {dest: options[dest] for dest in (*values, *given) if dest in options and dest != "config"}
     # Each argument group may fix settings its options imply, before TrainingArguments validates itself.
     for dtype in dataclass_types:
         if hasattr(dtype, "apply_policies"):
@@ -239,6 +243,7 @@ def parse_args(
         if isinstance(instances[-1], RunArguments):
             instances[-1].precision_reason = precision_reason
             instances[-1].command = launch_command(argv, from_sys_argv)
+            instances[-1].options = configured
     for instance in instances:
         if isinstance(instance, RunArguments):
             instance.arguments = tuple(other for other in instances if other is not instance)

@@ -98,6 +98,8 @@ class CrossValidationArguments:
             options["output_dir"] = str(Path(options["output_dir"]) / f"fold_{options['cv_fold_index']}")
 
 SOURCE_ROW = "__source_row__"  # the train rows' numbers in the file as loaded; see `number_rows`
+# The metrics of a fold's held-out rows, in its results and report: never test_*, which name the test split's.
+HELDOUT_PREFIX = "heldout_fold"
 
 
 def number_rows(dataset: Dataset) -> Dataset:
@@ -248,9 +250,9 @@ def _train_fold(task, args: TrainingArguments, finetune_args, k: int, train_rows
     record = getattr(args, RUN_RECORD_ATTR, None)
     if record is not None:  # the fold's run_config.json and report show the run's options; a fold never resumes
         setattr(fold_args, RUN_RECORD_ATTR, dataclasses.replace(record, resumed=None))
-    results = train_evaluate_predict(fold_task, fold_args, finetune_args)
+    results = train_evaluate_predict(fold_task, fold_args, finetune_args, test_prefix=HELDOUT_PREFIX)
     record = {"fold": k, "train_rows": len(train_rows), "heldout_rows": len(held_rows),
-              "heldout": _split_metrics(results, "test"), "eval": _split_metrics(results, "eval")}
+              "heldout": _split_metrics(results, HELDOUT_PREFIX), "eval": _split_metrics(results, "eval")}
     if args.process_index != 0 or task.label_spec is None:
         return record, None
     return record, scores_from_logits(first_output(captured["output"].predictions), task.label_spec.problem_type)
@@ -299,7 +301,7 @@ def train_fold_job(task, args: TrainingArguments, finetune_args, splits, source_
     })
     logger.info("fold %d of %d written to %s; when every fold is done: finetune-recipes cv-merge %s", k, len(splits),
                 fold_dir, fold_dir.parent)
-    return {f"fold_{key}": value for key, value in record["heldout"].items()}
+    return {f"{HELDOUT_PREFIX}_{key}": value for key, value in record["heldout"].items()}
 
 
 def merge_folds(output_dir: str, method: str | None = None) -> dict[str, float]:

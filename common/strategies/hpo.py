@@ -21,8 +21,8 @@ number), recorded with the trial; the best configuration is retrained with the b
 Across machines: `--hpo_storage` puts the study in an optuna storage that any number of workers share
 (`sqlite:///study.db` on one node, `postgresql://user:password@host/db` across machines, or a journal file on a
 shared filesystem). Each worker runs its --hpo_trials trials on fresh models, writes nothing into the output dir
-and stops; `finetune-recipes hpo-summary` writes hpo_results.csv and hpo.png from the study and prints the
-command that retrains the best trial. The study records its search space and objective: a worker whose
+and stops; `finetune-recipes hpo-summary` writes hpo_results.csv and hpo.png from the study, and best.yaml (every
+option of the best trial, without the search's), and prints the command that retrains it with that config. The study records its search space and objective: a worker whose
 command would search another space is refused. A worker killed mid-trial leaves that trial RUNNING; with a
 database storage, the next worker to start a trial after the heartbeat grace period (HEARTBEAT_GRACE_S) marks it
 FAIL. Either way the summary lists it and ranks only COMPLETE trials.
@@ -54,7 +54,7 @@ from transformers import TrainingArguments
 
 from common.core.config import ALIASES
 from common.core.errors import RecipeInputError, nearest
-from common.training.reliability import RUN_RECORD_ATTR
+from common.training.reliability import RUN_RECORD_ATTR, plain_value
 from common.training.reporting import plot_bars
 from common.training.run import build_trainer
 
@@ -275,7 +275,9 @@ def join_study(study, space: dict, key: str, direction: str, args: TrainingArgum
         return
     record = getattr(args, RUN_RECORD_ATTR, None)
     for name, value in {**mine, "output_dir": str(Path(args.output_dir).resolve()),
-                        "command": record.command if record is not None else None}.items():
+                        "command": record.command if record is not None else None,
+                        # hpo-summary writes the best trial's config from them: best.yaml (write_best_config)
+                        "options": plain_value(record.options) if record is not None else None}.items():
         study.set_user_attr(name, value)
 
 
@@ -295,6 +297,21 @@ def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return params
 
 
+def trial_arguments(args: TrainingArguments, space: dict[str, dict[str, Any]]) -> TrainingArguments:
+    """The TrainingArguments the trials start from: saving nothing, and typed so that every value of the space
+    reaches its trial as drawn (the retrain uses the drawn values)."""
+    # Trials save nothing (no checkpoint to pick the best from), so they cannot reload a best model either.
+    trial_args = dataclasses.replace(args, output_dir=str(Path(args.output_dir) / "hpo"), save_strategy="no",
+                                     load_best_model_at_end=False, resume_from_checkpoint=None)
+    for name, spec in space.items():
+        # Trainer casts each drawn value to the type of the current one (int(0.1) is 0): an int field that the
+        # space can draw fractions for becomes a float.
+        fractional = spec["type"] in ("uniform", "loguniform") or any(isinstance(c, float) for c in spec.get("choices", ()))
+        if fractional and isinstance(getattr(trial_args, name), int):
+            setattr(trial_args, name, float(getattr(trial_args, name)))
+    return trial_args
+
+
 def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[str, Any]:
     """Search, write hpo_results.csv and hpo.png, and return the best TrainingArguments overrides."""
     import optuna  # heavy, and needed only by --hpo_trials: loaded here
@@ -304,13 +321,7 @@ def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[
     space = parse_space(finetune_args.hpo_space)
     key, direction = f"eval_{task.main_metric}", "maximize" if task.greater_is_better else "minimize"
     out = Path(args.output_dir)
-    # Trials save nothing (no checkpoint to pick the best from), so they cannot reload a best model either.
-    trial_args = dataclasses.replace(args, output_dir=str(out / "hpo"), save_strategy="no",
-                                     load_best_model_at_end=False, resume_from_checkpoint=None)
-    for name, spec in space.items():
-        # Trainer casts each drawn value to the type of the current one: keep fractional draws fractional.
-        if spec["type"] in ("uniform", "loguniform") and isinstance(getattr(trial_args, name), int):
-            setattr(trial_args, name, float(getattr(trial_args, name)))
+    trial_args = trial_arguments(args, space)
 
     def compute_objective(metrics: dict[str, float]) -> float:
         if key not in metrics:
@@ -408,34 +419,45 @@ def hpo_summary(storage_url: str, name: str, output_dir: str | None = None) -> d
     write_hpo_results(study, attrs.get("objective", "objective"), out)
     best = study.best_trial
     settings = {**best.params, "seed": best.user_attrs.get("seed")}
-    flags = [token for key, value in settings.items() if value is not None for token in (f"--{key}", str(value))]
-    command = retrain_command(attrs.get("command"), flags, out / "best")
     print(f"study '{name}' in {shown_url(storage_url)}: {len(study.trials)} trials {states}")
     print(f"best: trial {best.number}, {attrs.get('objective', 'objective')} {best.value:.4f}, {settings}")
     print(f"results: {out / 'hpo_results.csv'}, {out / 'hpo.png'}")
-    print("retrain the best:\n  " + (" ".join(shlex.quote(t) for t in command) if command else
-                                     "your worker command without --hpo_storage, --hpo_study_name and --hpo_trials, "
-                                     "plus: " + " ".join(flags)))
-    return {"trial": best.number, "objective": best.value, "settings": settings, "command": command}
+    if attrs.get("options") is None:  # a study whose workers predate best.yaml: only the settings are known
+        flags = " ".join(f"--{key} {value}" for key, value in settings.items() if value is not None)
+        print("retrain the best: this study does not record its workers' options, so no best.yaml. Run a worker's "
+              "command with every hpo_* option removed, from the command line and from its --config, plus: " + flags)
+        return {"trial": best.number, "objective": best.value, "settings": settings, "command": None}
+    config = write_best_config(attrs["options"], settings, out / BEST_CONFIG)
+    command = retrain_command(attrs.get("command"), config, out / "best")
+    print(f"retrain the best (every option of trial {best.number} is in {config}):\n  " +
+          (shlex.join(command) if command else f"your recipe with --config {config} --output_dir {out / 'best'}"))
+    return {"trial": best.number, "objective": best.value, "settings": settings, "command": command,
+            "config": str(config)}
 
 
-HPO_FLAGS = ("--hpo_storage", "--hpo_study_name", "--hpo_trials", "--output_dir", "--overwrite_output_dir")
+BEST_CONFIG = "best.yaml"
+# Options of the search itself, and of where it ran: none of them belongs in the retrain of its best trial.
+NOT_RETRAINED = ("hpo_trials", "hpo_space", "hpo_storage", "hpo_study_name", "output_dir", "overwrite_output_dir",
+                 "resume_from_checkpoint")
 
 
-def retrain_command(command: list[str] | None, flags: list[str], output_dir: Path) -> list[str] | None:
-    """The worker's command without its HPO options and the searched settings, then the best trial's settings
-    and a new output dir."""
+def write_best_config(options: dict[str, Any], settings: dict[str, Any], path: Path) -> Path:
+    """best.yaml: every option the study's workers set (their recipe defaults, --config and command line) with
+    the search's own left out and the best trial's settings over them, so `--config best.yaml` retrains exactly
+    that trial, whatever the workers' YAML held (its hpo_trials would start a new search)."""
+    config = {key: value for key, value in options.items() if key not in NOT_RETRAINED}
+    config.update({key: value for key, value in settings.items() if value is not None})
+    if "learning_rate" in settings and config.get("scale_lr_with_batch"):
+        config["scale_lr_with_batch"] = False  # the trial trained with the drawn rate as it is, unscaled
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(plain_value(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def retrain_command(command: list[str] | None, config: Path, output_dir: Path) -> list[str] | None:
+    """The workers' program (`python recipes/x.py` or `finetune-recipes run x`, as `launch_command` records it)
+    with `--config best.yaml` and a new output dir; None when the workers' command is unknown."""
     if not command:
         return None
-    dropped = {*HPO_FLAGS, *(token for token in flags if token.startswith("--"))}
-    kept, skip = [], False
-    for token in command:
-        if skip:
-            skip = False
-            continue
-        name = token.split("=", 1)[0]
-        if name in dropped:
-            skip = "=" not in token and name != "--overwrite_output_dir"
-            continue
-        kept.append(token)
-    return [*kept, *flags, "--output_dir", str(output_dir)]
+    program = command[:3] if command[0] == "finetune-recipes" else command[:2]
+    return [*program, "--config", str(config), "--output_dir", str(output_dir)]

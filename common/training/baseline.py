@@ -10,9 +10,12 @@ scores, on its validation split and with its own metric functions, the best outp
 - translation / speech recognition: the empty output and the most common train target / transcript, built by
   the recipe with `translation_baseline` / `speech_baseline` and handed to the run as `Task.baseline`.
 
-After evaluation, `judge_run` flags the run as degenerate when the model predicts one class for at least
-`DOMINANT_SHARE` of the validation rows, or when its metric is no better than the constant's. The rule is
-deliberately blunt (no significance test on a small eval set): a flag is a prompt to look, not a verdict.
+After evaluation, `judge_run` flags the run as degenerate when its metric is no better than the constant's; when
+the model predicts one class for at least `DOMINANT_SHARE` of the validation rows, unless its metric beats the
+constant's by more than one standard error (on imbalanced data a good model predicts the majority class almost
+everywhere); for generation (`Task.output_texts`), when fewer than `DISTINCT_SHARE` of its outputs are distinct
+and the references are more varied; and when every metric of a recipe's own baseline (BLEU and chrF, WER and CER)
+is no better than before training. The rules are deliberately blunt: a flag is a prompt to look, not a verdict.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from common.training.task import Task
 logger = logging.getLogger(__name__)
 
 DOMINANT_SHARE = 0.95  # one class predicted for at least this share of validation rows: collapsed onto it
+DISTINCT_SHARE = 0.10  # generation: fewer distinct outputs than this share of validation rows: one output for all
+# Shown beside the main metric: on imbalanced data accuracy hides a model that ignores the small classes; macro-F1 not.
+BESIDE = ("f1_macro",)
 CONFIDENT = 10.0  # logit of a constant predictor: its softmax/sigmoid is 0 or 1 to float precision
 CARD_HEADING = "## WARNING: degenerate run"
 
@@ -53,9 +59,22 @@ class Baseline:
     description: str  # what the constant predicts, e.g. "majority class 'positive'"
     metrics: dict[str, float]  # every metric of that constant, as the run's compute_metrics returns them
     balance: str = ""  # class counts of train, quoted in the warning: imbalance is a usual cause of collapse
+    noise: float = 0.0  # one standard error of `value` on this eval split, where known
+    # Metrics that training must improve (a recipe's own baseline: BLEU and chrF, WER and CER): a run with every one
+    # of them no better than before training is flagged.
+    tracked: tuple[str, ...] = ()
 
     def beaten_by(self, value: float) -> bool:
         return value > self.value if self.greater_is_better else value < self.value
+
+    def clearly_beaten_by(self, value: float) -> bool:
+        """Better than the constant by more than the noise of the eval split."""
+        return self.beaten_by(value) and abs(value - self.value) > self.noise
+
+    def summary(self) -> str:
+        """The main metric, and macro-F1 where the baseline has it, e.g. 'accuracy 0.9700, f1_macro 0.4924'."""
+        shown = [(self.metric, self.value), *((m, self.metrics[m]) for m in BESIDE if m in self.metrics)]
+        return ", ".join(f"{name} {value:.4f}" for name, value in shown)
 
 
 def _labels(dataset) -> np.ndarray:
@@ -104,8 +123,10 @@ def classification_baseline(spec: LabelSpec, train_labels: np.ndarray, eval_labe
         majority = int(counts.argmax())
         metrics = _score(compute_metrics, SINGLE, _constant_logits(rows, np.eye(len(names))[majority]), eval_labels)
         balance = ", ".join(f"{names[i]!r} {c}" for i, c in enumerate(counts))
+        accuracy = metrics["accuracy"]  # the binomial standard error of an accuracy on `rows` rows
         return Baseline(spec.main_metric, metrics[spec.main_metric], True, f"majority class {names[majority]!r}",
-                        metrics, balance=f"train rows per class: {balance}")
+                        metrics, balance=f"train rows per class: {balance}",
+                        noise=math.sqrt(accuracy * (1 - accuracy) / rows) if rows else 0.0)
     if spec.problem_type != MULTI:
         raise ValueError(f"no constant baseline for problem type {spec.problem_type}")
     hot = (train_labels > 0.5).astype(int)
@@ -208,7 +229,7 @@ def constant_baseline(task: Task) -> Baseline | None:
                 logger.warning("constant baseline has no %s (only %s): not compared", task.main_metric, list(metrics))
                 return None
             return Baseline(task.main_metric, float(metrics[task.main_metric]), task.greater_is_better, description,
-                            {k: float(v) for k, v in metrics.items()})
+                            {k: float(v) for k, v in metrics.items()}, tracked=tuple(metrics))
         spec = task.label_spec
         if spec is None or task.train_dataset is None or task.eval_dataset is None or len(task.eval_dataset) == 0:
             return None
@@ -222,11 +243,24 @@ def constant_baseline(task: Task) -> Baseline | None:
 
 
 def degenerate_reasons(baseline: Baseline, eval_metrics: dict[str, float], predictions: Any = None,
-                       spec: LabelSpec | None = None, eval_labels: np.ndarray | None = None) -> list[str]:
-    """Why the run is degenerate, or [] when it is not: (a) single-label classification predicting one class
-    for at least DOMINANT_SHARE of the rows; (b) the compared metric no better than the constant's."""
+                       spec: LabelSpec | None = None, eval_labels: np.ndarray | None = None, *,
+                       before: dict[str, Any] | None = None, outputs: tuple[list[str], list[str]] | None = None,
+                       noun: str = "class") -> list[str]:
+    """Why the run is degenerate, or [] when it is not:
+
+    (a) the compared metric no better than the constant's;
+    (b) single-label classification predicting one class for at least DOMINANT_SHARE of the rows, unless the
+        metric beats the constant's by more than its standard error;
+    (c) generation, with `outputs` (the model's texts, the references): fewer than DISTINCT_SHARE of the outputs
+        distinct, and fewer than the references hold;
+    (d) every `baseline.tracked` metric no better than before training (`before` holds the before_* metrics).
+    `noun` names one output of the model ("class", "transcript") in the reasons.
+    """
     reasons = []
-    if spec is not None and spec.problem_type == SINGLE and predictions is not None:
+    value = eval_metrics.get(f"eval_{baseline.metric}")
+    value = None if value is None else float(value)
+    clearly_better = value is not None and math.isfinite(value) and baseline.clearly_beaten_by(value)
+    if spec is not None and spec.problem_type == SINGLE and predictions is not None and not clearly_better:
         predicted = first_output(predictions).argmax(-1)
         if predicted.size:
             counts = np.bincount(predicted, minlength=spec.num_labels)
@@ -239,24 +273,55 @@ def degenerate_reasons(baseline: Baseline, eval_metrics: dict[str, float], predi
                     # Said outright, so a validation split that really is one class is recognised as such.
                     reason += f" ({np.mean(np.asarray(eval_labels) == top):.0%} of them are {name!r})"
                 reasons.append(reason)
-    value = eval_metrics.get(f"eval_{baseline.metric}")
-    if value is not None:
-        value = float(value)
-        if not math.isfinite(value) or not baseline.beaten_by(value):
-            direction = "higher" if baseline.greater_is_better else "lower"
-            reasons.append(f"eval_{baseline.metric} {value:.4f} is no better ({direction} is better) than the "
-                           f"constant baseline's {baseline.value:.4f} ({baseline.description})")
+    if outputs is not None:
+        reasons += _repeated_output(*outputs, noun)
+    if value is not None and (not math.isfinite(value) or not baseline.beaten_by(value)):
+        direction = "higher" if baseline.greater_is_better else "lower"
+        beside = "".join(f"; eval_{m} {float(eval_metrics[f'eval_{m}']):.4f}, the constant's {baseline.metrics[m]:.4f}"
+                         for m in BESIDE if m in baseline.metrics and f"eval_{m}" in eval_metrics)
+        reasons.append(f"eval_{baseline.metric} {value:.4f} is no better ({direction} is better) than the "
+                       f"constant baseline's {baseline.value:.4f} ({baseline.description}){beside}")
+    if before is not None:
+        reasons += _no_better_than_before(baseline, eval_metrics, before)
     return reasons
 
 
-def judge_run(baseline: Baseline, eval_output: PredictionOutput, spec: LabelSpec | None = None,
-              learning_rate: float | None = None, steps: int | None = None) -> dict[str, Any]:
-    """The baseline and the verdict as results keys; a degenerate run is logged as a WARNING that says what
-    to check."""
+def _repeated_output(texts: Sequence[str], references: Sequence[str], noun: str) -> list[str]:
+    """Generation: the reason when the model says the same few things whatever the input; a split whose references
+    repeat as much (spoken keywords) is not held against it."""
+    distinct, varied = len(set(texts)), len(set(references))
+    if not texts or distinct >= DISTINCT_SHARE * len(texts) or distinct >= varied:
+        return []
+    common, count = Counter(texts).most_common(1)[0]
+    return [f"only {distinct} of the model's outputs for the {len(texts)} validation rows are distinct (of the "
+            f"references, {varied}): it gives the {noun} {_quoted(common)} for {count} of them"]
+
+
+def _no_better_than_before(baseline: Baseline, eval_metrics: dict[str, Any], before: dict[str, Any]) -> list[str]:
+    """The reason when training improved none of the tracked metrics (all must have been scored before and after)."""
+    pairs = [(m, before.get(f"before_{m}"), eval_metrics.get(f"eval_{m}")) for m in baseline.tracked]
+    if not pairs or any(old is None or new is None for _, old, new in pairs):
+        return []
+    if any(new > old if baseline.greater_is_better else new < old for _, old, new in pairs):
+        return []
+    after = " and ".join(f"eval_{m} {float(new):.4f}" for m, _, new in pairs)
+    then = " and ".join(f"{float(old):.4f}" for _, old, _ in pairs)
+    return [f"{after} {'is' if len(pairs) == 1 else 'are'} no better than before training ({then})"]
+
+
+def judge_run(baseline: Baseline, eval_output: PredictionOutput, task: Task | None = None,
+              learning_rate: float | None = None, steps: int | None = None,
+              before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The baseline (every metric of it, as baseline_eval_*) and the verdict as results keys; a degenerate run is
+    logged as a WARNING that says what to check. `before` holds the before_* metrics, when they were scored."""
     eval_labels = None if eval_output.label_ids is None else np.asarray(eval_output.label_ids)
-    reasons = degenerate_reasons(baseline, eval_output.metrics or {}, eval_output.predictions, spec, eval_labels)
-    results: dict[str, Any] = {f"baseline_eval_{baseline.metric}": baseline.value,
-                               "baseline_description": baseline.description, "degenerate": bool(reasons)}
+    outputs = task.output_texts(eval_output) if task is not None and task.output_texts is not None else None
+    reasons = degenerate_reasons(baseline, eval_output.metrics or {}, eval_output.predictions,
+                                 task.label_spec if task is not None else None, eval_labels, before=before,
+                                 outputs=outputs, noun=task.output_noun if task is not None else "class")
+    results: dict[str, Any] = {f"baseline_eval_{name}": value for name, value in baseline.metrics.items()}
+    results.update({f"baseline_eval_{baseline.metric}": baseline.value, "baseline_description": baseline.description,
+                    "degenerate": bool(reasons)})
     if reasons:
         results["degenerate_reason"] = "; ".join(reasons)
         logger.warning("DEGENERATE RUN: %s. %s", results["degenerate_reason"],
@@ -273,12 +338,13 @@ def what_to_check(baseline: Baseline, learning_rate: float | None = None, steps:
             f"column names the label; {balance}; and the number of training steps{done}.")
 
 
-def model_card_warning(results: dict[str, Any]) -> str | None:
-    """The paragraph appended to the model card (README.md) of a degenerate run, or None."""
+def model_card_warning(results: dict[str, Any], noun: str = "class") -> str | None:
+    """The paragraph appended to the model card (README.md) of a degenerate run, or None. `noun` names one output
+    of the model (`Task.output_noun`: "class", "transcript", "translation")."""
     if not results.get("degenerate"):
         return None
     return (f"\n\n{CARD_HEADING}\n\n**This model looks degenerate: on its validation split it is no better than "
-            "a constant predictor, or it predicts one class almost everywhere. It has probably learned nothing "
-            f"useful.** Why: {results['degenerate_reason']}. Check the learning rate, the label column, the class "
-            "balance of train and the number of training steps before using it; `all_results.json` holds the "
-            "`baseline_*` keys and `degenerate_reason`.\n")
+            f"a constant output or than before training, or it gives the same {noun} for almost every input. It has "
+            f"probably learned nothing useful.** Why: {results['degenerate_reason']}. Check the learning rate, the "
+            "label (or target) column, the balance of the train data and the number of training steps before using "
+            "it; `all_results.json` holds the `baseline_*` keys and `degenerate_reason`.\n")

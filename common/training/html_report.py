@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 RUN_CONFIG_FILE = "run_config.json"
-METRIC_COLUMNS = {"before": "before fine-tuning", "eval": "validation", "test": "test", "baseline_eval": "constant baseline"}
+METRIC_COLUMNS = {"before": "before fine-tuning", "eval": "validation", "test": "test",
+                  "heldout_fold": "held-out fold", "baseline_eval": "constant baseline"}
 NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "samples")
 FIGURES = {"training_curves.png": "Training curves", "confusion_matrix.png": "Confusion matrix (validation)",
            "augment_preview.png": "Augmentation preview: the same training images as the model sees them"}

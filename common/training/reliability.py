@@ -292,6 +292,7 @@ class RunRecord:
     fingerprint: dict[str, Any]
     resumed: dict[str, Any] | None = None  # set when the run resumed from a checkpoint
     command: list[str] | None = None  # how the run was started, when known (RunArguments.command)
+    options: dict[str, Any] | None = None  # every option the run set, as a YAML config takes them (RunArguments.options)
 
 
 def carry_run_record(source, target) -> None:

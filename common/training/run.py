@@ -99,7 +99,7 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     fingerprint = run_fingerprint(training_args, run_args.arguments, processes)
     resumed = (check_resume(training_args.resume_from_checkpoint, fingerprint, run_args.resume_ignore_changes)
                if resume else None)
-    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed, run_args.command))
+    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed, run_args.command, run_args.options))
 
 
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
@@ -184,9 +184,11 @@ def save_final_model(trainer, output_dir: str | Path, save: Callable[[Any, Path]
 
 
 def train_evaluate_predict(
-    task: Task, args: TrainingArguments, finetune_args: TrainingLoopArguments, report: bool = True
+    task: Task, args: TrainingArguments, finetune_args: TrainingLoopArguments, report: bool = True,
+    test_prefix: str = "test",
 ) -> dict[str, float]:
-    """One fine-tuning run: metrics before training, train, save, evaluate, predict, report."""
+    """One fine-tuning run: metrics before training, train, save, evaluate, predict, report. `test_prefix` names
+    the metrics of `task.test_dataset` (a cross-validation fold's is its held-out fold, not the test split)."""
     # The model is built once, here, and handed to the trainer: given model_init, Trainer would build it in
     # __init__ and again in train(), loading the checkpoint twice. The seed is Trainer's own for model_init.
     if args.full_determinism:
@@ -202,7 +204,7 @@ def train_evaluate_predict(
     # a trained one; fitted on train labels, it is known before training and costs no forward pass.
     baseline = constant_baseline(task) if args.do_eval and task.eval_dataset is not None else None
     if baseline is not None:
-        logger.info("constant baseline (%s): %s %.4f", baseline.description, baseline.metric, baseline.value)
+        logger.info("constant baseline (%s): %s", baseline.description, baseline.summary())
     if args.do_train and args.do_eval and task.eval_dataset is not None and finetune_args.eval_before_training:
         before = trainer.evaluate(metric_key_prefix="before")
         logger.info("before fine-tuning: %s", format_metrics(before, ["loss", task.main_metric]))
@@ -232,10 +234,10 @@ def train_evaluate_predict(
         results["eval_samples"] = len(task.eval_dataset)
         logger.info("after fine-tuning: %s", format_metrics(eval_output.metrics, ["loss", task.main_metric]))
         if baseline is not None:
-            results.update(judge_run(baseline, eval_output, task.label_spec, args.learning_rate,
-                                     trainer.state.global_step if args.do_train else None))
+            results.update(judge_run(baseline, eval_output, task, args.learning_rate,
+                                     trainer.state.global_step if args.do_train else None, before=results))
     if args.do_predict and task.test_dataset is not None:
-        test_output = trainer.predict(task.test_dataset, metric_key_prefix="test")
+        test_output = trainer.predict(task.test_dataset, metric_key_prefix=test_prefix)
         results.update({k: v for k, v in test_output.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
         if main and task.write_predictions is not None:
             task.write_predictions(test_output, out)
@@ -273,7 +275,7 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
         trainer.create_model_card(model_name=out.name, finetuned_from=task.model_name or None, tasks=task.pipeline_task)
     except Exception as err:  # noqa: BLE001 - a card is a nicety; its Hub look-ups may fail offline
         logger.warning("model card not written: %s", err)
-    warning = model_card_warning(results)
+    warning = model_card_warning(results, task.output_noun)
     if warning is not None:  # the card travels with the model, so the warning must too (even without a card)
         with open(out / "README.md", "a", encoding="utf-8") as card:
             card.write(warning)

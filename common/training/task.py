@@ -65,6 +65,11 @@ class Task:
     # The largest errors on the eval split, written after evaluation (common.training.error_analysis):
     # (eval output, --error_examples) -> ErrorAnalysis, or None when the split has no labels.
     error_analysis: Callable[[PredictionOutput, int], Any] | None = None
+    # Generation: (eval output) -> the model's output text and the reference text per validation row, so that the
+    # degenerate-run guard (common.training.baseline) flags a model that says the same thing whatever the input.
+    output_texts: Callable[[PredictionOutput], tuple[list[str], list[str]]] | None = None
+    # One output of the model, as the degenerate-run warning names it: "it gives the same class for almost every input".
+    output_noun: str = "class"
     # Extra pipeline() arguments the saved model wants, shown in the run's load hint, e.g. 'aggregation_strategy="simple"'.
     pipeline_options: list[str] = dataclasses.field(default_factory=list)
     # The columns of the data that hold each example's input (text columns; the image or audio column), as
