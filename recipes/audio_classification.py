@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=feature_extractor,
         main_metric=spec.main_metric,
         pipeline_task="audio-classification",
+        pipeline_call_kwargs={},  # clips decoded at the feature extractor's rate, as predict decodes them
         model_name=model_args.model_name_or_path,
         label_spec=spec,
         input_columns=[audio_column],

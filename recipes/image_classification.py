@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
         main_metric=spec.main_metric,
         pipeline_task="image-classification",
+        pipeline_call_kwargs={},  # predict decodes at --max_image_side (run_config.json's options), as ImageInputs does
         model_name=model_args.model_name_or_path,
         label_spec=spec,
         input_columns=[column],

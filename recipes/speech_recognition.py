@@ -21,6 +21,7 @@ from transformers import (
     AutoModelForCTC,
     AutoModelForSpeechSeq2Seq,
     AutoProcessor,
+    GenerationConfig,
     Seq2SeqTrainingArguments,
     Wav2Vec2Processor,
     set_seed,
@@ -53,6 +54,7 @@ from common.toolkit.finetuning import prepare_model
 from common.training.baseline import speech_baseline
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.run import predicted_split, setup_run
+from common.training.seq2seq import generation_kwargs
 from common.training.speech import (
     CTC,
     SEQ2SEQ,
@@ -61,6 +63,7 @@ from common.training.speech import (
     SpeechCollator,
     SpeechMetrics,
     SpeechSeq2SeqTrainer,
+    checkpoint_generation,
     checkpoint_tokenizer,
     ctc_vocabulary,
     decode_predictions,
@@ -243,6 +246,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return speech_errors(files["validation"], references["validation"], decode(output.predictions),
                              durations["validation"], normalize, n)
 
+    # Seq2seq models generate as Seq2SeqTrainer does, not with the pipeline's defaults (5 beams, 256 new tokens).
+    call_kwargs = {}
+    if family == SEQ2SEQ:
+        generation = checkpoint_generation(model_args) or GenerationConfig.from_model_config(config)
+        call_kwargs = {"generate_kwargs": generation_kwargs(training_args, generation)}
+
     # 8. Train, evaluate, predict, report.
     task = Task(
         name="speech_recognition",
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         main_metric="wer",
         greater_is_better=False,
         pipeline_task="automatic-speech-recognition",
+        pipeline_call_kwargs=call_kwargs,
         input_columns=[audio_column],
         model_name=model_args.model_name_or_path,
         trainer_class=CTCTrainer if family == CTC else SpeechSeq2SeqTrainer,

@@ -232,6 +232,7 @@ def main(
         processing_class=tokenizer,
         main_metric=spec.main_metric,
         pipeline_task="text-classification",
+        pipeline_call_kwargs={"truncation": True, "max_length": data_args.max_seq_length},  # as `tokenize` cut them
         model_name=model_args.model_name_or_path,
         label_spec=spec,
         input_columns=text_columns,

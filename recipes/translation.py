@@ -44,6 +44,7 @@ from common.training.seq2seq import (
     RawReferences,
     build_generation_metrics,
     decode,
+    generation_kwargs,
     language_codes,
     mark_translation_model,
     save_translation_pipeline,
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         main_metric="bleu",
         pipeline_task="translation",
         pipeline_options=["trust_remote_code=True"],  # the recipe's pipeline class, saved beside the model
+        # Sources cut as tokenize_pairs cut them; generation as Seq2SeqTrainer's (the saved generation config has it too).
+        pipeline_call_kwargs={"max_source_length": data_args.max_source_length,
+                              **generation_kwargs(training_args)},
         model_name=model_args.model_name_or_path,
         trainer_class=FinetuneSeq2SeqTrainer,
         write_predictions=write_predictions if raw_test is not None else None,

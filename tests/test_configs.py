@@ -4,6 +4,7 @@ Hub dataset named in the YAML."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 
@@ -125,3 +126,31 @@ def test_dataset_name_given_on_the_command_line_is_kept(monkeypatch):
     argv = ["--config", str(config), "--train_file", "m.csv", "--dataset_name", "someone/speech"]
     data = data_args(parse_with_recipe("speech_recognition", argv, monkeypatch))
     assert data.dataset_name == "someone/speech" and data.train_file == "m.csv"
+
+
+def test_sentiment_demo_config_is_the_recipes_embedded_default(monkeypatch):
+    """recipes/configs/sentiment/demo.yaml resolves to the options `python recipes/sentiment.py` runs with when given
+    none: the same data (validation held out of train, never the test file), model and training settings."""
+    from recipes import text_classification
+
+    def resolved(argv: list[str]) -> list[dict]:
+        """Every option group as the recipe holds it once its sample data is filled in, paths made absolute."""
+        def stop(training_args, run_args):
+            raise Parsed((*run_args.arguments, run_args))
+
+        monkeypatch.setattr(text_classification, "setup_run", stop)
+        with pytest.raises(Parsed) as stopped:
+            importlib.import_module("recipes.sentiment").main(argv)
+        groups = []
+        for group in stopped.value.parsed:
+            values = group.to_dict() if hasattr(group, "to_dict") else {
+                f.name: getattr(group, f.name) for f in dataclasses.fields(group) if f.init}
+            groups.append({k: str((ROOT / v).resolve()) if isinstance(v, str) and (ROOT / v).is_file() else v
+                           for k, v in values.items()})
+        return groups
+
+    monkeypatch.chdir(ROOT)  # `make demo` runs from the repository root, where the config's paths point
+    embedded, config = resolved([]), resolved(["--config", "recipes/configs/sentiment/demo.yaml"])
+    assert len(embedded) == len(config) == 5  # model, data, fine-tuning, training and run options
+    for ours, theirs in zip(embedded, config):
+        assert {k: (v, theirs[k]) for k, v in ours.items() if theirs[k] != v} == {}

@@ -62,6 +62,9 @@ def test_three_fold_jobs_and_cv_merge_equal_one_cross_validation_run(tiny_bert, 
     one, merged = (pd.read_csv(d / "predictions.csv") for d in (single, jobs))
     pd.testing.assert_frame_equal(one, merged, atol=1e-6)
     assert len(merged) == 40 and (jobs / "cv.png").is_file() and (jobs / "ensemble.json").is_file()
+    # The merged ensemble predicts new texts cut as the folds' own predictions were (--max_seq_length).
+    one, merged = (json.loads((d / "ensemble.json").read_text())["pipeline_call_kwargs"] for d in (single, jobs))
+    assert one == merged == {"truncation": True, "max_length": 128}
     page = (jobs / "report.html").read_text()
     assert 'id="cv"' in page and 'id="ensemble"' in page and 'href="fold_2/report.html"' in page
 

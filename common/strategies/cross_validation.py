@@ -55,7 +55,12 @@ from common.strategies.ensembling import (
     report_ensemble,
     run_ensemble,
 )
-from common.training.html_report import RUN_CONFIG_FILE, write_html_report, write_run_config
+from common.training.html_report import (
+    PIPELINE_CALL_KWARGS,
+    RUN_CONFIG_FILE,
+    write_html_report,
+    write_run_config,
+)
 from common.training.metrics import (
     first_output,
     predictions_from_scores,
@@ -363,7 +368,9 @@ def _merge_ensemble(out: Path, method: str, spec, first: dict, arrays: list, oof
                                f"{out}/fold_0 {out}/fold_1 ...")
     check_method(method, spec.problem_type)
     members = [str(out / f"fold_{i}") for i in range(len(arrays))]
-    ensemble = Ensemble(method, members, spec.problem_type, spec.names, first["pipeline_task"])
+    recorded = json.loads((out / "fold_0" / RUN_CONFIG_FILE).read_text(encoding="utf-8")).get(PIPELINE_CALL_KWARGS)
+    ensemble = Ensemble(method, members, spec.problem_type, spec.names, first["pipeline_task"],
+                        pipeline_call_kwargs=recorded)
     splits = [split for split in ("eval", "test") if f"{split}_scores" in arrays[0]]
     scores = {split: np.stack([fold[f"{split}_scores"] for fold in arrays]) for split in splits}
     truth = {split: arrays[0][f"{split}_labels"] for split in splits if f"{split}_labels" in arrays[0]}

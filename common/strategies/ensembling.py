@@ -256,6 +256,9 @@ class Ensemble:
     label_names: list[str] | None
     pipeline_task: str
     meta_learner: dict[str, list] | None = None  # LogisticRegression classes, coef, intercept
+    # The members' pipeline() call arguments, as the recipe's Task.pipeline_call_kwargs (texts cut at the run's
+    # --max_seq_length); None: not recorded (an ensemble saved before they were), texts cut at the model's maximum.
+    pipeline_call_kwargs: dict[str, Any] | None = None
     _pipelines: list | None = field(default=None, repr=False)
 
     def fit_stacker(self, oof_scores: np.ndarray, oof_labels: np.ndarray, seed: int) -> None:
@@ -305,6 +308,7 @@ class Ensemble:
         write_json(directory / ENSEMBLE_FILE, {
             "method": self.method, "members": members, "problem_type": self.problem_type,
             "label_names": self.label_names, "pipeline_task": self.pipeline_task, "meta_learner": self.meta_learner,
+            "pipeline_call_kwargs": self.pipeline_call_kwargs,
         })
 
     def predict_scores(self, inputs: list, batch_size: int = 32) -> np.ndarray:
@@ -318,8 +322,9 @@ class Ensemble:
         if self._pipelines is None:
             device = 0 if torch.cuda.is_available() else -1
             self._pipelines = [pipeline(self.pipeline_task, model=m, device=device) for m in self.members]
-        # Texts longer than the model's window are cut, as the recipe's tokenization cut them in training.
-        extra = {"truncation": True} if self.pipeline_task == "text-classification" else {}
+        extra = self.pipeline_call_kwargs
+        if extra is None:  # texts longer than the model's window are cut at least
+            extra = {"truncation": True} if self.pipeline_task == "text-classification" else {}
         per_member = []
         for pipe in self._pipelines:
             outputs = pipe(list(inputs), top_k=None, batch_size=batch_size, **extra)
@@ -360,7 +365,7 @@ def load_ensemble(directory: str | Path) -> Ensemble:
     for member in members:
         _check_model_dir(member, str(file))
     return Ensemble(saved["method"], members, saved["problem_type"], saved["label_names"], saved["pipeline_task"],
-                    saved.get("meta_learner"))
+                    saved.get("meta_learner"), saved.get("pipeline_call_kwargs"))
 
 
 def load_member(path: str | Path, task) -> PreTrainedModel:
@@ -417,7 +422,8 @@ def run_ensemble(task, args: TrainingArguments, finetune_args: EnsembleArguments
     check_ensemble_options(task, finetune_args)
     check_member_processors(task, list(members))  # before any member predicts
     spec = ensemble_labels(task)
-    ensemble = Ensemble(finetune_args.ensemble, list(members), spec.problem_type, spec.names, task.pipeline_task)
+    ensemble = Ensemble(finetune_args.ensemble, list(members), spec.problem_type, spec.names, task.pipeline_task,
+                        pipeline_call_kwargs=task.pipeline_call_kwargs)
     out = Path(args.output_dir)
     splits = ensemble_splits(task, args)
     scores, labels = member_scores(task, args, finetune_args, ensemble.members, splits)  # every process takes part

@@ -2,7 +2,9 @@
 ensemble, reading inputs with the recipe's own readers and the options the run was trained with.
 
 The output dir's run_config.json names the recipe, its input columns and its options (delimiter, column names,
-text columns, image size cap, audio column...); ensemble.json, when present, makes the ensemble predict.
+text columns, image size cap, audio column...), and the pipeline call arguments with which the model predicts as
+the run's own predictions did (texts and sources cut at the run's max length, its generation settings);
+ensemble.json, when present, makes the ensemble predict.
 Inputs per recipe:
 - text classification: a csv/tsv/jsonl/parquet table with the run's text column(s);
 - image classification: a folder of images (searched recursively), a text file listing one image path per line,
@@ -38,7 +40,7 @@ from common.data.files import FORMATS, load_file, require_columns
 from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
 from common.data.parallel import read_lines
 from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
-from common.training.html_report import RUN_CONFIG_FILE
+from common.training.html_report import PIPELINE_CALL_KWARGS, RUN_CONFIG_FILE
 from common.training.reporting import write_classification_predictions
 from common.training.seq2seq import write_translations
 from common.training.speech import write_speech_predictions
@@ -100,13 +102,16 @@ def _files(path: Path, extensions: frozenset[str], table_column: str | None, opt
 CLASSIFIERS = {"texts": "text-classification", "images": "image-classification", "clips": "audio-classification"}
 
 
-def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_size: int, what: str) -> tuple:
+def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_size: int, what: str,
+              call_kwargs: dict[str, Any] | None) -> tuple:
     """Class scores for each input (the ensemble's, or the one model's), with its problem type and class names."""
     if ensemble is None:
         config = AutoConfig.from_pretrained(model)
         names = [config.id2label[i] for i in range(config.num_labels)]
         ensemble = Ensemble("soft_vote", [str(model)], config.problem_type or "single_label_classification",
-                            names, CLASSIFIERS[what])
+                            names, CLASSIFIERS[what], pipeline_call_kwargs=call_kwargs)
+    elif ensemble.pipeline_call_kwargs is None:
+        ensemble.pipeline_call_kwargs = call_kwargs
     scores = [ensemble.predict_scores(chunk, batch_size) for chunk in _chunks(inputs, batch_size * 4, what)]
     return np.concatenate(scores), ensemble.problem_type, ensemble.label_names
 
@@ -122,7 +127,7 @@ def _text(model, ensemble, config, path, output, skip, batch_size) -> int:
     texts = {c: [texts[c][i] for i in keep] for c in columns}
     inputs = (texts[columns[0]] if len(columns) == 1 else
               [{"text": a, "text_pair": b} for a, b in zip(texts[columns[0]], texts[columns[1]])])
-    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "texts")
+    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "texts", config.get(PIPELINE_CALL_KWARGS))
     write_classification_predictions(output, texts, scores, problem_type, names)
     return len(keep)
 
@@ -133,9 +138,14 @@ def _images(model, ensemble, config, path, output, skip, batch_size) -> int:
     bad = _drop_bad([(i, why) for i, f in enumerate(files) if (why := image_problem(f))], len(files),
                     f"--input {path}", skip)
     files = [f for i, f in enumerate(files) if i not in bad]
-    side = options.get("max_image_side") or 1024
+    side = options.get("max_image_side")
+    if side is None:
+        side = 1024
+        logger.warning("run_config.json records no max_image_side: images are decoded at up to %d pixels, the "
+                       "recipe's default; the run may have used another.", side)
     images = _Lazy(files, lambda f: open_image(f, side))
-    scores, problem_type, names = _classify(model, ensemble, images, batch_size, "images")
+    scores, problem_type, names = _classify(model, ensemble, images, batch_size, "images",
+                                            config.get(PIPELINE_CALL_KWARGS))
     write_classification_predictions(output, {"image": files}, scores, problem_type, names)
     return len(files)
 
@@ -172,7 +182,7 @@ def _clips(model, config, path, skip, whole: bool = False) -> tuple[list[tuple[s
 def _audio_classes(model, ensemble, config, path, output, skip, batch_size) -> int:
     kept, rate = _clips(ensemble.members[0] if ensemble else model, config, path, skip, whole=True)
     inputs = [{"raw": c[SPEECH], "sampling_rate": rate} for _, c in kept]
-    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "clips")
+    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "clips", config.get(PIPELINE_CALL_KWARGS))
     write_classification_predictions(output, {"audio_file": [f for f, _ in kept]}, scores, problem_type, names)
     return len(kept)
 
@@ -180,24 +190,27 @@ def _audio_classes(model, ensemble, config, path, output, skip, batch_size) -> i
 def _speech(model, config, path, output, skip, batch_size) -> int:
     kept, rate = _clips(model, config, path, skip)
     pipe = pipeline("automatic-speech-recognition", model=str(model), device=_device())
+    call_kwargs = config.get(PIPELINE_CALL_KWARGS) or {}
     hypotheses = []
     for chunk in _chunks(kept, batch_size * 4, "clips"):
-        outputs = pipe([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in chunk], batch_size=batch_size)
+        outputs = pipe([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in chunk], batch_size=batch_size,
+                       **call_kwargs)
         hypotheses += [o["text"].strip() for o in outputs]
     write_speech_predictions(output, [f for f, _ in kept], None, hypotheses, normalize_text)
     return len(kept)
 
 
-def _translate(model, path, output, skip, batch_size) -> int:
+def _translate(model, config, path, output, skip, batch_size) -> int:
     lines = read_lines(path, "--input")
     bad = _drop_bad([(i, "empty line") for i, line in enumerate(lines) if not line.strip()], len(lines),
                     f"--input {path}", skip)
     sources = [line for i, line in enumerate(lines) if i not in bad]
     # The recipe's own pipeline class, imported: no code from the model dir runs.
     pipe = pipeline("translation", model=str(model), pipeline_class=TranslationPipeline, device=_device())
+    call_kwargs = config.get(PIPELINE_CALL_KWARGS) or {}
     hypotheses = []
     for chunk in _chunks(sources, batch_size * 4, "sentences"):
-        hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=batch_size)]
+        hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=batch_size, **call_kwargs)]
     write_translations(output, sources, hypotheses)
     return len(sources)
 
@@ -227,6 +240,11 @@ def predict(output_dir: str, input_path: str, output: str, skip_bad_examples: bo
     if ensemble is None and not (out / "config.json").is_file():
         raise RecipeInputError(f"{output_dir} holds neither a model (config.json) nor an {ENSEMBLE_FILE}.")
     task = config["pipeline_task"]
+    if config.get(PIPELINE_CALL_KWARGS) is None:
+        logger.warning("%s records no pipeline settings (a run from an earlier version): predicting with the "
+                       "pipeline's defaults, which may preprocess or generate differently from the run (texts cut at "
+                       "the tokenizer's maximum length rather than the run's, for one); retrain to record them.",
+                       config_file)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     if task == "text-classification":
         if Path(input_path).suffix.lower() not in FORMATS:
@@ -240,7 +258,7 @@ def predict(output_dir: str, input_path: str, output: str, skip_bad_examples: bo
     elif task == "automatic-speech-recognition":
         rows = _speech(out, config, input_path, output, skip, batch_size)
     elif task == "translation":
-        rows = _translate(out, input_path, output, skip, batch_size)
+        rows = _translate(out, config, input_path, output, skip, batch_size)
     else:
         raise RecipeInputError(f"{output_dir}: predict does not know the {task} task.")
     logger.info("%d predictions written to %s", rows, output)

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 RUN_CONFIG_FILE = "run_config.json"
+PIPELINE_CALL_KWARGS = "pipeline_call_kwargs"  # its key for Task.pipeline_call_kwargs
 METRIC_COLUMNS = {"before": "before fine-tuning", "eval": "validation", "test": "test",
                   "heldout_fold": "held-out fold", "baseline_eval": "constant baseline"}
 NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "samples")
@@ -51,7 +52,8 @@ def _template() -> jinja2.Template:
 
 
 def write_run_config(out: Path, config: dict[str, Any]) -> None:
-    """run_config.json: which recipe made this output dir, its input columns and every option it ran with."""
+    """run_config.json: which recipe made this output dir, its input columns, every option it ran with and the
+    pipeline() call arguments that repeat its predictions (`Task.pipeline_call_kwargs`)."""
     (out / RUN_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
 
 

@@ -25,7 +25,7 @@ from common.core.errors import Preempted, RecipeInputError
 from common.data.labels import SINGLE
 from common.training import inspection
 from common.training.baseline import constant_baseline, judge_run, model_card_warning
-from common.training.html_report import REPORT_FILE, write_html_report, write_run_config
+from common.training.html_report import PIPELINE_CALL_KWARGS, REPORT_FILE, write_html_report, write_run_config
 from common.training.metrics import first_output, scores_from_logits
 from common.training.reliability import (
     RUN_RECORD_ATTR,
@@ -288,7 +288,8 @@ def write_summary(task: Task, args: TrainingArguments, out: Path) -> None:
     record: RunRecord | None = getattr(args, RUN_RECORD_ATTR, None)
     write_run_config(out, {"recipe": task.name, "pipeline_task": task.pipeline_task, "model_name_or_path": task.model_name,
                            "main_metric": task.main_metric, "input_columns": task.input_columns,
-                           "options": record.fingerprint["options"] if record is not None else {}})
+                           "options": record.fingerprint["options"] if record is not None else {},
+                           PIPELINE_CALL_KWARGS: task.pipeline_call_kwargs})
     write_html_report(out)
 
 
@@ -299,3 +300,6 @@ def log_load_hint(task: Task, output_dir: str) -> None:
         options = "".join(f", {option}" for option in task.pipeline_options)
         logger.info('load it: from transformers import pipeline; pipe = pipeline("%s", model="%s"%s)',
                     task.pipeline_task, output_dir, options)
+        if task.pipeline_call_kwargs:  # without them the pipeline cuts or generates otherwise than the run
+            logger.info("predict as the run did: pipe(inputs, %s)",
+                        ", ".join(f"{key}={value!r}" for key, value in task.pipeline_call_kwargs.items()))

@@ -18,7 +18,13 @@ import pandas as pd
 import sacrebleu
 import torch
 from datasets import DatasetDict
-from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, EvalPrediction, PretrainedConfig
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    DataCollatorForSeq2Seq,
+    EvalPrediction,
+    GenerationConfig,
+    PretrainedConfig,
+)
 
 from common.core.errors import RecipeInputError
 from common.data.parallel import SOURCE, TARGET
@@ -166,6 +172,24 @@ def build_generation_metrics(tokenizer, hub_metric_id: str | None = None,
         return result
 
     return compute_metrics
+
+
+# generate()'s own defaults, for what neither the options nor the model's generation config set.
+GENERATE_DEFAULTS = {"max_length": 20, "num_beams": 1}
+
+
+def generation_kwargs(args, generation: GenerationConfig | None = None) -> dict[str, int]:
+    """How the run's predictions generate, as pipeline() call arguments: Seq2SeqTrainer passes
+    --generation_max_length and --generation_num_beams where set, and otherwise leaves the model's generation config
+    (`generation`), then generate()'s defaults, in charge. A pipeline with defaults of its own (speech recognition:
+    5 beams, 256 new tokens) would replace those, so with `generation` every setting is spelled out."""
+    settings = {"max_length": args.generation_max_length, "num_beams": args.generation_num_beams}
+    if generation is not None:
+        for key, default in GENERATE_DEFAULTS.items():
+            if key == "max_length" and generation.max_new_tokens is not None:
+                continue  # max_new_tokens bounds the length, in the run and in the pipeline alike
+            settings[key] = settings[key] or getattr(generation, key) or default
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def write_translations(path: str | Path, sources: list[str], hypotheses: list[str],

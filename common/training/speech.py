@@ -252,14 +252,18 @@ def ctc_vocabulary(tokenizer, targets: dict[str, list[str]], sources: dict[str, 
     return tokenizer
 
 
-def _whisper_multilingual(model_args) -> bool:
-
+def checkpoint_generation(model_args) -> GenerationConfig | None:
+    """The checkpoint's generation_config.json, or None when it has none (the model builds one from its config)."""
     try:
-        generation = GenerationConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
-                                                      cache_dir=model_args.cache_dir, revision=model_args.model_revision)
+        return GenerationConfig.from_pretrained(resolve_model_path(model_args.model_name_or_path),
+                                                cache_dir=model_args.cache_dir, revision=model_args.model_revision)
     except OSError:
-        return True
-    return bool(getattr(generation, "is_multilingual", True))
+        return None
+
+
+def _whisper_multilingual(model_args) -> bool:
+    generation = checkpoint_generation(model_args)
+    return generation is None or bool(getattr(generation, "is_multilingual", True))
 
 
 def set_whisper_prefix(tokenizer, model_args) -> None:

@@ -72,6 +72,10 @@ class Task:
     output_noun: str = "class"
     # Extra pipeline() arguments the saved model wants, shown in the run's load hint, e.g. 'aggregation_strategy="simple"'.
     pipeline_options: list[str] = dataclasses.field(default_factory=list)
+    # The pipeline() call arguments that make the saved model predict as this run's predictions did, where the
+    # pipeline's defaults differ (input max length, generation settings), e.g. {"truncation": True, "max_length": 16};
+    # {} when none differ, None when the recipe does not say. run_config.json records them for `finetune-recipes predict`.
+    pipeline_call_kwargs: dict[str, Any] | None = None
     # The columns of the data that hold each example's input (text columns; the image or audio column), as
     # run_config.json records them for `finetune-recipes predict`.
     input_columns: list[str] = dataclasses.field(default_factory=list)

@@ -37,17 +37,20 @@ class TranslationPipeline(Pipeline):
             self.tokenizer.src_lang = settings["src_lang"]
             self.tokenizer.tgt_lang = settings.get("tgt_lang")
 
-    def _sanitize_parameters(self, truncation=None, **generate_kwargs):
-        # Everything but `truncation` is a generation parameter (max_length, num_beams, ...) for this call.
-        return ({} if truncation is None else {"truncation": truncation}), generate_kwargs, {}
+    def _sanitize_parameters(self, truncation=None, max_source_length=None, **generate_kwargs):
+        # Everything but `truncation` and `max_source_length` (where sources are cut, in tokens; default: the
+        # tokenizer's maximum) is a generation parameter (max_length, num_beams, ...) for this call.
+        preprocess = {"truncation": truncation, "max_source_length": max_source_length}
+        return {k: v for k, v in preprocess.items() if v is not None}, generate_kwargs, {}
 
     def __call__(self, texts: str | list[str], **kwargs) -> list[dict[str, str]]:
         result = super().__call__(texts, **kwargs)
         # One input gives one dict inside a list, as in transformers 4.
         return [result] if isinstance(texts, str) else result
 
-    def preprocess(self, text: str, truncation: bool = True):
-        return self.tokenizer(self.source_prefix + text, truncation=truncation, return_tensors="pt")
+    def preprocess(self, text: str, truncation: bool = True, max_source_length: int | None = None):
+        return self.tokenizer(self.source_prefix + text, truncation=truncation, max_length=max_source_length,
+                              return_tensors="pt")
 
     def _forward(self, model_inputs, **generate_kwargs):
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
