@@ -48,6 +48,7 @@ from common.dispatch import FinetuneArguments
 from common.toolkit.feature_cache import CachedHeadModel, cached_task, find_head
 from common.toolkit.finetuning import prepare_model
 from common.toolkit.freezing import (
+    FROZEN_ATTR,
     GradualUnfreezingCallback,
     apply_freezing,
     log_parameter_table,
@@ -437,3 +438,20 @@ def test_feature_cache_refuses_heads_it_cannot_run_alone(tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=1, report_to="none", use_cpu=True)
     with pytest.raises(RecipeInputError, match="changes shape between batches.*token sequence"):
         cached_task(task, args)
+
+
+@pytest.mark.parametrize("freeze", [[], ["embeddings"]])
+def test_parameters_that_the_saved_model_leaves_out_never_train(tmp_path, freeze):
+    """Marian's sinusoidal positions are left out of every save (`_keys_to_ignore_on_save`) and rebuilt on load,
+    yet transformers 5 loads them trainable: trained, the saved model and each checkpoint would differ from the
+    model that was trained and scored. prepare_model freezes them for good (gradual unfreezing leaves them out)."""
+    config = MarianConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+                          max_position_embeddings=32, pad_token_id=0, decoder_start_token_id=0)
+    MarianMTModel(config).save_pretrained(tmp_path)
+    finetune_args = FinetuneArguments(freeze=freeze, unfreeze_schedule="epoch" if freeze else None)
+    model = prepare_model(partial(MarianMTModel.from_pretrained, str(tmp_path)), finetune_args)
+    unsaved = set(model._keys_to_ignore_on_save)
+    trainable = [n for n, p in model.named_parameters() if n in unsaved and p.requires_grad]
+    assert len(unsaved) == 2 and not trainable
+    assert not unsaved & set(getattr(model, FROZEN_ATTR, ()))  # not among what gradual unfreezing thaws

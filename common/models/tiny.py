@@ -198,7 +198,9 @@ def whisper_tokenizer(corpus: Iterable[str], vocab_size: int = 300):
     bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     model = json.loads(bpe.to_str())["model"]
-    tokenizer = WhisperTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]])  # adds <|endoftext|>
+    # <|endoftext|> ends, pads and stands for unknown text, as in Whisper's own tokenizer (pipelines batch with it).
+    tokenizer = WhisperTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]],
+                                 pad_token="<|endoftext|>")
     specials = ["<|startoftranscript|>", *(f"<|{code}|>" for code in LANGUAGES), "<|translate|>", "<|transcribe|>",
                 "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
     tokenizer.add_special_tokens({"extra_special_tokens": specials})

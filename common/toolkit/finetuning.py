@@ -35,12 +35,25 @@ class ToolkitArguments(ArgumentGroups, FeatureCacheArguments, PeftArguments, Fre
 def prepare_model(load: Callable[[], PreTrainedModel], finetune_args: ToolkitArguments) -> PreTrainedModel:
     """`load()` a model, then apply --peft, or --freeze/--unfreeze_schedule, and log what trains."""
     model = load()
+    freeze_unsaved(model)
     if finetune_args.peft:
         model = apply_peft(model, finetune_args)
     else:
         apply_freezing(model, finetune_args)
     log_parameter_table(model)
     return model
+
+
+def freeze_unsaved(model: PreTrainedModel) -> None:
+    """Freeze the parameters that `save_pretrained` leaves out (`_keys_to_ignore_on_save`, e.g. Marian's sinusoidal
+    positions): the model rebuilds them when loaded, so it must not train them. transformers 5 loads them trainable;
+    trained, they would make the saved model and every checkpoint differ from the model that was trained and scored
+    (a resumed run, `pipeline` and `predict` would compute with other weights). Never thawed: --freeze and gradual
+    unfreezing leave parameters that were frozen before them alone."""
+    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
+    for name, parameter in model.named_parameters():
+        if name in unsaved:
+            parameter.requires_grad_(False)
 
 
 def apply_toolkit(task: Task, args: TrainingArguments, finetune_args: ToolkitArguments) -> Task:
