@@ -134,10 +134,10 @@ def load_config(model_args: ModelArguments, **overrides: Any) -> PretrainedConfi
 def load_model(auto_class: type, model_args: ModelArguments, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
     """`auto_class.from_pretrained`, or `from_config` with random weights under --from_scratch."""
     if model_args.from_scratch:
-        return freeze_unsaved(auto_class.from_config(config, trust_remote_code=model_args.trust_remote_code))
+        return auto_class.from_config(config, trust_remote_code=model_args.trust_remote_code)
     name = resolve_model_path(model_args.model_name_or_path)
     try:
-        model = auto_class.from_pretrained(
+        return auto_class.from_pretrained(
             name,
             config=config,
             cache_dir=model_args.cache_dir,
@@ -148,18 +148,6 @@ def load_model(auto_class: type, model_args: ModelArguments, config: PretrainedC
         )
     except OSError as err:
         raise RecipeInputError(f"could not load model '{name}': {err}") from None
-    return freeze_unsaved(model)
-
-
-def freeze_unsaved(model: PreTrainedModel) -> PreTrainedModel:
-    """Parameters that the model never saves (`_keys_to_ignore_on_save`, such as Marian's sinusoidal position
-    tables) do not train. transformers 5 loads them trainable; trained, they would make the saved model differ
-    from the one that wrote the run's predictions and metrics, since loading rebuilds them."""
-    unsaved = set(getattr(model, "_keys_to_ignore_on_save", None) or ())
-    for name, parameter in model.named_parameters():
-        if name in unsaved:
-            parameter.requires_grad_(False)
-    return model
 
 
 def load_processor(auto_class: type, model_args: ModelArguments, **kwargs: Any):
