@@ -239,6 +239,7 @@ def train_evaluate_predict(
     if args.do_predict and task.test_dataset is not None:
         test_output = trainer.predict(task.test_dataset, metric_key_prefix=test_prefix)
         results.update({k: v for k, v in test_output.metrics.items() if not k.endswith(("_runtime", "_per_second"))})
+        results[f"{test_prefix}_samples"] = len(task.test_dataset)
         if main and task.write_predictions is not None:
             task.write_predictions(test_output, out)
     elif main and eval_output is not None and task.test_dataset is None and task.write_predictions is not None:
