@@ -195,10 +195,10 @@ def test_soft_vote_of_three_folds_is_no_worse_than_its_members_on_sms_spam(minil
     ])
     report = json.loads((out / "ensemble_results.json").read_text())["eval"]
     members = [m["accuracy"] for m in report["members"].values()]
-    assert len(members) == 3 and min(members) > 0.6  # real learning, well above chance
+    assert len(members) == 3 and min(members) > 0.85  # real learning, well above chance (0.5)
     assert report["member_mean"]["accuracy"] == pytest.approx(np.mean(members))
     # Soft voting need not beat the members' mean on every split: it must not fall below its worst member, nor
-    # more than one standard error (sqrt(p(1-p)/n), 0.016 here) below the mean.
+    # more than one standard error (sqrt(p(1-p)/n), 0.012 here) below the mean.
     accuracy, n = report["ensemble"]["accuracy"], len((test_data / "sms_spam/dev.tsv").read_text().splitlines()) - 1
     assert accuracy >= min(members)
     assert accuracy >= report["member_mean"]["accuracy"] - np.sqrt(accuracy * (1 - accuracy) / n)
