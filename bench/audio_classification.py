@@ -1,4 +1,4 @@
-"""Spoken digits (FSDD, ../shared/data/fsdd) as 10 classes, with no speaker on both sides of the split.
+"""Spoken digits (FSDD, $FINETUNE_DATA/fsdd) as 10 classes, with no speaker on both sides of the split.
 
 The audio classification recipe trains on the speakers left after holding out whole speakers for validation
 (--cv_group_column speaker --validation_split 0.3), so its accuracy is on voices it never heard. The model is a
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from harness import data
 
 ROOT = Path(__file__).resolve().parents[1]
-FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+FSDD = data("fsdd")
 RUN = Path(__file__).with_name("runs") / "fsdd-digits"
 RESULTS = Path(__file__).with_name("audio_classification.md")
 

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness import data
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RUNS = ROOT / "bench" / "runs" / "data_prep"
 CAP = 20000
 
@@ -62,7 +63,7 @@ def make_csv(rows: int) -> Path:
     if path.is_file():
         return path
     RUNS.mkdir(parents=True, exist_ok=True)
-    lines = (SHARED / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    lines = data("sst2", "train.tsv").read_text(encoding="utf-8").splitlines()
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(lines[0] + "\n")
         handle.writelines(line + "\n" for line in itertools.islice(itertools.cycle(lines[1:]), rows))

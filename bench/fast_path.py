@@ -7,7 +7,7 @@
 Each run is pinned to one intra-op thread (--threads 1, the default): the CPU here is shared, and with a thread per
 core a neighbour busy on one core stalls every step (see the results file).
 
-Every arm trains on the same 2000 SST-2 training sentences (sampled once from ../shared/data/sst2/train.tsv,
+Every arm trains on the same 2000 SST-2 training sentences (sampled once from $FINETUNE_DATA/sst2/train.tsv,
 seed 0, stratified by label, written to bench/runs/fast_path/sst2_train_2000.tsv) for 3 epochs at batch 32 and
 learning rate 5e-5, and is evaluated on all 872 sentences of sst2/dev.tsv:
 

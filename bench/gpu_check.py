@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from harness import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = ROOT / "shared" / "data"
 
 
 def matmul_tflops(dtype: torch.dtype, n: int = 8192, repeats: int = 20) -> float:

@@ -12,4 +12,8 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+# The full data sets: $FINETUNE_DATA, else ../shared/data, else a shared/data copied into the checkout (GPU machines).
+if [ -z "${FINETUNE_DATA:-}" ] && [ ! -d ../shared/data ] && [ -d shared/data ]; then
+  export FINETUNE_DATA="$PWD/shared/data"
+fi
 timeout 480 python3 bench/gpu_check.py

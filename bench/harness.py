@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "bench" / "runs" / "harness"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 PROBE = "bench/recipe_timing.py"
@@ -30,9 +29,24 @@ SEEDS = (42, 43, 44)
 SST2_CONFIG = "recipes/configs/sentiment/sst2_minilm.yaml"
 
 
+def data(*parts: str) -> Path:
+    """A path in the full data sets every benchmark reads: $FINETUNE_DATA, by default ../shared/data beside the
+    checkout (the tests read their own subsets in tests/data). Exits naming both when the set's folder is absent."""
+    root = Path(os.environ.get("FINETUNE_DATA") or ROOT.parent / "shared" / "data")
+    folder = root / parts[0] if parts else root
+    if not folder.is_dir():
+        sys.exit(f"benchmark data not found: no folder {folder}. Set FINETUNE_DATA to the folder that holds the full "
+                 "data sets (sst2/, trec/, multi30k_en_de/, clothing_small/, fsdd/, wnut17/); it defaults to "
+                 "../shared/data beside the checkout.")
+    return root.joinpath(*parts)
+
+
+DATA = data()
+
+
 def shared(*parts: str) -> str:
-    """A path under ../shared/data as the recipes see it from the project root."""
-    return str(Path(os.path.relpath(DATA, ROOT), *parts))
+    """A path under DATA as the recipes see it from the project root."""
+    return os.path.relpath(data(*parts), ROOT)
 
 
 # The shipped configs name Hub datasets; every run here points them at the local copies instead (a data file or

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLOTHING = ROOT.parent / "shared" / "data" / "clothing_small"
 RESULTS = Path(__file__).with_name("image_pretraining.md")
 ROTATIONS = (0, 90, 180, 270)
 # Horizontal flips would mix the labels up: a flipped 90-degree image is a 270-degree image of a flipped one.
@@ -88,16 +87,19 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+    # Imported here, not at the top: tests import this module (on a clone without the full data sets).
     import torch
+    from harness import data
 
     from common.models.tiny import tiny_convnext
     from common.strategies.comparison import compare
     from recipes import image_classification
 
+    clothing = data("clothing_small")
     torch.set_num_threads(1)  # tiny model: a thread pool only adds overhead
     out = Path(options.out)
     start = time.time()
-    count = make_rotation_dataset(CLOTHING / "train", out / "rotation", side=2 * options.image_size)
+    count = make_rotation_dataset(clothing / "train", out / "rotation", side=2 * options.image_size)
     finished = out / "pretext" / "all_results.json"
     if options.resume and finished.is_file():
         pretext = json.loads(finished.read_text())
@@ -114,7 +116,7 @@ def main() -> None:
                 summary = json.loads((run_dir / "comparison.json").read_text())
             else:
                 summary = compare(image_classification.main, finetune_args(
-                    str(out / "pretext"), str(CLOTHING / "train"), str(CLOTHING / "validation"), str(run_dir),
+                    str(out / "pretext"), str(clothing / "train"), str(clothing / "validation"), str(run_dir),
                     options.epochs, options.learning_rate, augment, seed))
             runs.setdefault(augment, {})[seed] = summary["runs"]
     minutes = (time.time() - start) / 60

@@ -1,4 +1,4 @@
-"""The benchmark harness: every recipe on its real ../shared/data set, against the machine's own matmul rate.
+"""The benchmark harness: every recipe on its real data set ($FINETUNE_DATA), against the machine's own matmul rate.
 
     make bench                                  # = python bench/run.py: everything, writes bench/RESULTS.md
     python bench/run.py --quick                 # one run each, tiny budgets: a smoke test of the harness

@@ -26,11 +26,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from harness import data  # noqa: E402
 
 from common.models.tiny import tiny_wav2vec2_ctc  # noqa: E402
 from recipes import speech_recognition  # noqa: E402
 
-FSDD = ROOT.parent / "shared" / "data" / "fsdd"
+FSDD = data("fsdd")
 RESULTS = Path(__file__).with_name("speech_ctc_results.md")
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning MiniLM versus training it from scratch for named entities: WNUT 2017 (../shared/data/wnut17).
+"""Fine-tuning MiniLM versus training it from scratch for named entities: WNUT 2017 ($FINETUNE_DATA/wnut17).
 
 `finetune-recipes compare token_classification` trains on the whole train file (3394 sentences) with the
 wikiann_en_minilm config's model and the local WNUT files in place of its Hub dataset, pretrained and --from_scratch at the same budget (data, seed, epochs, learning rate), and
@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+from harness import data
 
 ROOT = Path(__file__).resolve().parents[1]
-WNUT = ROOT.parent / "shared" / "data" / "wnut17"
+WNUT = data("wnut17")
 RUNS = Path(__file__).with_name("runs") / "wnut17-compare"
 RESULTS = Path(__file__).with_name("token_classification.md")
 TYPES = ("person", "location", "group", "creative-work", "corporation", "product")

@@ -20,8 +20,10 @@ import os
 import time
 from pathlib import Path
 
+from harness import data
+
 ROOT = Path(__file__).resolve().parents[1]
-MULTI30K = ROOT.parent / "shared" / "data" / "multi30k_en_de"
+MULTI30K = data("multi30k_en_de")
 RESULTS = Path(__file__).with_name("translation_pretraining.md")
 DIRECTIONS = {"same": ("en", "de"), "reverse": ("de", "en")}
 ROWS = [("eval_bleu", "validation BLEU"), ("eval_chrf", "validation chrF"), ("eval_loss", "validation loss"),

@@ -1,4 +1,4 @@
-"""Shared fixtures: offline settings, the real data in ../shared/data, MiniLM and tiny models."""
+"""Shared fixtures: offline settings, the test data in tests/data, MiniLM and tiny models."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"real test data not found at {SHARED}")
-    return SHARED
+def test_data() -> Path:
+    """tests/data: small subsets of public data sets, in the repository (README.md there says which and why)."""
+    return DATA
 
 
 @pytest.fixture(scope="session")

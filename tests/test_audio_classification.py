@@ -23,11 +23,11 @@ def encoder(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def manifest(shared_data, tmp_path_factory):
+def manifest(test_data, tmp_path_factory):
     """Eight clips of each digit from each of FSDD's six speakers, with absolute paths."""
-    table = pd.read_csv(shared_data / "fsdd/metadata.csv")
+    table = pd.read_csv(test_data / "fsdd/metadata.csv")
     table = table[table["index"] < 8].copy()
-    table["file"] = [str(shared_data / "fsdd" / f) for f in table["file"]]
+    table["file"] = [str(test_data / "fsdd" / f) for f in table["file"]]
     path = tmp_path_factory.mktemp("fsdd") / "clips.csv"
     table.to_csv(path, index=False)
     return path, table

@@ -199,17 +199,17 @@ def test_trainer_augments_train_only_and_per_epoch(tiny_bert, tokenizer, tmp_pat
     assert sorted(again["train0"]) == sorted(batches["train0"]) and sorted(again["train1"]) == sorted(batches["train1"])
 
 
-def test_recipe_trains_with_augmentation(tiny_bert, shared_data, tmp_path, monkeypatch):
+def test_recipe_trains_with_augmentation(tiny_bert, test_data, tmp_path, monkeypatch):
     from common.toolkit.augment import AugmentedDataset
 
     seen: list[tuple[int, int]] = []  # (epoch, rows) of every augmented batch
     fetch = AugmentedDataset.__getitems__
     monkeypatch.setattr(AugmentedDataset, "__getitems__",
                         lambda self, indices: seen.append((self.epoch, len(indices))) or fetch(self, indices))
-    out = tmp_path / "sst2"
+    out = tmp_path / "sms"
     results = text_classification.main([
         "--model_name_or_path", tiny_bert,
-        "--train_file", str(shared_data / "sst2/train.tsv"), "--validation_file", str(shared_data / "sst2/dev.tsv"),
+        "--train_file", str(test_data / "sms_spam/train.tsv"), "--validation_file", str(test_data / "sms_spam/dev.tsv"),
         "--max_train_samples", "24", "--max_eval_samples", "16",
         "--text_augment", "swap=0.1", "delete=0.1", "insert=0.1", "unk=0.1",
         *fast_args(out, num_train_epochs=2),

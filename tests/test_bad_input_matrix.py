@@ -83,14 +83,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tiny_bert, shared_data, tmp_path_factory) -> dict[str, str]:
+def models(tiny_bert, test_data, tmp_path_factory) -> dict[str, str]:
     from common.data.parallel import read_lines
     from common.models import tiny as tiny_models
 
     root = tmp_path_factory.mktemp("models")
     corpus = [
-        *read_lines(shared_data / "multi30k_en_de/train.en", "en")[:300],
-        *read_lines(shared_data / "multi30k_en_de/train.de", "de")[:300],
+        *read_lines(test_data / "toy_en_de/train.en", "en")[:300],
+        *read_lines(test_data / "toy_en_de/train.de", "de")[:300],
     ]
     return {
         "bert": tiny_bert,
@@ -121,8 +121,8 @@ def tripwire(monkeypatch):
 class Data:
     """One test's input files, in its own folder. `vars` holds values a case's expected message quotes."""
 
-    def __init__(self, root: Path, shared: Path):
-        self.root, self.shared = root, shared
+    def __init__(self, root: Path, test_data: Path):
+        self.root, self.test_data = root, test_data
         root.mkdir(parents=True)
         self.vars: dict[str, object] = {"d": root}
 
@@ -147,7 +147,7 @@ class Data:
         return args
 
     def photos(self, split: str, name: str, n: int) -> list[Path]:
-        return sorted((self.shared / "clothing_small" / split / name).iterdir())[:n]
+        return sorted((self.test_data / "clothing_small" / split / name).iterdir())[:n]
 
     def folders(self, layout: dict[str, dict[str, int]]) -> list[str]:
         """Class folders of links to real clothing photos: {split: {class: count}} -> --{split}_dir flags."""
@@ -163,8 +163,8 @@ class Data:
 
     def clips(self, n: int) -> list[tuple[Path, str]]:
         """(wav file, transcript) of n real FSDD recordings, spread over digits and speakers."""
-        meta = pd.read_csv(self.shared / "fsdd" / "metadata.csv").iloc[::150][:n]
-        return [(self.shared / "fsdd" / f, t) for f, t in zip(meta["file"], meta["transcript"])]
+        meta = pd.read_csv(self.test_data / "fsdd" / "metadata.csv").iloc[::30][:n]
+        return [(self.test_data / "fsdd" / f, t) for f, t in zip(meta["file"], meta["transcript"])]
 
     def rows(self, recipe: str) -> list[str]:
         """A valid csv table in the recipe's own columns, header first (CoNLL lines for the token recipe)."""
@@ -207,8 +207,8 @@ def languages(recipe: str) -> list[str]:
 
 
 @pytest.fixture
-def data(shared_data, tmp_path) -> Data:
-    return Data(tmp_path / "data", shared_data)
+def data(test_data, tmp_path) -> Data:
+    return Data(tmp_path / "data", test_data)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ def _numbers(value, prefix=""):
 
 
 @pytest.fixture(scope="module")
-def sst2_600(shared_data, tmp_path_factory):
+def sst2_600(test_data, tmp_path_factory):
     data = tmp_path_factory.mktemp("sst2-600")
-    train = pd.read_csv(shared_data / "sst2/train.tsv", sep="\t").sample(600, random_state=0)
+    train = pd.read_csv(test_data / "sms_spam/train.tsv", sep="\t").sample(600, random_state=0)
     train.to_csv(data / "train.tsv", sep="\t", index=False)
-    dev = pd.read_csv(shared_data / "sst2/dev.tsv", sep="\t").head(100)
+    dev = pd.read_csv(test_data / "sms_spam/dev.tsv", sep="\t").head(100)
     dev.to_csv(data / "dev.tsv", sep="\t", index=False)
     dev.head(40).to_csv(data / "test.tsv", sep="\t", index=False)
     return data

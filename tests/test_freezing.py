@@ -1,7 +1,7 @@
 """Freezing, gradual unfreezing, layer-wise LR decay and the frozen-backbone feature cache.
 
 Tiny config-built models of each family for the generic layout; the text-classification recipe with the
-tiny BERT on a slice of SST-2 for the end-to-end claims.
+tiny BERT on a slice of the SMS spam/ham sentences in tests/data for the end-to-end claims.
 """
 
 from __future__ import annotations
@@ -318,9 +318,9 @@ def test_gradual_unfreezing_thaws_top_down_and_lr_reaches_zero(tmp_path, schedul
 
 # ---- the recipe end to end ----------------------------------------------------------------------------------
 
-def _sst2(shared_data, out, model, **extra) -> list[str]:
-    return ["--model_name_or_path", model, "--train_file", str(shared_data / "sst2/train.tsv"),
-            "--validation_file", str(shared_data / "sst2/dev.tsv"), "--max_train_samples", "48",
+def _sms(test_data, out, model, **extra) -> list[str]:
+    return ["--model_name_or_path", model, "--train_file", str(test_data / "sms_spam/train.tsv"),
+            "--validation_file", str(test_data / "sms_spam/dev.tsv"), "--max_train_samples", "48",
             "--max_eval_samples", "24", *fast_args(out, per_device_train_batch_size=16, **extra)]
 
 
@@ -332,10 +332,10 @@ def _compare_backbones(saved: str, original: str) -> dict[str, bool]:
     return {name: torch.equal(p, reference[name]) for name, p in after.named_parameters() if name.startswith("bert.")}
 
 
-def test_recipe_bottom_llrd_and_schedule(tiny_bert, shared_data, tmp_path):
+def test_recipe_bottom_llrd_and_schedule(tiny_bert, test_data, tmp_path):
     out = tmp_path / "bottom"
     # Frozen: embeddings + block 0. Block 0 thaws after epoch 1; the embeddings have no slot in the schedule.
-    results = text_classification.main(_sst2(shared_data, out, tiny_bert, num_train_epochs=2, learning_rate=1e-3,
+    results = text_classification.main(_sms(test_data, out, tiny_bert, num_train_epochs=2, learning_rate=1e-3,
                                              freeze="bottom:1", layer_lr_decay=0.8, unfreeze_schedule="1"))
     assert results["epoch"] == 2
     identical = _compare_backbones(str(out), tiny_bert)
@@ -345,11 +345,11 @@ def test_recipe_bottom_llrd_and_schedule(tiny_bert, shared_data, tmp_path):
     assert unchanged == {"embeddings": True, "block 0": False, "block 1": False, "top": False}
 
 
-def test_feature_cache_predicts_like_the_full_model(tiny_bert, shared_data, tmp_path):
+def test_feature_cache_predicts_like_the_full_model(tiny_bert, test_data, tmp_path):
     out = tmp_path / "cached"
-    text_classification.main([*_sst2(shared_data, out, tiny_bert, num_train_epochs=2, learning_rate=1e-2,
+    text_classification.main([*_sms(test_data, out, tiny_bert, num_train_epochs=2, learning_rate=1e-2,
                                      freeze="backbone", cache_features=True),
-                              "--test_file", str(shared_data / "sst2/test.tsv"), "--max_predict_samples", "16"])
+                              "--test_file", str(test_data / "sms_spam/test.tsv"), "--max_predict_samples", "16"])
     assert len(list((out / "feature_cache").glob("*/data-*.arrow"))) == 3
     assert all(_compare_backbones(str(out), tiny_bert).values())  # only the head trained
     # Predictions made from the cached test features equal the saved full model's, run by pipeline().

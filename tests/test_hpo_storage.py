@@ -61,11 +61,11 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def sst2_slice(shared_data, tmp_path_factory) -> dict[str, str]:
+def sst2_slice(test_data, tmp_path_factory) -> dict[str, str]:
     data = tmp_path_factory.mktemp("sst2-slice")
-    pd.read_csv(shared_data / "sst2/train.tsv", sep="\t").sample(200, random_state=0).to_csv(
+    pd.read_csv(test_data / "sms_spam/train.tsv", sep="\t").sample(200, random_state=0).to_csv(
         data / "train.tsv", sep="\t", index=False)
-    pd.read_csv(shared_data / "sst2/dev.tsv", sep="\t").head(80).to_csv(data / "dev.tsv", sep="\t", index=False)
+    pd.read_csv(test_data / "sms_spam/dev.tsv", sep="\t").head(80).to_csv(data / "dev.tsv", sep="\t", index=False)
     return {"train": str(data / "train.tsv"), "dev": str(data / "dev.tsv")}
 
 

@@ -53,22 +53,22 @@ def convnext(tmp_path_factory) -> str:
     return tiny_convnext(tmp_path_factory.mktemp("tiny-convnext"))
 
 
-def _subset(shared: Path, dest: Path, counts: dict[str, int], classes: list[str] = CLASSES) -> dict[str, Path]:
+def _subset(data: Path, dest: Path, counts: dict[str, int], classes: list[str] = CLASSES) -> dict[str, Path]:
     """Class folders of links to the first real clothing photos of each class, per split."""
     dirs = {}
     for split, n in counts.items():
         for name in classes:
             folder = dest / split / name
             folder.mkdir(parents=True)
-            for file in sorted((shared / "clothing_small" / split / name).iterdir())[:n]:
+            for file in sorted((data / "clothing_small" / split / name).iterdir())[:n]:
                 (folder / file.name).symlink_to(file)
         dirs[split] = dest / split
     return dirs
 
 
 @pytest.fixture(scope="module")
-def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
-    return _subset(shared_data, tmp_path_factory.mktemp("clothing"), {"train": 12, "validation": 10, "test": 2})
+def clothing(test_data, tmp_path_factory) -> dict[str, Path]:
+    return _subset(test_data, tmp_path_factory.mktemp("clothing"), {"train": 12, "validation": 10, "test": 2})
 
 
 def _run(model: str, dirs: dict[str, Path], out: Path, *extra: str, **args) -> dict:
@@ -165,8 +165,8 @@ def test_vit_lora_round_trip(vit, clothing, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def photo(shared_data) -> str:
-    return str(sorted((shared_data / "clothing_small/train/dress").iterdir())[0])
+def photo(test_data) -> str:
+    return str(sorted((test_data / "clothing_small/train/dress").iterdir())[0])
 
 
 @pytest.mark.parametrize("preset", ["light", "standard", "strong"])
@@ -326,8 +326,8 @@ def test_huge_images_are_decoded_small(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def bad_folder(shared_data, tmp_path) -> dict[str, Path]:
-    dirs = _subset(shared_data, tmp_path / "data", {"train": 4, "validation": 2}, classes=["hat", "shoes"])
+def bad_folder(test_data, tmp_path) -> dict[str, Path]:
+    dirs = _subset(test_data, tmp_path / "data", {"train": 4, "validation": 2}, classes=["hat", "shoes"])
     photo = next((dirs["train"] / "hat").iterdir()).read_bytes()
     (dirs["train"] / "hat" / "corrupt.jpg").write_bytes(photo[: len(photo) // 3])  # truncated JPEG
     (dirs["train"] / "shoes" / "empty.jpg").write_bytes(b"")
@@ -355,8 +355,8 @@ def test_skip_bad_examples_trains_and_reports_count(vit, bad_folder, tmp_path):
     assert saved["skipped_bad_examples"] == 2 and saved["skipped_bad_examples_train"] == 2
 
 
-def test_empty_class_folder(shared_data, vit, tmp_path, caplog):
-    dirs = _subset(shared_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
+def test_empty_class_folder(test_data, vit, tmp_path, caplog):
+    dirs = _subset(test_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
     (dirs["train"] / "scarf").mkdir()
     out = tmp_path / "out"
     with pytest.raises(RecipeInputError, match=r"--train_dir .*class folder scarf has no images, so the model could "
@@ -369,11 +369,11 @@ def test_empty_class_folder(shared_data, vit, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("case", ["unknown validation label", "loose images", "both sources", "not a folder"])
-def test_bad_layouts_fail_before_training(case, shared_data, vit, tmp_path):
-    dirs = _subset(shared_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
+def test_bad_layouts_fail_before_training(case, test_data, vit, tmp_path):
+    dirs = _subset(test_data, tmp_path / "data", {"train": 3, "validation": 2}, classes=["hat", "shoes"])
     extra: list[str] = []
     if case == "unknown validation label":
-        _subset(shared_data, tmp_path / "data", {"validation": 1}, classes=["skirt"])
+        _subset(test_data, tmp_path / "data", {"validation": 1}, classes=["skirt"])
         pattern = r"labels \['skirt'\] in validation split .*never occur in training \(hat, shoes\)"
     elif case == "loose images":
         (dirs["train"] / "loose.jpg").symlink_to(next((dirs["train"] / "hat").iterdir()).resolve())
@@ -393,7 +393,7 @@ def test_bad_layouts_fail_before_training(case, shared_data, vit, tmp_path):
 # --- the honest pretrained start (bench/image_pretraining.py) at small scale ----------------------------------
 
 
-def test_rotation_pretraining_then_compare(shared_data, clothing, tmp_path):
+def test_rotation_pretraining_then_compare(test_data, clothing, tmp_path):
     """The bench's method: the recipe pretrains on rotation prediction, then compare fine-tunes it and a scratch twin."""
     spec = importlib.util.spec_from_file_location("image_pretraining", ROOT / "bench" / "image_pretraining.py")
     bench = importlib.util.module_from_spec(spec)
@@ -402,7 +402,7 @@ def test_rotation_pretraining_then_compare(shared_data, clothing, tmp_path):
     from common.strategies.comparison import compare
 
     random.seed(0)
-    count = bench.make_rotation_dataset(shared_data / "clothing_small" / "train", tmp_path / "rotation", side=48,
+    count = bench.make_rotation_dataset(test_data / "clothing_small" / "train", tmp_path / "rotation", side=48,
                                         per_class=4)
     assert count == 40 and len(list((tmp_path / "rotation" / "rot90").iterdir())) == 40
     init = tiny_convnext(tmp_path / "init")

@@ -31,15 +31,15 @@ from common.dispatch import FinetuneArguments
 from common.toolkit.adapters import apply_peft, head_module_names
 from recipes import text_classification
 
-TREC_LABELS = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+QUESTION_KINDS = ["how many", "what", "when", "where", "who", "why"]
 
 
-def _trec_run(tiny_bert, shared_data, out, *extra: str) -> dict:
+def _questions_run(tiny_bert, test_data, out, *extra: str) -> dict:
     return text_classification.main([
         "--model_name_or_path", tiny_bert,
-        "--train_file", str(shared_data / "trec/train.tsv"),
-        "--test_file", str(shared_data / "trec/test.tsv"),
-        "--label_column", "coarse_label", "--max_train_samples", "64", "--max_eval_samples", "40", "--max_predict_samples", "40",
+        "--train_file", str(test_data / "squad_questions/train.tsv"),
+        "--test_file", str(test_data / "squad_questions/test.tsv"),
+        "--label_column", "kind", "--max_train_samples", "64", "--max_eval_samples", "40", "--max_predict_samples", "40",
         *fast_args(out, learning_rate=5e-3, per_device_train_batch_size=16), *extra,
     ])
 
@@ -51,9 +51,9 @@ def _logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
-def test_adapter_reload_predicts_the_same(method, tiny_bert, shared_data, tmp_path):
+def test_adapter_reload_predicts_the_same(method, tiny_bert, test_data, tmp_path):
     out = tmp_path / method
-    _trec_run(tiny_bert, shared_data, out, "--peft", method)
+    _questions_run(tiny_bert, test_data, out, "--peft", method)
 
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == method.upper()
@@ -62,7 +62,7 @@ def test_adapter_reload_predicts_the_same(method, tiny_bert, shared_data, tmp_pa
     # The predictions written by the trained in-memory model, for the first 40 test questions.
     written = pd.read_csv(out / "predictions.csv")
     texts = written["text"].tolist()
-    written_scores = torch.tensor(written[[f"score_{name}" for name in TREC_LABELS]].to_numpy(), dtype=torch.float32)
+    written_scores = torch.tensor(written[[f"score_{name}" for name in QUESTION_KINDS]].to_numpy(), dtype=torch.float32)
     assert written_scores.shape == (40, 6)
 
     # The adapter on a fresh base model: labels from the saved config, head and adapter from adapter/.
@@ -76,7 +76,7 @@ def test_adapter_reload_predicts_the_same(method, tiny_bert, shared_data, tmp_pa
     # The merged model in output_dir predicts the same and names the labels.
     merged = AutoModelForSequenceClassification.from_pretrained(out)
     torch.testing.assert_close(_logits(merged, tokenizer, texts).softmax(-1), adapter_scores, atol=1e-4, rtol=0)
-    assert sorted(merged.config.id2label.values()) == TREC_LABELS
+    assert sorted(merged.config.id2label.values()) == QUESTION_KINDS
 
     # The base weights under the adapter are the checkpoint's, untouched by training.
     original = BertModel.from_pretrained(tiny_bert)
@@ -85,16 +85,16 @@ def test_adapter_reload_predicts_the_same(method, tiny_bert, shared_data, tmp_pa
     assert torch.equal(adapted.weight, original.encoder.layer[0].attention.self.query.weight)
 
 
-def test_merge_adapter_saves_a_pipeline_model(tiny_bert, shared_data, tmp_path):
+def test_merge_adapter_saves_a_pipeline_model(tiny_bert, test_data, tmp_path):
     out = tmp_path / "merged"
-    _trec_run(tiny_bert, shared_data, out, "--peft", "lora", "--merge_adapter", "--lora_r", "4",
-              "--lora_target_modules", "query", "key", "value")
+    _questions_run(tiny_bert, test_data, out, "--peft", "lora", "--merge_adapter", "--lora_r", "4",
+                   "--lora_target_modules", "query", "key", "value")
     assert not (out / "adapter").exists()
     assert not (out / "adapter_config.json").exists()
     classify = pipeline("text-classification", model=str(out), device="cpu")
     assert type(classify.model).__name__ == "BertForSequenceClassification"
     predictions = classify(["What is the capital of Peru ?", "Who wrote Hamlet ?"])
-    assert {p["label"] for p in predictions} <= set(TREC_LABELS)
+    assert {p["label"] for p in predictions} <= set(QUESTION_KINDS)
 
 
 def test_new_modules_outside_the_head_are_trained_and_saved(tmp_path):

@@ -23,8 +23,8 @@ from common.training.trainer import FinetuneTrainer
 from recipes import text_classification
 
 
-def _sst2(shared_data, train: int = 32, evaluation: int = 32) -> list[str]:
-    return ["--train_file", str(shared_data / "sst2/train.tsv"), "--validation_file", str(shared_data / "sst2/dev.tsv"),
+def _sms(test_data, train: int = 32, evaluation: int = 32) -> list[str]:
+    return ["--train_file", str(test_data / "sms_spam/train.tsv"), "--validation_file", str(test_data / "sms_spam/dev.tsv"),
             "--max_train_samples", str(train), "--max_eval_samples", str(evaluation)]
 
 
@@ -42,12 +42,12 @@ def test_weight_decay_spares_biases_and_norms(tiny_bert, tmp_path):
     assert "bert.embeddings.LayerNorm.weight" in spared and "classifier.bias" in spared
 
 
-def test_dropout_and_label_smoothing_reach_the_run(tiny_bert, shared_data, tmp_path, monkeypatch):
+def test_dropout_and_label_smoothing_reach_the_run(tiny_bert, test_data, tmp_path, monkeypatch):
     trainers = []
     build = common.training.run.build_trainer
     monkeypatch.setattr(common.training.run, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1])
     out = tmp_path / "run"
-    text_classification.main(["--model_name_or_path", tiny_bert, *_sst2(shared_data), "--dropout", "0.25",
+    text_classification.main(["--model_name_or_path", tiny_bert, *_sms(test_data), "--dropout", "0.25",
                               "--label_smoothing", "0.1", *fast_args(out)])
     config = json.loads((out / "config.json").read_text())
     for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
@@ -96,11 +96,11 @@ def test_label_smoothing_alias_and_its_limits(tiny_bert, csv_file, tmp_path):
                                   "--label_smoothing", "0.1", *fast_args(tmp_path / "m")])
 
 
-def test_early_stopping_stops_before_the_last_epoch(tiny_bert, shared_data, tmp_path):
+def test_early_stopping_stops_before_the_last_epoch(tiny_bert, test_data, tmp_path):
     # No change in eval loss can beat a threshold of 1e9: patience 1 ends training after the second evaluation.
     out = tmp_path / "stop"
     results = text_classification.main([
-        "--model_name_or_path", tiny_bert, *_sst2(shared_data, train=16, evaluation=16),
+        "--model_name_or_path", tiny_bert, *_sms(test_data, train=16, evaluation=16),
         "--early_stopping_patience", "1", "--early_stopping_threshold", "1e9",
         *fast_args(out, num_train_epochs=5),
     ])

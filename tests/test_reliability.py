@@ -139,14 +139,14 @@ def test_resume_inside_the_second_epoch_equals_uninterrupted_with_length_grouped
 
 
 @pytest.fixture(scope="module")
-def clothing(shared_data, tmp_path_factory) -> dict[str, Path]:
+def clothing(test_data, tmp_path_factory) -> dict[str, Path]:
     """Links to the first real clothing photos of 4 classes: 6 per class for training, 3 for validation."""
     dest = tmp_path_factory.mktemp("clothing")
     for split, n in {"train": 6, "validation": 3}.items():
         for name in ("dress", "hat", "pants", "shoes"):
             folder = dest / split / name
             folder.mkdir(parents=True)
-            for file in sorted((shared_data / "clothing_small" / split / name).iterdir())[:n]:
+            for file in sorted((test_data / "clothing_small" / split / name).iterdir())[:n]:
                 (folder / file.name).symlink_to(file)
     return {split: dest / split for split in ("train", "validation")}
 

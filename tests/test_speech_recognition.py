@@ -37,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def fsdd(shared_data):
-    return shared_data / "fsdd"
+def fsdd(test_data):
+    return test_data / "fsdd"
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def multi30k(shared_data):
-    return shared_data / "multi30k_en_de"
+def multi30k(test_data):
+    return test_data / "toy_en_de"
 
 
 @pytest.fixture(scope="module")
 def corpus(multi30k) -> list[str]:
-    return read_lines(multi30k / "train.en", "en")[:4000] + read_lines(multi30k / "train.de", "de")[:4000]
+    # With the T5 task prefix, as a pretrained vocabulary has it (the toy captions hold no ':').
+    return read_lines(multi30k / "train.en", "en")[:4000] + read_lines(multi30k / "train.de", "de")[:4000] + [PREFIX]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_tiny_marian_learns_multi30k_from_line_aligned_files(marian, multi30k, t
     out = tmp_path / "out"
     results = translation.main([
         "--model_name_or_path", marian, *pair_args(multi30k, "train", "train"),
-        *pair_args(multi30k, "validation", "val"), *pair_args(multi30k, "test", "test_2016_flickr"),
+        *pair_args(multi30k, "validation", "val"), *pair_args(multi30k, "test", "test"),
         "--max_train_samples", "1200", "--max_eval_samples", "60", "--max_predict_samples", "12",
         "--generation_max_length", "40", "--dropout", "0", "--eval_strategy", "no",
         *fast_args(out, num_train_epochs=3, per_device_train_batch_size=16, learning_rate=5e-3, logging_steps=25),
@@ -91,8 +92,8 @@ def test_tiny_marian_learns_multi30k_from_line_aligned_files(marian, multi30k, t
     assert (out / "training_curves.png").is_file()
     rows = [line.split("\t") for line in (out / "predictions.txt").read_text().splitlines()]
     assert rows[0] == ["source", "reference", "hypothesis"] and len(rows) == 13
-    test_en = read_lines(multi30k / "test_2016_flickr.en", "en")
-    test_de = read_lines(multi30k / "test_2016_flickr.de", "de")
+    test_en = read_lines(multi30k / "test.en", "en")
+    test_de = read_lines(multi30k / "test.de", "de")
     positions = [test_en.index(r[0]) for r in rows[1:]]  # a seeded sample of 12 test pairs, kept in file order
     assert positions == sorted(positions) and [r[1] for r in rows[1:]] == [test_de[i] for i in positions]
 
@@ -194,7 +195,7 @@ def test_t5_prefix_travels_with_the_model_and_lora_round_trip(t5, multi30k, tmp_
     out = tmp_path / "out"
     results = translation.main([
         "--model_name_or_path", t5, "--source_prefix", PREFIX, *pair_args(multi30k, "train", "train"),
-        *pair_args(multi30k, "test", "test_2016_flickr"), "--max_train_samples", "96", "--max_eval_samples", "16",
+        *pair_args(multi30k, "test", "test"), "--max_train_samples", "96", "--max_eval_samples", "16",
         "--max_predict_samples", "6", "--validation_split", "0.2", "--generation_max_length", "12",
         "--peft", "lora", *fast_args(out, learning_rate=1e-2),
     ])
@@ -290,14 +291,16 @@ def test_text_augment_changes_sources_and_never_targets(marian, multi30k, tmp_pa
 
 def test_truncation_and_t5_without_prefix_are_reported(t5, multi30k, tmp_path, monkeypatch, caplog):
     capture_task(monkeypatch)
+    # The first 50 pairs as the train files: --max_train_samples would train on a random 50.
+    sources = read_lines(multi30k / "train.en", "en")[:50]
+    train = ["--train_source_file", write_lines(tmp_path / "t.en", sources),
+             "--train_target_file", write_lines(tmp_path / "t.de", read_lines(multi30k / "train.de", "de")[:50])]
     with caplog.at_level(logging.WARNING):
-        translation.main(["--model_name_or_path", t5, *pair_args(multi30k, "train", "train"),
-                          *pair_args(multi30k, "validation", "val"), "--max_train_samples", "50",
+        translation.main(["--model_name_or_path", t5, *train, *pair_args(multi30k, "validation", "val"),
                           "--max_eval_samples", "5", "--max_source_length", "12", *fast_args(tmp_path / "out")])
     assert "is a T5 model but no --source_prefix is set" in caplog.text
     # Same data, same tokenizer: count the sources over 12 tokens independently.
     tokenizer = AutoTokenizer.from_pretrained(t5)
-    sources = read_lines(multi30k / "train.en", "en")[:50]
     over = sum(len(ids) > 12 for ids in tokenizer(sources)["input_ids"])
     assert 0 < over < 50
     assert f"train: {over} of 50 sources were longer than --max_source_length 12 tokens and were truncated" in caplog.text

@@ -41,11 +41,11 @@ def test_17_1_integer_class_ids_are_the_values_present(tiny_bert, csv_file, tmp_
                                   "--validation_file", validation, *fast_args(tmp_path / "again")])
 
 
-def test_17_1_sentiment_labels_1_2_are_negative_positive(tiny_bert, shared_data, tmp_path):
-    """SST-2 relabelled 1/2, the usual review-polarity layout: two classes, named negative/positive."""
-    data = pd.read_csv(shared_data / "sst2/train.tsv", sep="\t").head(300)
-    data["label"] += 1
-    train = tmp_path / "sst2_12.tsv"
+def test_17_1_sentiment_labels_1_2_are_negative_positive(tiny_bert, tmp_path):
+    """Reviews relabelled 1/2, the usual review-polarity layout: two classes, named negative/positive."""
+    data = pd.read_csv(sentiment.DEMO_DATA / "train.csv")
+    data["label"] = data["label"].map({"negative": 1, "positive": 2})
+    train = tmp_path / "reviews_12.tsv"
     data.to_csv(train, sep="\t", index=False)
     out = tmp_path / "out"
     sentiment.main(["--model_name_or_path", tiny_bert, "--train_file", str(train), *fast_args(out)])
@@ -67,12 +67,12 @@ def test_17_2_validation_holds_out_whole_groups(tiny_bert, csv_file, tmp_path):
     assert held_out and not validation_docs & train_docs
 
 
-def test_17_2_fsdd_speakers_never_span_validation_and_train(shared_data, tmp_path, caplog):
+def test_17_2_fsdd_speakers_never_span_validation_and_train(test_data, tmp_path, caplog):
     from common.models.tiny import tiny_wav2vec2_ctc
 
-    meta = pd.read_csv(shared_data / "fsdd/metadata.csv")
+    meta = pd.read_csv(test_data / "fsdd/metadata.csv")
     meta = meta[meta["index"] < 8].copy()  # 6 speakers x 10 digits x 8 takes: quick to decode
-    meta["file"] = [str(shared_data / "fsdd" / f) for f in meta["file"]]
+    meta["file"] = [str(test_data / "fsdd" / f) for f in meta["file"]]
     manifest = tmp_path / "fsdd.csv"
     meta[["file", "transcript", "speaker"]].to_csv(manifest, index=False)
     out = tmp_path / "out"

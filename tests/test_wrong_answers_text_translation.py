@@ -21,19 +21,19 @@ def write_lines(path, lines: list[str]) -> str:
     return str(path)
 
 
-def test_17_7_bleu_is_scored_against_raw_references(shared_data, tmp_path):
+def test_17_7_bleu_is_scored_against_raw_references(test_data, tmp_path):
     from common.models.tiny import tiny_marian
 
-    multi30k = shared_data / "multi30k_en_de"
+    multi30k = test_data / "toy_en_de"
     en, de = read_lines(multi30k / "train.en", "en"), read_lines(multi30k / "train.de", "de")
     marian = tiny_marian(tmp_path / "marian", en[:1500] + de[:1500], vocab_size=600)
-    # References of two sentences each, far over --max_target_length 16. Validation and test share their
+    # References of three sentences each, far over --max_target_length 16. Validation and test share their
     # sources, so the test predictions in predictions.txt are the validation predictions too; their references
     # differ, and the splits have the same size: the metric must still tell them apart.
     sources = read_lines(multi30k / "val.en", "en")[:8]
     val_de = read_lines(multi30k / "val.de", "de")
-    references = {"validation": [f"{val_de[i]} {val_de[i + 1]}" for i in range(8)],
-                  "test": [f"{val_de[i + 20]} {val_de[i + 30]}" for i in range(8)]}
+    references = {"validation": [f"{val_de[i]} {val_de[i + 1]} {val_de[i + 2]}" for i in range(8)],
+                  "test": [f"{val_de[i + 20]} {val_de[i + 30]} {val_de[i + 40]}" for i in range(8)]}
     files = []
     for split, refs in references.items():
         files += [f"--{split}_source_file", write_lines(tmp_path / f"{split}.en", sources),

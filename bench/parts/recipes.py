@@ -1,4 +1,4 @@
-"""The recipe table: every recipe on its real ../shared/data set, with throughput, peak RSS, wall time to a
+"""The recipe table: every recipe on its real data set ($FINETUNE_DATA), with throughput, peak RSS, wall time to a
 target and MFU. The SST-2 rows are the padding arms (parts/padding.py)."""
 
 from __future__ import annotations
