@@ -129,13 +129,13 @@ def whisper_encoder(tmp_path_factory) -> str:
 
 
 def test_clips_past_the_feature_extractors_window_fail_or_are_dropped_and_counted(
-        whisper_encoder, manifest, shared_data, tmp_path, monkeypatch, one_thread):
+        whisper_encoder, manifest, test_data, tmp_path, monkeypatch, one_thread):
     """A clip longer than the feature extractor's window (here Whisper's, 3 s) would be classified on its start
     alone: the run refuses it naming the window, --max_duration_s drops and counts it, and predict refuses it
     too (or skips it with --skip_bad_examples)."""
     _, table = manifest
     rows = table[table["digit"] < 2].sample(n=16, random_state=0)[["file", "digit"]]
-    long_clip = np.concatenate([sf.read(shared_data / f"fsdd/recordings/{d}_theo_8.wav")[0] for d in range(10)])
+    long_clip = np.concatenate([sf.read(test_data / f"fsdd/recordings/{d}_theo_8.wav")[0] for d in range(10)])
     sf.write(tmp_path / "long.wav", long_clip, 8000)
     assert len(long_clip) / 8000 > 3
     rows = pd.concat([rows, pd.DataFrame([{"file": str(tmp_path / "long.wav"), "digit": 0}])])

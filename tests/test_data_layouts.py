@@ -121,7 +121,7 @@ def _dry_run(recipe, monkeypatch, argv: list[str]):
     return captured["task"]
 
 
-def test_manifests_naming_files_by_bare_ids_with_a_path_template(shared_data, vit, tmp_path, monkeypatch):
+def test_manifests_naming_files_by_bare_ids_with_a_path_template(test_data, vit, tmp_path, monkeypatch):
     """LJSpeech's layout (`ID|transcript|normalized`, no header, clips in wavs/ID.wav) and an image table of ids:
     --audio_path_template / --image_path_template turn each id into a file relative to the manifest, in YAML and
     on the command line; a template without {} and an id without a file fail naming the row, id and path."""
@@ -132,7 +132,7 @@ def test_manifests_naming_files_by_bare_ids_with_a_path_template(shared_data, vi
     (corpus / "wavs").mkdir(parents=True)
     lines = []
     for i, digit in enumerate([0, 1] * 6):
-        shutil.copy(shared_data / f"fsdd/recordings/{digit}_jackson_{i}.wav", corpus / "wavs" / f"LJ001-{i:04d}.wav")
+        shutil.copy(test_data / f"fsdd/recordings/{digit}_jackson_{i // 2}.wav", corpus / "wavs" / f"LJ001-{i:04d}.wav")
         word = ["zero", "one"][digit]
         lines.append(f"LJ001-{i:04d}|{word.capitalize()}.|{word}\n")
     (corpus / "metadata.csv").write_text("".join(lines))
@@ -161,7 +161,7 @@ def test_manifests_naming_files_by_bare_ids_with_a_path_template(shared_data, vi
     images = tmp_path / "photos"
     rows = []
     for i, kind in enumerate(["hat", "shoes"] * 6):
-        source = sorted((shared_data / "clothing_small/train" / kind).iterdir())[i]
+        source = sorted((test_data / "clothing_small/train" / kind).iterdir())[i]
         (images / "img").mkdir(parents=True, exist_ok=True)
         shutil.copy(source, images / "img" / f"p{i:03d}.jpg")
         rows.append(f"p{i:03d},{kind}\n")

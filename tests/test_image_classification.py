@@ -424,7 +424,7 @@ def test_rotation_pretraining_then_compare(test_data, clothing, tmp_path):
     assert len(config["id2label"]) == 10 and config["id2label"]["0"] == "dress"
 
 
-def test_class_folders_named_by_digits_are_classes_in_numeric_order(shared_data, vit, tmp_path, capsys):
+def test_class_folders_named_by_digits_are_classes_in_numeric_order(test_data, vit, tmp_path, capsys):
     """Class folders 0, 1, 2 and 10 (MNIST-like): four classes named by their folders, in numeric order (not 0, 1,
     10, 2), both in `inspect` and in a run."""
     from common.cli import main as cli
@@ -432,7 +432,7 @@ def test_class_folders_named_by_digits_are_classes_in_numeric_order(shared_data,
     root = tmp_path / "digits"
     for name, source in zip(["0", "1", "2", "10"], CLASSES):
         (root / name).mkdir(parents=True)
-        for file in sorted((shared_data / "clothing_small/train" / source).iterdir())[:4]:
+        for file in sorted((test_data / "clothing_small/train" / source).iterdir())[:4]:
             (root / name / file.name).symlink_to(file)
     argv = ["--model_name_or_path", vit, "--train_dir", str(root), "--validation_split", "0.25"]
     try:

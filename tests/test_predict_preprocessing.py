@@ -35,11 +35,11 @@ def write_lines(path, lines: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def sst2_short(minilm, shared_data, tmp_path_factory):
-    """MiniLM trained a few steps at --max_seq_length 16 on SST-2, with test predictions on 40 reviews."""
+def sst2_short(minilm, test_data, tmp_path_factory):
+    """MiniLM trained a few steps at --max_seq_length 16 on SMS messages, with test predictions on 40 of them."""
     data = tmp_path_factory.mktemp("sst2")
-    pd.read_csv(shared_data / "sst2/train.tsv", sep="\t")[:64].to_csv(data / "train.csv", index=False)
-    pd.read_csv(shared_data / "sst2/test.tsv", sep="\t")[:40].to_csv(data / "test.csv", index=False)
+    pd.read_csv(test_data / "sms_spam/train.tsv", sep="\t")[:64].to_csv(data / "train.csv", index=False)
+    pd.read_csv(test_data / "sms_spam/test.tsv", sep="\t")[:40].to_csv(data / "test.csv", index=False)
     out = data / "run"
     text_classification.main([
         "--model_name_or_path", minilm, "--train_file", str(data / "train.csv"), "--test_file", str(data / "test.csv"),
@@ -85,7 +85,7 @@ def test_saved_ensemble_predicts_with_its_members_max_seq_length(sst2_short, tmp
     assert np.abs(again[scores].to_numpy() - written[scores].to_numpy()).max() < 1e-5
 
 
-def test_whisper_predict_generates_as_the_run_did(shared_data, tmp_path, monkeypatch):
+def test_whisper_predict_generates_as_the_run_did(test_data, tmp_path, monkeypatch):
     """predict transcribes with the run's generation settings (greedy, --generation_max_length 6), not the speech
     recognition pipeline's defaults (5 beams; the model's 64 tokens)."""
     from transformers.generation.utils import GenerationMixin
@@ -102,7 +102,7 @@ def test_whisper_predict_generates_as_the_run_did(shared_data, tmp_path, monkeyp
         return config, rest
 
     monkeypatch.setattr(GenerationMixin, "_prepare_generation_config", spy)
-    fsdd = shared_data / "fsdd"
+    fsdd = test_data / "fsdd"
     whisper = tiny_whisper(tmp_path / "whisper", ["zero", "one", "two", "three", "four", "five"], chunk_length=3)
     files = list(pd.read_csv(fsdd / "metadata.csv")["file"].sample(frac=1.0, random_state=0))
     pd.DataFrame({"audio": [str(fsdd / f) for f in files[:8]], "text": "one"}).to_csv(tmp_path / "train.csv",
@@ -141,24 +141,25 @@ def test_run_dir_without_recorded_preprocessing_predicts_as_before_with_a_note(s
     assert any("records no pipeline settings" in r.getMessage() for r in caplog.records)
 
 
-def test_translation_predict_cuts_sources_at_the_runs_max_source_length(shared_data, tmp_path):
+def test_translation_predict_cuts_sources_at_the_runs_max_source_length(test_data, tmp_path):
     """predict cuts sources at the run's --max_source_length and generates as the run did: the same translations."""
     from common.models.tiny import tiny_marian
 
-    multi30k = shared_data / "multi30k_en_de"
-    en, de = read_lines(multi30k / "train.en", "en"), read_lines(multi30k / "train.de", "de")
+    pairs = test_data / "toy_en_de"
+    en, de = read_lines(pairs / "train.en", "en"), read_lines(pairs / "train.de", "de")
     marian = tiny_marian(tmp_path / "marian", en[:1500] + de[:1500], vocab_size=600)
-    # Trained until it tells its 16 training sentences apart, so that its output depends on the (cut) source.
-    sources = en[:16]
+    # Trained until it tells its 16 longest training sentences apart, so that its output depends on the (cut) source.
+    longest = sorted(range(len(en)), key=lambda i: -len(en[i]))[:16]
+    sources, targets = [en[i] for i in longest], [de[i] for i in longest]
     assert longer_than(AutoTokenizer.from_pretrained(marian), sources, 8) == 16
     out = tmp_path / "out"
     translation.main([
         "--model_name_or_path", marian, "--train_source_file", write_lines(tmp_path / "train.en", sources),
-        "--train_target_file", write_lines(tmp_path / "train.de", de[:16]),
+        "--train_target_file", write_lines(tmp_path / "train.de", targets),
         "--test_source_file", str(tmp_path / "train.en"), "--max_source_length", "8",
         "--generation_max_length", "12", "--do_eval", "false", "--eval_strategy", "no",
         # One sentence a batch, here and in predict: padding would flip the near-tied picks of a tiny model.
-        *fast_args(out, max_steps=60, learning_rate=5e-3, per_device_eval_batch_size=1),
+        *fast_args(out, max_steps=200, learning_rate=5e-3, per_device_eval_batch_size=1),
     ])
     written = [line.split("\t") for line in (out / "predictions.txt").read_text(encoding="utf-8").splitlines()[1:]]
     predict_cli(out, tmp_path / "train.en", tmp_path / "again.tsv", "--batch_size", "1")
