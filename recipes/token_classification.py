@@ -4,7 +4,8 @@
     accelerate launch recipes/token_classification.py --config recipes/configs/token_classification/wikiann_en_minilm.yaml
 
 Data: CoNLL files (`token<TAB>tag`, a blank line between sentences), JSON lines or parquet rows with a list of
-tokens and a list of tags, or a Hub dataset with `tokens` / `ner_tags`. Every option:
+tokens and a list of tags, or a Hub dataset with `tokens` / `ner_tags`. Sentences longer than --max_seq_length are
+split into overlapping windows; every word is predicted and scored. Every option:
 `python recipes/token_classification.py --help`.
 """
 
@@ -21,7 +22,6 @@ from datasets import DatasetDict
 from transformers import (
     AutoModelForTokenClassification,
     AutoTokenizer,
-    DataCollatorForTokenClassification,
     TrainingArguments,
     set_seed,
 )
@@ -29,18 +29,26 @@ from transformers import (
 from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, load_file, load_splits, source
-from common.data.arrow import column_array
+from common.data.arrow import column_array, list_lengths
 from common.data.bad_rows import add_counts
 from common.data.files import SPLITS
-from common.data.options import DataArguments
+from common.data.labels import read_class_names
+from common.data.options import DataArguments, split_names
 from common.data.tokens import (
+    IOB2,
+    IOBES,
+    SCHEMES,
     TABLE_FORMATS,
     TAGS,
+    TOKEN_COLUMNS,
     TOKENS,
     bio_violations,
+    entity_type,
     list_column,
+    named_tags,
     read_conll,
     tag_names,
+    tag_scheme,
 )
 from common.dispatch import FinetuneArguments, run
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
@@ -49,11 +57,19 @@ from common.toolkit.finetuning import prepare_model
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.run import predicted_split, setup_run
 from common.training.task import Task
-from common.training.tokens import EntityMetrics, align_tags, write_conll_predictions
+from common.training.tokens import (
+    UNCOVERED,
+    WINDOWS,
+    EntityMetrics,
+    TokenTrainer,
+    WindowCollator,
+    encode_windows,
+    window_stride,
+    write_conll_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
-TOKEN_COLUMNS = ("tokens", "words")
 TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
 DEFAULTS = {**TRAINING_DEFAULTS, "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
             "output_dir": "outputs/token-classification", "learning_rate": 1e-4, "num_train_epochs": 3}
@@ -65,14 +81,27 @@ class TokenDataArguments(DataArguments):
                                                                       "Default: tokens or words."})
     tags_column: str | None = field(default=None, metadata={"help": "Column with the list of tags. Default: ner_tags, "
                                                                     "tags, labels or ner."})
+    tag_names: list[str] | None = field(default=None, metadata={
+        "help": "Names of integer tag ids, in id order (O,B-PER,I-PER,...); integer tags need them or --tag_names_file."})
+    tag_names_file: str | None = field(default=None, metadata={"help": "A text file with one tag name per line, in "
+                                                                       "id order, for integer tag ids."})
+    tag_scheme: str | None = field(default=None, metadata={
+        "help": f"Tagging scheme: {', '.join(SCHEMES)}. Default: detected from the train tags."})
     label_all_tokens: bool = field(default=False, metadata={
-        "help": "Train on every sub-word of a word (B- tags continue as I-); default: its first sub-word only."})
-    max_seq_length: int = field(default=256, metadata={"help": "Truncate sentences to this many tokens (sub-words)."})
+        "help": "Train on every sub-word of a word (B- tags continue as I-); default: its first sub-word only. "
+                "Scoring always takes one tag per word, from its first sub-word."})
+    max_seq_length: int = field(default=256, metadata={
+        "help": "Sub-words per window: a longer sentence is split into overlapping windows."})
+    doc_stride: int | None = field(default=None, metadata={
+        "help": "Sub-words that consecutive windows of a long sentence share. Default: a quarter of a window."})
 
 
 def load_sentences(args: TokenDataArguments, keep: str | None) -> tuple[DatasetDict, dict[str, str], dict[str, int]]:
     """(tokens, tags) rows per split from CoNLL files, tables or a Hub dataset, tags as their names; plus the
     column `keep` (--cv_group_column) where a split has it."""
+    if args.tag_names and args.tag_names_file:
+        raise RecipeInputError("give --tag_names or --tag_names_file, not both.")
+    given = read_class_names(args.tag_names_file, "tag") if args.tag_names_file else split_names(args.tag_names)
     loaded, skipped, conll = DatasetDict(), {}, set()
     if args.dataset_name:
         loaded = load_splits(args)
@@ -109,6 +138,9 @@ def load_sentences(args: TokenDataArguments, keep: str | None) -> tuple[DatasetD
         features = rows.features.copy()
         features[TAGS] = datasets.List(datasets.Value("string"))
         result[split] = rows.map(lambda row, n=name_of: {TAGS: [n(t) for t in row[TAGS]]}, features=features)
+    for split, dataset in result.items():  # integer ids, now as text: named by --tag_names, or an error
+        if TAGS in dataset.column_names:
+            result[split] = named_tags(dataset, given, sources[split])
     return result, sources, skipped
 
 
@@ -125,14 +157,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 2. Data: CoNLL files, tables of token and tag lists, or a Hub dataset.
     splits, sources, skipped = load_sentences(data_args, finetune_args.cv_group_column)
 
-    # 3. Tags: the train split's set (a tag only validation or test holds is an error); BIO breaks are counted.
-    names = sorted({tag for row in splits["train"][TAGS] for tag in row}, key=lambda t: (t != "O", t[2:], t))
+    # 3. Tags: the train split's set and O (a tag only validation or test holds is an error), their scheme (IO,
+    # IOB1, IOB2, IOBES) for scoring; BIO breaks are counted.
+    scheme = tag_scheme(splits["train"][TAGS], data_args.tag_scheme, f"the tags of {sources['train']}")
+    names = sorted({tag for row in splits["train"][TAGS] for tag in row} | {"O"},
+                   key=lambda t: (t != "O", entity_type(t), t))
     for split, dataset in splits.items():
         unseen = sorted({t for row in dataset[TAGS] for t in row} - set(names)) if TAGS in dataset.column_names else []
         if unseen:
             raise RecipeInputError(f"{sources[split]} has tags that train never uses: {', '.join(unseen[:10])}. "
                                    "Fix them, or add sentences with them to the training data.")
-    violations = {f"bio_violations_{s}": bio_violations(d[TAGS]) for s, d in splits.items() if TAGS in d.column_names}
+    violations = {f"bio_violations_{s}": bio_violations(d[TAGS]) for s, d in splits.items()
+                  if TAGS in d.column_names and scheme in (IOB2, IOBES)}  # IOB1 and IO start entities with I-
     for key, count in violations.items():
         if count:
             logger.warning("%s: %d tags I-x follow neither B-x nor I-x (kept as given)", key.rsplit("_", 1)[1], count)
@@ -141,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = add_validation_split(splits, data_args.validation_split, training_args.seed, groups=groups)
     sources.setdefault("validation", f"validation split held out from {sources['train']}")
     splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed)
-    logger.info("%d tags %s; sentences %s", len(names), names, {k: len(v) for k, v in splits.items()})
+    logger.info("%d tags %s (%s); sentences %s", len(names), names, scheme, {k: len(v) for k, v in splits.items()})
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
         "token_classification", splits, sources, skipped=skipped, data_args=data_args,
         columns={"tokens": chosen(TOKENS, "--tokens_column", data_args.tokens_column, TOKEN_COLUMNS),
@@ -157,26 +193,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_init = partial(prepare_model, partial(load_model, AutoModelForTokenClassification, model_args, config),
                          finetune_args)
 
-    # 5. Tokenize once and align each word's tag with its sub-words; sentences cut by --max_seq_length are counted.
-    align = partial(align_tags, tokenizer=tokenizer, label2id=config.label2id, max_length=data_args.max_seq_length,
-                    label_all_tokens=data_args.label_all_tokens)
+    # 5. Tokenize once: each sentence as windows of --max_seq_length sub-words, each word's tag on its sub-words,
+    # and where each word is predicted. Windowed sentences and words no window holds are counted.
+    stride = window_stride(tokenizer, data_args.max_seq_length, data_args.doc_stride)
+    encode = partial(encode_windows, tokenizer=tokenizer, label2id=config.label2id,
+                     max_length=data_args.max_seq_length, stride=stride, label_all_tokens=data_args.label_all_tokens)
     with training_args.main_process_first(desc="tokenize"):
-        tokenized = DatasetDict({split: d.map(align, batched=True, remove_columns=d.column_names,
+        tokenized = DatasetDict({split: d.map(encode, batched=True, remove_columns=d.column_names,
                                               num_proc=data_args.preprocessing_num_workers)
                                  for split, d in splits.items()})
-    truncated = {}
+    windowing = {}
     for split, dataset in tokenized.items():
-        cut = int(np.sum(column_array(dataset, "words_cut").to_numpy()))
-        truncated[f"truncated_words_{split}"] = cut
-        if cut:
-            logger.warning("%s: %d words beyond --max_seq_length %d tokens were cut (no tag is predicted for them)",
-                           split, cut, data_args.max_seq_length)
-        tokenized[split] = dataset.remove_columns("words_cut")
+        windowed = int(np.sum(column_array(dataset, WINDOWS).to_numpy() > 1))
+        uncovered = int(np.sum(column_array(dataset, UNCOVERED).to_numpy()))
+        windowing[f"windowed_sentences_{split}"] = windowed
+        windowing[f"uncovered_word_share_{split}"] = uncovered / max(int(np.sum(list_lengths(splits[split], TOKENS))), 1)
+        if windowed:
+            logger.info("%s: %d sentences over --max_seq_length %d sub-words are split into windows sharing %d",
+                        split, windowed, data_args.max_seq_length, stride)
+        if uncovered:
+            logger.warning("%s: %d words have no sub-word (the tokenizer drops them): they are predicted 'O'",
+                           split, uncovered)
+        tokenized[split] = dataset.remove_columns([WINDOWS, UNCOVERED])
     predicted = predicted_split(splits)
 
     def write_predictions(output, out_dir: Path) -> None:
-        write_conll_predictions(out_dir / "predictions.conll", splits[predicted], output.predictions,
-                                tokenized[predicted], names)
+        write_conll_predictions(out_dir / "predictions.conll", splits[predicted], output.predictions, names)
 
     # 6. Train, evaluate, predict, report.
     task = Task(
@@ -185,18 +227,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=tokenized["train"],
         eval_dataset=tokenized.get("validation"),
         test_dataset=tokenized.get("test"),
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-        compute_metrics=EntityMetrics(names),
+        data_collator=WindowCollator(tokenizer),
+        compute_metrics=EntityMetrics(names, scheme),
         processing_class=tokenizer,
         main_metric="f1",
         pipeline_task="token-classification",
         tag_names=names,
+        trainer_class=TokenTrainer,
         pipeline_options=['aggregation_strategy="simple"'],  # whole entities, not sub-word tags
         model_name=model_args.model_name_or_path,
         write_predictions=write_predictions if predicted else None,
         groups=cv_groups(splits["train"], group, sources["train"]) if group else None,
-        input_columns=[TOKENS],
-        data_results=add_counts(skipped, violations, truncated),
+        input_columns=[data_args.tokens_column or TOKENS],
+        data_results={**add_counts(skipped, violations), **windowing, "tag_scheme": scheme},
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
         output_noun="tag",
     )

@@ -60,15 +60,16 @@ class LabelSpec:
         return LabelSpec(self.problem_type, names, self.values if self.values is not None else self.names)
 
 
-def read_class_names(path: str) -> list[str]:
-    """--class_names_file: one name per line (blank lines ignored), like the classes.txt many datasets ship."""
+def read_class_names(path: str, what: str = "class") -> list[str]:
+    """--class_names_file (--tag_names_file for `what` tag): one name per line (blank lines ignored), like the
+    classes.txt many datasets ship."""
     file = Path(path)
     if not file.is_file():
-        raise RecipeInputError(f"--class_names_file {path} does not exist. Give a text file with one class name per "
+        raise RecipeInputError(f"--{what}_names_file {path} does not exist. Give a text file with one {what} name per "
                                "line, in the sorted order of the label ids.")
     names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
-        raise RecipeInputError(f"--class_names_file {path} is empty: give one class name per line.")
+        raise RecipeInputError(f"--{what}_names_file {path} is empty: give one {what} name per line.")
     return names
 
 

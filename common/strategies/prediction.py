@@ -11,7 +11,10 @@ Inputs per recipe:
   or a table with the run's image column;
 - speech recognition and audio classification: a folder of audio files, or a manifest table with the run's
   audio column;
-- translation: a text file of source sentences, one per line.
+- translation: a text file of source sentences, one per line;
+- token classification: a CoNLL file (the first field of each line is the token), or a table with a list of
+  tokens or a text (split on whitespace) per sentence; sentences are windowed as the run windowed them, and the
+  output is CoNLL (`token<TAB>predicted tag`).
 
 The output has the columns of the recipe's own predictions file. Unreadable rows (an empty text, an image or
 clip that does not decode) fail with their row numbers, or are skipped and counted with --skip_bad_examples
@@ -39,11 +42,13 @@ from common.data.audio import SPEECH, decode_audio, input_window, normalize_text
 from common.data.files import FORMATS, load_file, require_columns
 from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
 from common.data.parallel import read_lines
+from common.data.tokens import TABLE_FORMATS, TOKEN_COLUMNS, TOKENS, read_conll
 from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
 from common.training.html_report import PIPELINE_CALL_KWARGS, RUN_CONFIG_FILE
 from common.training.reporting import write_classification_predictions
 from common.training.seq2seq import write_translations
 from common.training.speech import write_speech_predictions
+from common.training.tokens import word_scores, write_conll
 from common.training.translation_pipeline import TranslationPipeline
 
 logger = logging.getLogger(__name__)
@@ -215,6 +220,35 @@ def _translate(model, config, path, output, skip, batch_size) -> int:
     return len(sources)
 
 
+def _sentences(path: str, config: dict, skip: bool) -> list[list[str]]:
+    """Sentences as token lists: a CoNLL file's first fields, or a table's column of token lists or of texts split
+    on whitespace (the run's tokens column, tokens, words or text, unless --input_columns names it)."""
+    if Path(path).suffix.lower() not in (*TABLE_FORMATS, ".csv", ".tsv"):
+        return read_conll(path, "--input", skip, tagged=False)[0][TOKENS]
+    table = _table(path, config["options"])
+    candidates = list(dict.fromkeys([*config["input_columns"], *TOKEN_COLUMNS, "text"]))
+    column = next((c for c in candidates if c in table.column_names), None)
+    if column is None:
+        raise RecipeInputError(f"--input {path} has none of the columns {', '.join(candidates)}: give each sentence "
+                               "as a list of tokens or a text, or name its column with --input_columns.")
+    sentences = [[str(t) for t in v] if isinstance(v, list) else str(v or "").split() for v in table[column]]
+    bad = _drop_bad([(i, f"no tokens in '{column}'") for i, s in enumerate(sentences) if not s], len(sentences),
+                    f"--input {path}", skip)
+    return [s for i, s in enumerate(sentences) if i not in bad]
+
+
+def _tag_tokens(model, ensemble, config, path, output, skip, batch_size) -> int:
+    sentences = _sentences(path, config, skip)
+    options, device = config["options"], "cuda" if torch.cuda.is_available() else "cpu"
+    members = [word_scores(m, sentences, options["max_seq_length"], options.get("doc_stride"), batch_size, device)
+               for m in (ensemble.members if ensemble is not None else [model])]
+    names = members[0][1]
+    scores = members[0][0] if ensemble is None else [ensemble.combine(np.stack([m[0][i] for m in members]))
+                                                     for i in range(len(sentences))]
+    write_conll(output, sentences, [[names[t] for t in row.argmax(-1)] for row in scores])
+    return len(sentences)
+
+
 def _device() -> int:
     return 0 if torch.cuda.is_available() else -1
 
@@ -259,6 +293,8 @@ def predict(output_dir: str, input_path: str, output: str, skip_bad_examples: bo
         rows = _speech(out, config, input_path, output, skip, batch_size)
     elif task == "translation":
         rows = _translate(out, config, input_path, output, skip, batch_size)
+    elif task == "token-classification":
+        rows = _tag_tokens(out, ensemble, config, input_path, output, skip, batch_size)
     else:
         raise RecipeInputError(f"{output_dir}: predict does not know the {task} task.")
     logger.info("%d predictions written to %s", rows, output)
