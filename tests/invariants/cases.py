@@ -26,7 +26,6 @@ import sacrebleu
 import soundfile
 from PIL import Image
 from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import auto_detect
 from sklearn import metrics as skm
 
 from common.models import tiny
@@ -381,13 +380,14 @@ def _conll(path: Path) -> list[list[list[str]]]:
 
 
 def entity_scores(path: Path, gold_file: Path) -> dict[str, float]:
-    """seqeval's entity metrics of a predictions.conll against the gold CoNLL file: strict, in the scheme seqeval
-    detects in the gold tags."""
+    """seqeval's entity metrics of a predictions.conll against the gold CoNLL file, in its default (conlleval)
+    mode, the one the recipe documents; IO tags (a type with no prefix) are read as I-<type>."""
     gold, written = _conll(gold_file), _conll(path)
     assert [[w[0] for w in s] for s in written] == [[w[0] for w in s] for s in gold], "not the gold file's words"
     true, predicted = [[w[-1] for w in s] for s in gold], [[w[-1] for w in s] for s in written]
-    report = classification_report(true, predicted, mode="strict", scheme=auto_detect(true), output_dict=True,
-                                   zero_division=0)
+    if not any(tag[:2] in ("B-", "I-", "E-", "S-") for sentence in true for tag in sentence):
+        true, predicted = ([[tag if tag == "O" else f"I-{tag}" for tag in s] for s in tags] for tags in (true, predicted))
+    report = classification_report(true, predicted, output_dict=True, zero_division=0)
     overall = report["micro avg"]
     result = {"precision": overall["precision"], "recall": overall["recall"], "f1": overall["f1-score"],
               "token_accuracy": accuracy_score(true, predicted)}
