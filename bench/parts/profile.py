@@ -196,11 +196,11 @@ EFFICIENCY_NOTES = [
     "3. *`train_sampling_strategy: group_by_length` reordered evaluation and test.* In transformers 5 "
     "`Trainer._get_eval_sampler` returns a `LengthGroupedSampler` for evaluation and prediction too, so "
     "predictions.csv rows did not match their sentences. Fixed in common/trainer.py: evaluation and prediction "
-    "read the dataset in order (a SequentialSampler; tests/test_text_classification.py checks each row against "
+    "read the dataset in order (a SequentialSampler; tests/recipes/test_sentiment.py checks each row against "
     "`pipeline()`), and `--cache_features` trains in random order, as cached rows have no length.",
     "4. *Not the waste here.* Collation (the shares above), tokenization (done once by `.map` before training; "
     "only `--text_augment` tokenizes per batch), dataloader workers (with collation this cheap a worker would only "
     "take a core from the intra-op threads) and thread settings (torch runs 2 intra-op threads on the 2 cores; "
-    "under DDP on this machine each of the 2 processes should get OMP_NUM_THREADS=1, as tests/test_distributed.py "
-    "does, or they oversubscribe the cores).",
+    "under DDP on this machine each of the 2 processes should get OMP_NUM_THREADS=1, as "
+    "tests/common/training/test_trainer.py does, or they oversubscribe the cores).",
 ]

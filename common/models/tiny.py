@@ -1,8 +1,14 @@
-"""Tiny config-built models saved like Hub checkpoints, for offline tests, demos and benchmarks.
+"""Tiny config-built models saved like Hub checkpoints: the random models of the tests, the benchmarks and the
+README's offline examples.
 
 No pretrained checkpoint but MiniLM is available offline, so each builder writes a small random model
 (plus its tokenizer or processor) to a directory that recipes load with `from_pretrained`, exactly as
 they would a Hub id.
+
+It lives in the package (the models layer) because all three import it: the tests (`tests/conftest.py`'s fixtures
+and the test modules), `bench/`, and the one-line build commands in the README and in the tiny configs' headers
+(`python -c "from common.models.tiny import tiny_vit; ..."`). A module under tests/ is not part of the package, so
+the benchmarks and those commands could not import it. No recipe and no other module of common/ imports it.
 """
 
 from __future__ import annotations

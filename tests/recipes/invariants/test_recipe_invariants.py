@@ -1,0 +1,233 @@
+"""Invariants every recipe of `recipes.RECIPES` keeps, each checked on every recipe (tiny models, a few dozen rows
+written by `cases.py`), so that a recipe that breaks any of them fails here:
+
+- re-scoring: every test and validation metric in all_results.json equals the field's reference implementation
+  (sklearn, seqeval, sacrebleu, jiwer) on the predictions the run wrote and the gold data;
+- resume: a run resumed from a checkpoint inside its second epoch ends with the uninterrupted run's weights;
+- coverage: under 2-process DDP, each epoch trains every train row, the processes never the same one (the padding
+  that evens out the last batches aside, and counted);
+- predict parity: `finetune-recipes predict` on the run's test input writes the run's own predictions;
+- counts: for every split, the rows read = the rows used + every row skipped or filtered, in all_results.json.
+
+One main run per recipe (2 epochs, --do_predict, a checkpoint inside the second epoch) serves all but coverage,
+which launches every recipe in one pair of DDP processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cases import CASES, Case, Models, read_table
+from conftest import ROOT, fast_args, subprocess_env
+from helpers import assert_same_run
+
+from common import cli
+from recipes import RECIPES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAUNCHER = Path(__file__).with_name("record_train_indices.py")
+# Per split: the all_results.json key of the rows it used, and the prefix of its metrics.
+USED = {"train": "train_samples", "validation": "eval_samples", "test": "test_samples"}
+PREFIX = {"validation": "eval", "test": "test"}
+# How the keys that count the rows a split dropped begin; they end in _<split> (--dedupe adds duplicates_<split>).
+DROPPED = ("skipped_", "duration_filtered_")
+NOT_METRICS = ("_samples", "_runtime", "_per_second")  # counts and timings beside a split's metrics
+
+
+def run_args(case: Case, out: Path, **extra) -> list[str]:
+    """Two epochs with a checkpoint one step into the second, the recipe's default sampler and augmentation."""
+    return [*case.args, *fast_args(out, num_train_epochs=2, per_device_train_batch_size=case.batch_size,
+                                   learning_rate=case.learning_rate, save_strategy="steps",
+                                   save_steps=case.steps_per_epoch + 1, skip_bad_examples="true",
+                                   max_bad_fraction=0.2, eval_before_training="false", **extra)]
+
+
+def run_recipe(recipe: str, argv: list[str]) -> dict:
+    return importlib.import_module(f"recipes.{recipe}").main(argv)
+
+
+class Runs:
+    """Each recipe's case and main run, made on first use; a failed main run fails every test that needs it."""
+
+    def __init__(self, root: Path):
+        self.root, self.models = root, Models(root / "models")
+        self.cases: dict[str, Case] = {}
+        self.outputs: dict[str, Path | Exception] = {}
+
+    def case(self, recipe: str) -> Case:
+        if recipe not in CASES:
+            pytest.fail(f"recipe {recipe} has no invariant case: add one to CASES in tests/recipes/invariants/cases.py (its "
+                        "data, flags and re-scorer)")
+        if recipe not in self.cases:
+            (self.root / recipe).mkdir(parents=True)
+            self.cases[recipe] = CASES[recipe](self.root / recipe, self.models)
+        return self.cases[recipe]
+
+    def main(self, recipe: str) -> Path:
+        case = self.case(recipe)
+        if recipe not in self.outputs:
+            out = self.root / f"{recipe}-main"
+            try:
+                run_recipe(recipe, run_args(case, out))
+                self.outputs[recipe] = out
+            except Exception as err:  # noqa: BLE001 - kept, so the other tests of the recipe fail without a rerun
+                self.outputs[recipe] = err
+        output = self.outputs[recipe]
+        if isinstance(output, Exception):
+            pytest.fail(f"the main run of {recipe} failed: {type(output).__name__}: {output}")
+        return output
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("invariants"))
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "all_results.json").read_text())
+
+
+def test_every_recipe_of_the_registry_has_an_invariant_case():
+    """A recipe added to recipes.RECIPES is covered by this suite from the day it is added: without its case
+    here, this test fails, and so does every invariant test of that recipe."""
+    missing = [recipe for recipe in RECIPES if recipe not in CASES]
+    assert not missing, (f"recipes without an invariant case: {', '.join(missing)}. Add each to CASES in "
+                         "tests/recipes/invariants/cases.py: the data it writes, its flags and how to re-score its "
+                         "predictions.")
+    assert not set(CASES) - set(RECIPES), f"cases of recipes no longer registered: {set(CASES) - set(RECIPES)}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_reported_metric_equals_its_rescoring_from_the_written_predictions(runs, recipe):
+    """Each test metric in all_results.json (and each validation metric, where errors.csv lists every validation
+    row) equals the reference implementation's score of the run's written predictions against the gold data:
+    to 1e-6, counts exactly. A metric the re-scorer cannot reproduce, or that the run leaves out, fails too."""
+    case, out = runs.case(recipe), runs.main(recipe)
+    results = _results(out)
+    files = {"test": out / case.predictions}
+    if case.validation_predictions:
+        files["validation"] = out / "errors.csv"
+        listed, rows = len(read_table(files["validation"])), results["eval_samples"]
+        assert listed == rows, f"errors.csv lists {listed} of {rows} validation rows: raise --error_examples"
+    problems = []
+    for split, path in files.items():
+        prefix = PREFIX[split] + "_"
+        reported = {k[len(prefix):]: v for k, v in results.items()
+                    if k.startswith(prefix) and not k.endswith(NOT_METRICS)}
+        rescored = case.rescore(path, case.gold[split])
+        assert reported and rescored, f"no {split} metrics in all_results.json, or none re-scored from {path.name}"
+        unchecked = sorted(set(reported) - set(rescored) - set(case.not_rescored))
+        unreported = sorted(set(rescored) - set(reported))
+        problems += [f"{prefix}{k}: no re-scoring in cases.py" for k in unchecked]
+        problems += [f"{prefix}{k}: {rescored[k]:.6g} by the reference, not in all_results.json" for k in unreported]
+        problems += [f"{prefix}{k}: reported {reported[k]:.8g}, {path.name} re-scored {rescored[k]:.8g}"
+                     for k in sorted(set(reported) & set(rescored))
+                     if not math.isclose(reported[k], rescored[k], rel_tol=0, abs_tol=1e-6)]
+    assert not problems, f"{recipe}: " + "; ".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resume_inside_the_second_epoch_ends_with_the_uninterrupted_weights(runs, recipe, tmp_path):
+    """The main run's checkpoint one step into its second epoch, copied into a fresh output dir and resumed, ends
+    bit for bit where the uninterrupted run ended, with the same metrics (default sampler and augmentation)."""
+    case, reference = runs.case(recipe), runs.main(recipe)
+    checkpoint = reference / f"checkpoint-{case.steps_per_epoch + 1}"
+    epoch = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
+    assert 1 < epoch < 2, f"{checkpoint.name} is at epoch {epoch}, not inside the second"
+    resumed = tmp_path / "resumed"
+    shutil.copytree(checkpoint, resumed / checkpoint.name)
+    run_recipe(recipe, [*run_args(case, resumed), "--resume_from_checkpoint", "latest"])
+    assert_same_run(reference, resumed)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_predict_on_the_test_input_writes_the_runs_own_predictions(runs, recipe, tmp_path, capsys):
+    """`finetune-recipes predict OUTPUT_DIR --input <the run's test input>` gives every input the run's label or
+    text, and its scores to 1e-5."""
+    case, out = runs.case(recipe), runs.main(recipe)
+    written = tmp_path / case.predictions
+    try:
+        cli.main(["predict", str(out), "--input", case.predict_input, "--output", str(written)])
+    except SystemExit as exit:
+        pytest.fail(f"finetune-recipes predict exited {exit.code}: {capsys.readouterr().err.strip()[-400:]}")
+    case.same_predictions(out / case.predictions, written)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_rows_read_equal_rows_used_plus_rows_dropped_for_every_split(runs, recipe):
+    """For every split, the rows its files hold (bad ones included) = the rows it used (`<split>_samples`) + each
+    count of rows skipped or filtered from it (`skipped_..._<split>`, `duration_filtered_<split>`); each total of
+    such counts is the sum of its per-split counts."""
+    case, out = runs.case(recipe), runs.main(recipe)
+    results = _results(out)
+    dedupe = json.loads((out / "run_config.json").read_text())["options"].get("dedupe")
+    dropped_prefixes = (*DROPPED, "duplicates_") if dedupe else DROPPED
+    wrong = []
+    for split, read in case.rows.items():
+        if USED[split] not in results:
+            wrong.append(f"all_results.json lacks {USED[split]}, the rows the {split} split used")
+            continue
+        dropped = {k: v for k, v in results.items() if k.startswith(dropped_prefixes) and k.endswith(f"_{split}")}
+        if read != results[USED[split]] + sum(dropped.values()):
+            wrong.append(f"{split}: {read} rows read, {results[USED[split]]} used + dropped {dropped}")
+    for total, value in results.items():
+        parts = [results[f"{total}_{split}"] for split in USED if f"{total}_{split}" in results]
+        if total.startswith(dropped_prefixes) and parts and value != sum(parts):
+            wrong.append(f"{total} {value} is not the sum of its splits' {parts}")
+    assert not wrong, f"{recipe}: " + "; ".join(wrong)
+
+
+@pytest.fixture(scope="module")
+def ddp_records(runs) -> tuple[Path, str]:
+    """Every recipe with a case, run for 2 epochs in one `accelerate launch` of 2 CPU processes, each recording
+    the train indices its data loader fetched per epoch (record_train_indices.py); the folder and the log."""
+    folder = runs.root / "ddp"
+    folder.mkdir()
+    flags = dict(num_train_epochs=2, do_eval="false", do_predict="false", eval_strategy="no",
+                 skip_bad_examples="true", max_bad_fraction=0.2)
+    spec = {"out": str(folder), "runs": {}}
+    for recipe in (r for r in RECIPES if r in CASES):
+        case = runs.case(recipe)
+        spec["runs"][recipe] = [*case.args, *fast_args(folder / recipe, per_device_train_batch_size=case.batch_size,
+                                                       **flags)]
+    (folder / "spec.json").write_text(json.dumps(spec))
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch",
+                  "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml")]
+    result = subprocess.run([*accelerate, str(LAUNCHER), str(folder / "spec.json")], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=600)
+    return folder, (result.stdout + result.stderr)[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_ddp_processes_train_every_row_once_per_epoch(runs, ddp_records, recipe):
+    """Under 2-process DDP with the recipe's default sampler, each epoch's batches of the two processes cover the
+    train split, and no row goes to both: only each process's last batch may repeat rows, and exactly as many as
+    evening the processes' batches needs (every process gets the same number of full batches)."""
+    case = runs.case(recipe)
+    folder, log = ddp_records
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{recipe}.*.json"))]
+    assert len(records) == 2, f"{recipe}: {len(records)} processes recorded their indices; the launch said:\n{log}"
+    errors = [r["error"] for r in records if "error" in r]
+    assert not errors, f"{recipe} failed under DDP: {errors[0]}"
+    rows = records[0]["rows"]
+    assert rows == case.train_rows, f"{recipe}: the data loader read {rows} train rows, not {case.train_rows}"
+    full = 2 * case.batch_size * math.ceil(rows / (2 * case.batch_size))  # both processes' batches, padded
+    for epoch in ("0", "1"):
+        batches = [r["epochs"].get(epoch, []) for r in records]
+        fetched = [i for process in batches for batch in process for i in batch]
+        missed = sorted(set(range(rows)) - set(fetched))
+        assert not missed, f"{recipe}, epoch {epoch}: rows never trained on: {missed}"
+        before_last = [i for process in batches for batch in process[:-1] for i in batch]
+        twice = sorted({i for i in before_last if before_last.count(i) > 1})
+        assert not twice, f"{recipe}, epoch {epoch}: rows trained on twice (by both processes?): {twice}"
+        assert len(fetched) == full, f"{recipe}, epoch {epoch}: {len(fetched)} rows fetched, {full} with the padding"
