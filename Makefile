@@ -31,14 +31,12 @@ demo: install
 	$(BIN)/python recipes/sentiment.py --overwrite_output_dir
 
 test: install
-	$(OFFLINE) $(BIN)/python -m pytest -q tests
+	$(OFFLINE) $(BIN)/python -m pytest -q --durations=15 tests
 
 # Every recipe's smoke run and every unit test, in under 3 minutes on 2 cores: what is marked slow is left to
-# `make test`. The MiniLM run in test_token_classification.py (over a minute) is left out by name until that file
-# marks it slow.
+# `make test`.
 test-fast: install
-	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests \
-	  --deselect tests/recipes/test_token_classification.py::test_minilm_learns_entities_and_the_output_groups_them_in_a_pipeline
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check .

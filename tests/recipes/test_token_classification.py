@@ -109,6 +109,7 @@ def test_tag_schemes_are_read_from_the_tags(tags, scheme):
     assert tag_scheme(tags) == scheme
 
 
+@pytest.mark.slow
 def test_minilm_learns_entities_and_the_output_groups_them_in_a_pipeline(minilm, tmp_path):
     train, dev = _write_conll(tmp_path / "train.conll", _sentences(240, 1)), _write_conll(tmp_path / "dev.conll",
                                                                                         _sentences(60, 2))
