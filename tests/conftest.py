@@ -30,6 +30,20 @@ def minilm() -> str:
 
 
 @pytest.fixture(scope="session")
+def fsdd(test_data) -> Path:
+    """The spoken-digit clips and their metadata.csv."""
+    return test_data / "fsdd"
+
+
+@pytest.fixture(scope="session")
+def vit(tmp_path_factory) -> str:
+    """A tiny random ViT image classifier, saved with its image processor."""
+    from common.models.tiny import tiny_vit
+
+    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     from common.models.tiny import tiny_bert
 

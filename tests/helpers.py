@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from conftest import fast_args
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -115,3 +116,23 @@ def coloured_images(folder: Path, count: int, blue_every: int, label: str = "lab
     table = folder / "data.csv"
     pd.DataFrame(records).to_csv(table, index=False)
     return table
+
+
+def assert_class_folders_named_by_digits_are_classes(recipe: str, argv: list[str], out: Path, capsys) -> None:
+    """`argv` points the recipe at a folder whose class sub-folders are 0, 1, 2 and 10: `inspect` lists four classes
+    in numeric order (not 0, 1, 10, 2), and a one-step run saves them as its labels in that order."""
+    import importlib
+
+    from common.cli import main as cli
+
+    try:
+        cli(["inspect", recipe, *argv, "--output_dir", str(out / "inspected")])
+    except SystemExit as done:
+        assert done.code in (0, None)
+    report = capsys.readouterr().out
+    counts = report[report.index("label counts"):].splitlines()[1:5]
+    assert [line.split()[0] for line in counts] == ["0", "1", "2", "10"]
+    importlib.import_module(f"recipes.{recipe}").main([*argv, *fast_args(out / "run", max_steps=1,
+                                                                           eval_before_training="false")])
+    assert json.loads((out / "run" / "config.json").read_text())["id2label"] == {"0": "0", "1": "1", "2": "2",
+                                                                                  "3": "10"}

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, fast_args
+from helpers import assert_class_folders_named_by_digits_are_classes
 from PIL import Image
 
 from common.core.errors import RecipeInputError
@@ -33,13 +34,6 @@ CLASSES = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> str:
-    from common.models.tiny import tiny_vit
-
-    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
 
 
 @pytest.fixture(scope="module")
@@ -339,21 +333,10 @@ def test_rotation_pretraining_then_compare(test_data, clothing, tmp_path):
 def test_class_folders_named_by_digits_are_classes_in_numeric_order(test_data, vit, tmp_path, capsys):
     """Class folders 0, 1, 2 and 10 (MNIST-like): four classes named by their folders, in numeric order (not 0, 1,
     10, 2), both in `inspect` and in a run."""
-    from common.cli import main as cli
-
     root = tmp_path / "digits"
     for name, source in zip(["0", "1", "2", "10"], CLASSES):
         (root / name).mkdir(parents=True)
         for file in sorted((test_data / "clothing_small/train" / source).iterdir())[:4]:
             (root / name / file.name).symlink_to(file)
     argv = ["--model_name_or_path", vit, "--train_dir", str(root), "--validation_split", "0.25"]
-    try:
-        cli(["inspect", "image_classification", *argv, "--output_dir", str(tmp_path / "inspected")])
-    except SystemExit as done:
-        assert done.code in (0, None)
-    report = capsys.readouterr().out
-    counts = report[report.index("label counts"):].splitlines()[1:5]
-    assert [line.split()[0] for line in counts] == ["0", "1", "2", "10"]
-    out = tmp_path / "out"
-    image_classification.main([*argv, *fast_args(out, max_steps=1, eval_before_training="false")])
-    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "0", "1": "1", "2": "2", "3": "10"}
+    assert_class_folders_named_by_digits_are_classes("image_classification", argv, tmp_path, capsys)

@@ -27,11 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def fsdd(test_data):
-    return test_data / "fsdd"
-
-
-@pytest.fixture(scope="module")
 def tiny_ctc(tmp_path_factory) -> str:
     from common.models.tiny import tiny_wav2vec2_ctc
 

@@ -18,11 +18,6 @@ from recipes import speech_recognition
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def fsdd(test_data):
-    return test_data / "fsdd"
-
-
 def test_decoding_resamples_downmixes_and_lists_bad_files(fsdd, tmp_path):
     clip = fsdd / "recordings/3_theo_7.wav"
     original, rate = sf.read(clip)

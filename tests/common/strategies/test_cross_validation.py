@@ -125,13 +125,6 @@ def test_a_fold_names_its_held_out_scores_apart_from_the_test_split(tiny_bert, t
     assert len(pd.read_csv(fold / "predictions.csv")) == 6
 
 
-@pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> str:
-    from common.models.tiny import tiny_vit
-
-    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_oof_predictions_join_back_to_the_train_file(tiny_bert, csv_file, tmp_path):

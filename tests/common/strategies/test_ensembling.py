@@ -211,13 +211,6 @@ def test_soft_vote_of_three_folds_is_no_worse_than_its_members_on_sms_spam(minil
 
 # --- members must share the recipe's tokenizer / image processor ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> str:
-    from common.models.tiny import tiny_vit
-
-    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
-
-
 def _other_tokenizer(corpus: list[str]):
     """A WordPiece tokenizer with BERT's special tokens but a vocabulary of its own."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers

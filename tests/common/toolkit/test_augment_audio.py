@@ -14,11 +14,6 @@ from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def fsdd(test_data):
-    return test_data / "fsdd"
-
-
 def test_augmentation_is_seeded_and_every_op_changes_audio(fsdd, tmp_path):
     noise_dir = tmp_path / "noise"
     noise_dir.mkdir()

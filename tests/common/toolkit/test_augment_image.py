@@ -25,13 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> str:
-    from common.models.tiny import tiny_vit
-
-    return tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
-
-
-@pytest.fixture(scope="module")
 def photo(test_data) -> str:
     return str(sorted((test_data / "clothing_small/train/dress").iterdir())[0])
 
