@@ -26,6 +26,19 @@ def test_every_import_contract_is_kept():
     assert "2 kept, 0 broken" in result.stdout
 
 
+def test_the_recipes_apart_contract_names_every_registered_recipe():
+    """A recipe added to `recipes.RECIPES` is kept apart from the others from the day it is added."""
+    import tomllib
+
+    from recipes import RECIPES
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    apart = next(c for c in contracts if c["id"] == "recipes-apart")
+    registered = {f"recipes.{name}" for name in RECIPES}
+    assert set(apart["source_modules"]) == registered, "add the recipe to recipes-apart in pyproject.toml"
+    assert set(apart["forbidden_modules"]) == registered, "add the recipe to recipes-apart in pyproject.toml"
+
+
 def test_an_import_from_a_lower_layer_to_a_higher_one_breaks_the_contract(tmp_path):
     for package in ("common", "recipes"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
