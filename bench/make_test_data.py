@@ -1,9 +1,9 @@
 """Rebuild the test suite's data in tests/data/ from the full public sets.
 
-    python tests/data/make_subsets.py                  # reads $FINETUNE_DATA, by default ../shared/data
-    FINETUNE_DATA=/data/full python tests/data/make_subsets.py
+    python bench/make_test_data.py                  # reads the full sets where the benchmarks do ($FINETUNE_DATA)
+    FINETUNE_DATA=/data/full python bench/make_test_data.py
 
-Each folder here has a SOURCE.md with its origin, its license and the rule below that made it. The rules are
+Each folder of tests/data/ has a SOURCE.md with its origin, its license and the rule below that made it. The rules are
 deterministic: the same full sets give the same subsets (files copied unchanged, seeded shuffles, fixed rules).
 Research-only sets (SST-2, TREC, Multi30k) are not redistributed: their roles are filled by SMS Spam (CC BY 4.0),
 questions from SQuAD v1.1 (CC BY-SA 4.0) labelled by their wh-word, and English-German pairs this script writes.
@@ -14,23 +14,21 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "data"
 KEEP = {"SOURCE.md", "LICENSE"}
 
 
 def source_root() -> Path:
-    root = Path(os.environ.get("FINETUNE_DATA") or ROOT.parent / "shared" / "data")
-    if not root.is_dir():
-        sys.exit(f"full data sets not found at {root}: set FINETUNE_DATA to the folder that holds sst2/, fsdd/, ...")
-    return root
+    """The full sets, found as every benchmark finds them (bench/harness.py: $FINETUNE_DATA)."""
+    from harness import data  # here, not at the top: tests import this module's rules without the full sets
+
+    return data()
 
 
 def fresh(out: Path, name: str) -> Path:
@@ -238,13 +236,13 @@ def wnut17(src: Path, out: Path, sizes: dict[str, int] | None = None) -> None:
 
 def main() -> None:
     src = source_root()
-    clothing(src, HERE)
-    fsdd(src, HERE)
-    sms_spam(src, HERE)
-    squad_questions(src, HERE)
-    toy_en_de(HERE)
-    wnut17(src, HERE)
-    total = sum(p.stat().st_size for p in HERE.rglob("*") if p.is_file())
+    clothing(src, OUT)
+    fsdd(src, OUT)
+    sms_spam(src, OUT)
+    squad_questions(src, OUT)
+    toy_en_de(OUT)
+    wnut17(src, OUT)
+    total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"tests/data rebuilt from {src}: {total / 1e6:.1f} MB")
 
 
