@@ -107,9 +107,11 @@ def _files(path: Path, extensions: frozenset[str], table_column: str | None, opt
 CLASSIFIERS = {"texts": "text-classification", "images": "image-classification", "clips": "audio-classification"}
 
 
-def _classify(model: str | Path, ensemble: Ensemble | None, inputs: list, batch_size: int, what: str,
-              call_kwargs: dict[str, Any] | None) -> tuple:
-    """Class scores for each input (the ensemble's, or the one model's), with its problem type and class names."""
+def _classify(model: str | Path, ensemble: Ensemble | None, config: dict, inputs: list, batch_size: int,
+              what: str) -> tuple:
+    """Class scores for each input (the ensemble's, or the one model's), with its problem type and class names,
+    called as the run's own predictions were (its recorded pipeline call arguments)."""
+    call_kwargs = config.get(PIPELINE_CALL_KWARGS)
     if ensemble is None:
         config = AutoConfig.from_pretrained(model)
         names = [config.id2label[i] for i in range(config.num_labels)]
@@ -132,7 +134,7 @@ def _text(model, ensemble, config, path, output, skip, batch_size) -> int:
     texts = {c: [texts[c][i] for i in keep] for c in columns}
     inputs = (texts[columns[0]] if len(columns) == 1 else
               [{"text": a, "text_pair": b} for a, b in zip(texts[columns[0]], texts[columns[1]])])
-    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "texts", config.get(PIPELINE_CALL_KWARGS))
+    scores, problem_type, names = _classify(model, ensemble, config, inputs, batch_size, "texts")
     write_classification_predictions(output, texts, scores, problem_type, names)
     return len(keep)
 
@@ -149,8 +151,7 @@ def _images(model, ensemble, config, path, output, skip, batch_size) -> int:
         logger.warning("run_config.json records no max_image_side: images are decoded at up to %d pixels, the "
                        "recipe's default; the run may have used another.", side)
     images = _Lazy(files, lambda f: open_image(f, side))
-    scores, problem_type, names = _classify(model, ensemble, images, batch_size, "images",
-                                            config.get(PIPELINE_CALL_KWARGS))
+    scores, problem_type, names = _classify(model, ensemble, config, images, batch_size, "images")
     write_classification_predictions(output, {"image": files}, scores, problem_type, names)
     return len(files)
 
@@ -187,7 +188,7 @@ def _clips(model, config, path, skip, whole: bool = False) -> tuple[list[tuple[s
 def _audio_classes(model, ensemble, config, path, output, skip, batch_size) -> int:
     kept, rate = _clips(ensemble.members[0] if ensemble else model, config, path, skip, whole=True)
     inputs = [{"raw": c[SPEECH], "sampling_rate": rate} for _, c in kept]
-    scores, problem_type, names = _classify(model, ensemble, inputs, batch_size, "clips", config.get(PIPELINE_CALL_KWARGS))
+    scores, problem_type, names = _classify(model, ensemble, config, inputs, batch_size, "clips")
     write_classification_predictions(output, {"audio_file": [f for f, _ in kept]}, scores, problem_type, names)
     return len(kept)
 
