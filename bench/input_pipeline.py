@@ -70,7 +70,7 @@ def recipe_task(kind: str, models: Path, out: Path):
         captured["task"] = task
         return {}
 
-    recipe.run = run
+    recipe.finetune = run
     recipe.main([*argv, "--output_dir", str(out), "--overwrite_output_dir", "--disable_tqdm", "true",
                  "--report_to", "none"])
     return captured["task"]

@@ -1,6 +1,6 @@
 """Time a recipe run from inside: epochs, evaluations, training batches, the feature-cache build, a profile.
 
-The recipes build their Trainer inside `common.training.run`; `timed_run` wraps `build_trainer` for the duration of
+The recipes build their Trainer inside `common.training.single_run`; `timed_run` wraps `build_trainer` for the duration of
 one run and attaches `RunTimer`, and times the feature cache's `cached_task` (as `common.toolkit.finetuning` calls it) the same way. It runs as a probe
 around a recipe script, which is how bench/run.py and bench/freezing.py run every recipe, in a subprocess, through
 the script's own command line:
@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from transformers import TrainerCallback  # noqa: E402
 
 import common.toolkit.finetuning  # noqa: E402
-import common.training.run  # noqa: E402
+import common.training.single_run  # noqa: E402
 
 
 def now() -> float:
@@ -164,7 +164,7 @@ class RunTimer(TrainerCallback):
 def timed_run(profile: tuple[int, int, str] | None = None):
     """Yield {'epochs': [...], 'cache_build': s, 'trainers': [marks...], 'batches': {...}}, filled by the run."""
     timing: dict = {"epochs": [], "cache_build": 0.0, "trainers": [], "batches": None, "_live": {}}
-    build_trainer, cached_task = common.training.run.build_trainer, common.toolkit.finetuning.cached_task
+    build_trainer, cached_task = common.training.single_run.build_trainer, common.toolkit.finetuning.cached_task
 
     def build_with_timer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
@@ -195,11 +195,11 @@ def timed_run(profile: tuple[int, int, str] | None = None):
         timing["cache_build"] += time.perf_counter() - start
         return task
 
-    common.training.run.build_trainer, common.toolkit.finetuning.cached_task = build_with_timer, timed_cached_task
+    common.training.single_run.build_trainer, common.toolkit.finetuning.cached_task = build_with_timer, timed_cached_task
     try:
         yield timing
     finally:
-        common.training.run.build_trainer, common.toolkit.finetuning.cached_task = build_trainer, cached_task
+        common.training.single_run.build_trainer, common.toolkit.finetuning.cached_task = build_trainer, cached_task
 
 
 def probe(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ from common.strategies.hpo import HpoArguments, run_hpo
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
 from common.training.reliability import OutputDirLock, carry_run_record
-from common.training.run import log_load_hint, train_evaluate_predict, write_summary
+from common.training.single_run import log_load_hint, train_evaluate_predict, write_summary
 from common.training.task import Task
 from common.training.trainer import TrainingLoopArguments
 
@@ -31,7 +31,7 @@ class FinetuneArguments(EnsembleArguments, CrossValidationArguments, HpoArgument
     _argument_group_name = "fine-tuning"
 
 
-def run(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
+def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
     """Dispatch on the options. The main process holds output_dir's lock file throughout, and removes it however
     the run ends."""
     if finetune_args.hpo_storage:  # a worker of a shared search: its trials only, and nothing in output_dir to lock

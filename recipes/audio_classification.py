@@ -42,7 +42,7 @@ from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template, find_column
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.sampling import check_class_balance, column_codes
-from common.dispatch import FinetuneArguments, run
+from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups
 from common.toolkit.augment import TrainAugmentation
@@ -52,7 +52,7 @@ from common.training.error_analysis import classification_errors
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
-from common.training.run import predicted_split, setup_run
+from common.training.single_run import predicted_split, setup_run
 from common.training.speech import AudioInputs, SpeechCollator
 from common.training.task import Task
 
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         augmentation=augmentation,
         data_results=counts,
     )
-    return run(task, training_args, finetune_args)
+    return finetune(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

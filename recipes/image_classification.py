@@ -41,7 +41,7 @@ from common.data.images import (
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.options import DataArguments
 from common.data.sampling import column_codes
-from common.dispatch import FinetuneArguments, run
+from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
 from common.toolkit.augment import TrainAugmentation
@@ -63,7 +63,7 @@ from common.training.error_analysis import classification_errors
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
-from common.training.run import predicted_split, setup_run
+from common.training.single_run import predicted_split, setup_run
 from common.training.task import Task
 
 logger = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         callbacks=callbacks,
         data_results=skipped,
     )
-    return run(task, training_args, finetune_args)
+    return finetune(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

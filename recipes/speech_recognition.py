@@ -45,7 +45,7 @@ from common.data.audio import (
 )
 from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template, find_column
-from common.dispatch import FinetuneArguments, run
+from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_processor
 from common.strategies.cross_validation import cv_groups
 from common.toolkit.augment import TrainAugmentation
@@ -53,8 +53,8 @@ from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.baseline import speech_baseline
 from common.training.inspection import DataReport, chosen, stop_for_inspection
-from common.training.run import predicted_split, setup_run
 from common.training.seq2seq import generation_kwargs
+from common.training.single_run import predicted_split, setup_run
 from common.training.speech import (
     CTC,
     SEQ2SEQ,
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                                      [normalize(r) for r in references["validation"]]),
         output_noun="transcript",
     )
-    return run(task, training_args, finetune_args)
+    return finetune(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from common.data.bad_rows import add_counts
 from common.data.files import SPLITS
 from common.data.labels import read_class_names
 from common.data.options import DataArguments, split_names
-from common.data.tokens import (
+from common.data.word_tags import (
     IOB2,
     IOBES,
     SCHEMES,
@@ -50,14 +50,13 @@ from common.data.tokens import (
     tag_names,
     tag_scheme,
 )
-from common.dispatch import FinetuneArguments, run
+from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups
 from common.toolkit.finetuning import prepare_model
 from common.training.inspection import DataReport, chosen, stop_for_inspection
-from common.training.run import predicted_split, setup_run
-from common.training.task import Task
-from common.training.tokens import (
+from common.training.single_run import predicted_split, setup_run
+from common.training.tagging import (
     UNCOVERED,
     WINDOWS,
     EntityMetrics,
@@ -67,6 +66,7 @@ from common.training.tokens import (
     window_stride,
     write_conll_predictions,
 )
+from common.training.task import Task
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},
         output_noun="tag",
     )
-    return run(task, training_args, finetune_args)
+    return finetune(task, training_args, finetune_args)
 
 
 if __name__ == "__main__":

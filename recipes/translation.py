@@ -32,14 +32,13 @@ from common.data.bad_rows import add_counts
 from common.data.duplicates import find_duplicates
 from common.data.options import DataArguments
 from common.data.parallel import SOURCE, TARGET, drop_empty_pairs, load_parallel_files, pairs_from_table
-from common.dispatch import FinetuneArguments, run
+from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.baseline import translation_baseline
 from common.training.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
-from common.training.run import predicted_split, setup_run
 from common.training.seq2seq import (
     RawReferences,
     build_generation_metrics,
@@ -53,6 +52,7 @@ from common.training.seq2seq import (
     translation_errors,
     write_translations,
 )
+from common.training.single_run import predicted_split, setup_run
 from common.training.task import Task
 from common.training.trainer import FinetuneSeq2SeqTrainer
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         output_texts=lambda output: (decode(tokenizer, output.predictions), splits["validation"][TARGET]),
         output_noun="translation",
     )
-    results = run(task, training_args, finetune_args)
+    results = finetune(task, training_args, finetune_args)
     out = Path(training_args.output_dir)
     if training_args.should_save and (out / "config.json").is_file():
         save_translation_pipeline(out)

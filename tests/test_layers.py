@@ -46,12 +46,12 @@ def test_an_import_from_a_lower_layer_to_a_higher_one_breaks_the_contract(tmp_pa
     assert lint_imports(tmp_path).returncode == 0
     # Inside a function, as an import that dodged a cycle would be: the contract sees it all the same.
     with open(tmp_path / "common" / "data" / "labels.py", "a", encoding="utf-8") as module:
-        module.write("\n\ndef _upward():\n    from common.training.run import train_evaluate_predict\n\n"
+        module.write("\n\ndef _upward():\n    from common.training.single_run import train_evaluate_predict\n\n"
                      "    return train_evaluate_predict\n")
     result = lint_imports(tmp_path)
     assert result.returncode == 1
     assert "common is layered: every import points down BROKEN" in result.stdout
-    assert "common.data.labels -> common.training.run" in result.stdout
+    assert "common.data.labels -> common.training.single_run" in result.stdout
 
 
 def test_no_module_of_common_is_in_an_import_cycle():

@@ -69,7 +69,7 @@ from common.training.metrics import (
 )
 from common.training.reliability import RUN_RECORD_ATTR, compare_fingerprints
 from common.training.reporting import plot_bars, write_classification_predictions, write_json
-from common.training.run import train_evaluate_predict
+from common.training.single_run import train_evaluate_predict
 
 logger = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ from common.training.metrics import (
 )
 from common.training.reliability import plain_value
 from common.training.reporting import plot_bars, write_json
-from common.training.run import build_trainer
-from common.training.tokens import EntityMetrics
+from common.training.single_run import build_trainer
+from common.training.tagging import EntityMetrics
 
 logger = logging.getLogger(__name__)
 

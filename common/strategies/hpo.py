@@ -56,7 +56,7 @@ from common.core.config import ALIASES
 from common.core.errors import RecipeInputError, nearest
 from common.training.reliability import RUN_RECORD_ATTR, plain_value
 from common.training.reporting import plot_bars
-from common.training.run import build_trainer
+from common.training.single_run import build_trainer
 
 logger = logging.getLogger(__name__)
 

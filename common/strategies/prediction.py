@@ -42,13 +42,13 @@ from common.data.audio import SPEECH, decode_audio, input_window, normalize_text
 from common.data.files import FORMATS, load_file, require_columns
 from common.data.images import IMAGE_EXTENSIONS, image_problem, open_image
 from common.data.parallel import read_lines
-from common.data.tokens import TABLE_FORMATS, TOKEN_COLUMNS, TOKENS, read_conll
+from common.data.word_tags import TABLE_FORMATS, TOKEN_COLUMNS, TOKENS, read_conll
 from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
 from common.training.html_report import PIPELINE_CALL_KWARGS, RUN_CONFIG_FILE
 from common.training.reporting import write_classification_predictions
 from common.training.seq2seq import write_translations
 from common.training.speech import write_speech_predictions
-from common.training.tokens import word_scores, write_conll
+from common.training.tagging import word_scores, write_conll
 from common.training.translation_pipeline import TranslationPipeline
 
 logger = logging.getLogger(__name__)

@@ -90,7 +90,7 @@ def test_an_empty_label_fails_naming_the_row(encoder, manifest, tmp_path):
 def _dry_run(monkeypatch, argv: list[str]):
     """Run the recipe up to training and return the Task it hands to `run` (nothing trains)."""
     captured = {}
-    monkeypatch.setattr(audio_classification, "run", lambda task, args, ft: captured.update(task=task) or {})
+    monkeypatch.setattr(audio_classification, "finetune", lambda task, args, ft: captured.update(task=task) or {})
     audio_classification.main(argv)
     return captured["task"]
 

@@ -1308,7 +1308,7 @@ def test_handled_input_reaches_training_with_a_report(case, models, data, tmp_pa
         captured["task"] = task
         return {}
 
-    monkeypatch.setattr(module, "run", run)
+    monkeypatch.setattr(module, "finetune", run)
     argv = ["--model_name_or_path", models[spec.model or MODEL[spec.recipe]], *spec.args(data)]
     with caplog.at_level(logging.INFO):
         results = RECIPES[spec.recipe].main([*argv, *fast_args(tmp_path / "out")])

@@ -58,7 +58,7 @@ def manifest(fsdd, path, per_split: dict[str, int], extra_rows: list[dict] = ())
 def dry_run(monkeypatch, argv: list[str]):
     """Run the recipe up to training and return the Task it hands to `run` (nothing trains)."""
     captured = {}
-    monkeypatch.setattr(speech_recognition, "run", lambda task, args, ft: captured.update(task=task) or {})
+    monkeypatch.setattr(speech_recognition, "finetune", lambda task, args, ft: captured.update(task=task) or {})
     speech_recognition.main(argv)
     return captured["task"]
 

@@ -12,9 +12,9 @@ from seqeval.metrics import classification_report
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from common.core.errors import RecipeInputError
-from common.data.tokens import bio_violations, read_conll, tag_scheme
+from common.data.word_tags import bio_violations, read_conll, tag_scheme
 from common.strategies.prediction import predict
-from common.training.tokens import encode_windows
+from common.training.tagging import encode_windows
 from recipes import token_classification
 
 PEOPLE = ["Anna Berg", "Tom Hale", "Maria Lopez", "Kenji Sato", "Olga Petrova", "David Kim", "Lena Fischer"]

@@ -307,7 +307,7 @@ def capture_task(monkeypatch) -> dict:
         captured["task"] = task
         return {}
 
-    monkeypatch.setattr(translation, "run", run)
+    monkeypatch.setattr(translation, "finetune", run)
     return captured
 
 

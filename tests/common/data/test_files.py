@@ -112,9 +112,9 @@ def test_pipe_delimited_manifest_with_commas_in_transcripts(test_data, tmp_path)
 
 
 def _dry_run(recipe, monkeypatch, argv: list[str]):
-    """Run a recipe up to training and return the Task it hands to `run` (nothing trains)."""
+    """Run a recipe up to training and return the Task it hands to `finetune` (nothing trains)."""
     captured = {}
-    monkeypatch.setattr(recipe, "run", lambda task, args, ft: captured.update(task=task) or {})
+    monkeypatch.setattr(recipe, "finetune", lambda task, args, ft: captured.update(task=task) or {})
     recipe.main(argv)
     return captured["task"]
 

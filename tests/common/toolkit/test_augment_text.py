@@ -20,7 +20,7 @@ from common.core.errors import RecipeInputError
 from common.dispatch import FinetuneArguments
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import parse_text_augment, text_augmenter
-from common.training.run import build_trainer
+from common.training.single_run import build_trainer
 from common.training.task import Task
 from recipes import text_classification
 

@@ -28,7 +28,7 @@ from transformers import (
     Wav2Vec2ForSequenceClassification,
 )
 
-import common.training.run
+import common.training.single_run
 from common.core.config import RunArguments, parse_args
 from common.core.errors import RecipeInputError
 from common.dispatch import FinetuneArguments
@@ -329,8 +329,8 @@ def test_weight_decay_spares_biases_and_norms(tiny_bert, tmp_path):
 @pytest.mark.slow
 def test_dropout_and_label_smoothing_reach_the_run(tiny_bert, test_data, tmp_path, monkeypatch):
     trainers = []
-    build = common.training.run.build_trainer
-    monkeypatch.setattr(common.training.run, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1])
+    build = common.training.single_run.build_trainer
+    monkeypatch.setattr(common.training.single_run, "build_trainer", lambda *a, **k: trainers.append(build(*a, **k)) or trainers[-1])
     out = tmp_path / "run"
     text_classification.main(["--model_name_or_path", tiny_bert, *_sms(test_data), "--dropout", "0.25",
                               "--label_smoothing", "0.1", *fast_args(out)])

@@ -8,7 +8,7 @@ import pytest
 from conftest import fast_args
 
 from common.core.errors import RecipeInputError
-from common.training import run as run_module
+from common.training import single_run as run_module
 from recipes import sentiment
 
 

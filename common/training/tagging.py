@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from common.core.errors import RecipeInputError
-from common.data.tokens import IO, TAGS, TOKENS, tag_scheme
+from common.data.word_tags import IO, TAGS, TOKENS, tag_scheme
 from common.training.metrics import first_output
 from common.training.trainer import FinetuneTrainer
 
