@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.core.errors import RecipeInputError, nearest, run_main
-from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available
+from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available, predict
 
 
 def config_names() -> dict[str, Path]:
@@ -126,11 +126,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    # Imported here, as inspect's machinery is: `list` and `cp` then start without loading torch.
-    from common.strategies.prediction import predict
-
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    predict(args.output_dir, args.input, args.output, args.skip_bad_examples, args.batch_size, args.input_columns)
+    predict(args.output_dir, args.input, args.output, skip_bad_examples=args.skip_bad_examples,
+            batch_size=args.batch_size, input_columns=args.input_columns)
 
 
 def cmd_hpo_summary(args: argparse.Namespace) -> None:
@@ -170,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     predict = commands.add_parser("predict", help="predict on new inputs with a trained output dir (model or ensemble)")
     predict.add_argument("output_dir", help="output dir of a run: its model, or its ensemble.json")
     predict.add_argument("--input", required=True,
-                         help="texts: csv/tsv/jsonl/parquet; images: a folder or a list file; audio: a folder or a "
-                              "manifest; translation: a text file of source sentences")
+                         help="new inputs as the run's recipe reads them (its README section): e.g. a csv/tsv/jsonl/"
+                              "parquet table of texts, a folder of images or audio, a text file of source sentences")
     predict.add_argument("--output", required=True, help="predictions file to write (never overwritten)")
     predict.add_argument("--input_columns", nargs="+", default=None,
                          help="the input's column(s) holding what the model was trained on (default: the run's)")

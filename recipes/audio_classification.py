@@ -45,11 +45,12 @@ from common.data.sampling import check_class_balance, column_codes
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups
+from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.error_analysis import classification_errors
-from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.inspection import DataReport, audio_files, chosen, clip_durations, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
 from common.training.single_run import predicted_split, setup_run
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "audio_classification", splits, sources, label_spec=spec, skipped=counts, data_args=data_args,
         columns={"audio": chosen(audio_column, "--audio_column", data_args.audio_column, AUDIO_COLUMNS),
                  "label": chosen(label, "--label_column", label != "label")},
-        audio_column=audio_column, sampling_rate=rate))
+        first_columns=[FILE, "num_samples"], shown_as=clip_durations(rate), measures=[audio_files(rate)]))
 
     # 6. Lazy inputs: features per batch; --audio_augment changes train waveforms first.
     files = {split: list(d[FILE]) for split, d in splits.items()}
@@ -193,6 +194,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_results=counts,
     )
     return finetune(task, training_args, finetune_args)
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a folder of audio files or a manifest with the run's audio column ->
+    predictions.csv's columns (audio_file, prediction, scores). Clips past the model's window fail or are skipped,
+    as in training."""
+    kept, rate = run.clips(input_path, whole=True)
+    scores, problem_type, names = run.classify([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in kept], "clips")
+    write_classification_predictions(output, {"audio_file": [f for f, _ in kept]}, scores, problem_type, names)
+    return len(kept)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainingArguments, set_seed
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
+from common.core.config import LOCAL_DATA, TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import (
     add_validation_split,
@@ -31,9 +31,11 @@ from common.data import (
 from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template
 from common.data.images import (
+    IMAGE_EXTENSIONS,
     find_bad_images,
     image_column,
     image_name,
+    image_problem,
     load_image_splits,
     open_image,
     prepare_image_column,
@@ -44,6 +46,7 @@ from common.data.sampling import column_codes
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
+from common.strategies.prediction import Lazy, PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.image import (
     ImageAugmentArguments,
@@ -60,7 +63,7 @@ from common.toolkit.augment.image import (
 )
 from common.toolkit.finetuning import prepare_model
 from common.training.error_analysis import classification_errors
-from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.inspection import DataReport, chosen, image_sizes, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
 from common.training.single_run import predicted_split, setup_run
@@ -81,9 +84,9 @@ DEFAULTS = {
 
 @dataclass
 class ImageDataArguments(DataArguments):
-    train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one sub-folder per class."})
-    test_dir: str | None = field(default=None, metadata={"help": "Test images, one sub-folder per class."})
+    train_dir: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Training images, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Validation images, one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Test images, one sub-folder per class."})
     image_column: str | None = field(
         default=None, metadata={"help": "Column with the image (or its file path, relative to the data file). Default: image or img."}
     )
@@ -158,8 +161,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     skipped = add_counts(missing, skipped_labels, skipped)
     check_class_balance(splits, spec.names, sources)
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
-        "image_classification", splits, sources, label_spec=spec, data_args=data_args, image_column=column,
-        bad_rows=bad_images, skipped=skipped,
+        "image_classification", splits, sources, label_spec=spec, data_args=data_args, first_columns=[column],
+        measures=[image_sizes(column)], bad_rows=bad_images, skipped=skipped,
         columns={"image": chosen(column, "--image_column", data_args.image_column, ("image", "img")),
                  "label": chosen(data_args.label_column, "--label_column", data_args.label_column != "label")}))
 
@@ -233,6 +236,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_results=skipped,
     )
     return finetune(task, training_args, finetune_args)
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a folder of images (searched recursively), a text file listing one image path
+    per line, or a table with the run's image column -> predictions.csv's columns (image, prediction, scores)."""
+    files = run.files(input_path, IMAGE_EXTENSIONS)
+    bad = run.drop_bad([(i, why) for i, f in enumerate(files) if (why := image_problem(f))], len(files),
+                       f"--input {input_path}")
+    files = [f for i, f in enumerate(files) if i not in bad]
+    side = run.options.get("max_image_side")
+    if side is None:
+        side = ImageDataArguments.max_image_side
+        logger.warning("run_config.json records no max_image_side: images are decoded at up to %d pixels, the "
+                       "recipe's default; the run may have used another.", side)
+    scores, problem_type, names = run.classify(Lazy(files, partial(open_image, max_side=side)), "images")
+    write_classification_predictions(output, {"image": files}, scores, problem_type, names)
+    return len(files)
 
 
 if __name__ == "__main__":

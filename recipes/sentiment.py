@@ -16,6 +16,7 @@ from transformers import pipeline
 
 from common.core.errors import run_main
 from recipes import text_classification
+from recipes.text_classification import predict_file  # noqa: F401 - its runs predict as text classification's
 
 DEMO_DATA = Path(__file__).resolve().parent / "data" / "sentiment_demo"
 # Used only when neither the command line nor --config names data (no train_file, no dataset_name). Validation

@@ -24,6 +24,7 @@ from transformers import (
     GenerationConfig,
     Seq2SeqTrainingArguments,
     Wav2Vec2Processor,
+    pipeline,
     set_seed,
 )
 
@@ -48,11 +49,12 @@ from common.data.files import fill_path_template, find_column
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_processor
 from common.strategies.cross_validation import cv_groups
+from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.baseline import speech_baseline
-from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.inspection import DataReport, audio_files, chosen, clip_durations, stop_for_inspection
 from common.training.seq2seq import generation_kwargs
 from common.training.single_run import predicted_split, setup_run
 from common.training.speech import (
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "speech_recognition", splits, sources, skipped=counts, data_args=data_args,
         columns={"audio": chosen(audio_column, "--audio_column", data_args.audio_column, AUDIO_COLUMNS),
                  "text": chosen(text_column, "--text_column", data_args.text_column, TEXT_COLUMNS)},
-        audio_column=audio_column, sampling_rate=sampling_rate))
+        first_columns=[FILE, "num_samples", text_column], shown_as=clip_durations(sampling_rate),
+        measures=[audio_files(sampling_rate)]))
 
     # 5. Transcripts and tokenizer: CTC builds a character vocabulary when the checkpoint has none.
     references = {split: list(d[text_column]) for split, d in splits.items() if text_column in d.column_names}
@@ -279,6 +282,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         output_noun="transcript",
     )
     return finetune(task, training_args, finetune_args)
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a folder of audio files or a manifest with the run's audio column ->
+    predictions.tsv's columns (audio_file, hypothesis), transcribed with the run's generation settings."""
+    kept, rate = run.clips(input_path)
+    pipe = pipeline("automatic-speech-recognition", model=str(run.model), device=run.device)
+    hypotheses = []
+    for chunk in run.chunks(kept, "clips"):
+        outputs = pipe([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in chunk], batch_size=run.batch_size,
+                       **run.call_kwargs)
+        hypotheses += [o["text"].strip() for o in outputs]
+    write_speech_predictions(output, [f for f, _ in kept], None, hypotheses, normalize_text)
+    return len(kept)
 
 
 if __name__ == "__main__":

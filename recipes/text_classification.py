@@ -23,7 +23,7 @@ from transformers import (
     set_seed,
 )
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.config import LOCAL_DATA, TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import (
     add_validation_split,
@@ -39,6 +39,7 @@ from common.data import (
 )
 from common.data.bad_rows import add_counts
 from common.data.duplicates import find_duplicates
+from common.data.files import FORMATS
 from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
 from common.data.options import DataArguments
 from common.data.sampling import column_codes
@@ -46,11 +47,12 @@ from common.data.truncation import LENGTH_COLUMN, count_truncated, tokenize_trun
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
+from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.error_analysis import classification_errors
-from common.training.inspection import DataReport, chosen, stop_for_inspection
+from common.training.inspection import DataReport, TextSide, TokenLengths, chosen, stop_for_inspection
 from common.training.metrics import build_compute_metrics, scores_from_logits
 from common.training.reporting import write_classification_predictions
 from common.training.single_run import predicted_split, setup_run
@@ -82,10 +84,10 @@ class TextDataArguments(DataArguments):
         default=None, metadata={"help": "A text file with one class name per line, in sorted id order (classes.txt)."}
     )
     train_dir: str | None = field(
-        default=None, metadata={"help": "Training texts as one sub-folder per class holding .txt files."}
+        default=None, metadata={LOCAL_DATA: True, "help": "Training texts as one sub-folder per class holding .txt files."}
     )
-    validation_dir: str | None = field(default=None, metadata={"help": "Validation texts, one sub-folder per class."})
-    test_dir: str | None = field(default=None, metadata={"help": "Test texts, one sub-folder per class."})
+    validation_dir: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Validation texts, one sub-folder per class."})
+    test_dir: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Test texts, one sub-folder per class."})
     problem_type: str | None = field(
         default=None,
         metadata={"help": "single_label_classification | multi_label_classification | regression. Default: inferred."},
@@ -174,8 +176,8 @@ def main(
         "text_classification", splits, sources, label_spec=spec, problem_type_given=data_args.problem_type is not None,
         columns={"text": chosen(text_columns, "--text_columns", data_args.text_columns, TEXT_COLUMN_CANDIDATES),
                  "label": chosen(label_column, "--label_column", label_column != "label")},
-        bad_rows=bad, skipped=skipped, data_args=data_args, text_columns=text_columns, model_args=model_args,
-        max_seq_length=data_args.max_seq_length))
+        bad_rows=bad, skipped=skipped, data_args=data_args, first_columns=text_columns,
+        measures=[TokenLengths(model_args, [TextSide(text_columns, data_args.max_seq_length, "--max_seq_length")])]))
 
     # 4. Model and tokenizer.
     tokenizer = load_processor(AutoTokenizer, model_args)
@@ -246,6 +248,26 @@ def main(
         data_results=add_counts(skipped, duplicates, truncated),
     )
     return finetune(task, training_args, finetune_args)
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a csv/tsv/jsonl/parquet table with the run's text column(s) -> predictions.csv's
+    columns (the texts, the predicted label(s), a score per class)."""
+    if Path(input_path).suffix.lower() not in FORMATS:
+        raise RecipeInputError(f"--input {input_path}: give a table ({', '.join(sorted(FORMATS))}) with the "
+                               f"column(s) {', '.join(run.input_columns)}.")
+    columns, dataset = run.input_columns, run.table(input_path)
+    require_columns(dataset, columns, f"--input {input_path}", "--input_columns")
+    texts = {c: dataset[c] for c in columns}
+    problems = [(i, f"empty '{c}'") for c in columns for i, t in enumerate(texts[c]) if t is None or not str(t).strip()]
+    bad = run.drop_bad(sorted(problems), len(dataset), f"--input {input_path}")
+    keep = [i for i in range(len(dataset)) if i not in bad]
+    texts = {c: [texts[c][i] for i in keep] for c in columns}
+    inputs = (texts[columns[0]] if len(columns) == 1 else
+              [{"text": a, "text_pair": b} for a, b in zip(texts[columns[0]], texts[columns[1]])])
+    scores, problem_type, names = run.classify(inputs, "texts")
+    write_classification_predictions(output, texts, scores, problem_type, names)
+    return len(keep)
 
 
 if __name__ == "__main__":

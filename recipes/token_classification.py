@@ -32,7 +32,7 @@ from common.data import add_validation_split, cap_splits, drop_unused_splits, lo
 from common.data.arrow import column_array, list_lengths
 from common.data.bad_rows import add_counts
 from common.data.files import SPLITS
-from common.data.labels import read_class_names
+from common.data.labels import LabelSpec, read_class_names
 from common.data.options import DataArguments, split_names
 from common.data.word_tags import (
     IOB2,
@@ -53,6 +53,7 @@ from common.data.word_tags import (
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
 from common.strategies.cross_validation import cv_groups
+from common.strategies.prediction import PredictRun
 from common.toolkit.finetuning import prepare_model
 from common.training.inspection import DataReport, chosen, stop_for_inspection
 from common.training.single_run import predicted_split, setup_run
@@ -64,6 +65,8 @@ from common.training.tagging import (
     WindowCollator,
     encode_windows,
     window_stride,
+    word_scores,
+    write_conll,
     write_conll_predictions,
 )
 from common.training.task import Task
@@ -71,6 +74,7 @@ from common.training.task import Task
 logger = logging.getLogger(__name__)
 
 TAG_COLUMNS = ("ner_tags", "tags", "labels", "ner")
+TAG_PER_WORD = "tag_per_word"  # what an ensemble's members vote over: one of the tags for every word
 DEFAULTS = {**TRAINING_DEFAULTS, "model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2",
             "output_dir": "outputs/token-classification", "learning_rate": 1e-4, "num_train_epochs": 3}
 
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
         main_metric="f1",
         pipeline_task="token-classification",
-        tag_names=names,
+        vote_labels=LabelSpec(TAG_PER_WORD, names),  # members soft-vote per word, scored as entities
         trainer_class=TokenTrainer,
         pipeline_options=['aggregation_strategy="simple"'],  # whole entities, not sub-word tags
         model_name=model_args.model_name_or_path,
@@ -244,6 +248,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         output_noun="tag",
     )
     return finetune(task, training_args, finetune_args)
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a CoNLL file (the first field of each line is the token), or a table with a
+    list of tokens or a text (split on whitespace) per sentence -> CoNLL (`token<TAB>predicted tag`). Sentences
+    are windowed as the run windowed them; an ensemble averages its members' tag probabilities per word."""
+    if Path(input_path).suffix.lower() in (*TABLE_FORMATS, ".csv", ".tsv"):
+        table = run.table(input_path)
+        candidates = list(dict.fromkeys([*run.input_columns, *TOKEN_COLUMNS, "text"]))
+        column = next((c for c in candidates if c in table.column_names), None)
+        if column is None:
+            raise RecipeInputError(f"--input {input_path} has none of the columns {', '.join(candidates)}: give each "
+                                   "sentence as a list of tokens or a text, or name its column with --input_columns.")
+        sentences = [[str(t) for t in v] if isinstance(v, list) else str(v or "").split() for v in table[column]]
+        bad = run.drop_bad([(i, f"no tokens in '{column}'") for i, s in enumerate(sentences) if not s],
+                           len(sentences), f"--input {input_path}")
+        sentences = [s for i, s in enumerate(sentences) if i not in bad]
+    else:
+        sentences = read_conll(input_path, "--input", run.skip_bad_examples, tagged=False)[0][TOKENS]
+    device = "cuda" if run.device >= 0 else "cpu"
+    members = [word_scores(m, sentences, run.options["max_seq_length"], run.options.get("doc_stride"),
+                           run.batch_size, device)
+               for m in (run.ensemble.members if run.ensemble is not None else [run.model])]
+    names = members[0][1]
+    scores = members[0][0] if run.ensemble is None else [
+        run.ensemble.combine(np.stack([m[0][i] for m in members])) for i in range(len(sentences))]
+    write_conll(output, sentences, [[names[t] for t in row.argmax(-1)] for row in scores])
+    return len(sentences)
 
 
 if __name__ == "__main__":

@@ -22,23 +22,32 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     Seq2SeqTrainingArguments,
+    pipeline,
     set_seed,
 )
 
-from common.core.config import TRAINING_DEFAULTS, RunArguments, parse_args
+from common.core.config import LOCAL_DATA, TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
 from common.data import add_validation_split, cap_splits, drop_unused_splits, load_splits, source
 from common.data.bad_rows import add_counts
 from common.data.duplicates import find_duplicates
 from common.data.options import DataArguments
-from common.data.parallel import SOURCE, TARGET, drop_empty_pairs, load_parallel_files, pairs_from_table
+from common.data.parallel import (
+    SOURCE,
+    TARGET,
+    drop_empty_pairs,
+    load_parallel_files,
+    pairs_from_table,
+    read_lines,
+)
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
 from common.toolkit.finetuning import prepare_model
 from common.training.baseline import translation_baseline
-from common.training.inspection import DataReport, pair_columns, pair_sources, stop_for_inspection
+from common.training.inspection import DataReport, TextSide, TokenLengths, char_lengths, stop_for_inspection
 from common.training.seq2seq import (
     RawReferences,
     build_generation_metrics,
@@ -55,6 +64,7 @@ from common.training.seq2seq import (
 from common.training.single_run import predicted_split, setup_run
 from common.training.task import Task
 from common.training.trainer import FinetuneSeq2SeqTrainer
+from common.training.translation_pipeline import TranslationPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +96,14 @@ class TranslationDataArguments(DataArguments):
         default=None, metadata={"help": "Column, or `translation` key, holding the target text (see --source_column)."}
     )
     train_source_file: str | None = field(
-        default=None, metadata={"help": "Plain text, one source sentence per line, aligned with --train_target_file."}
+        default=None, metadata={LOCAL_DATA: True, "help": "Plain text, one source sentence per line, aligned with --train_target_file."}
     )
-    train_target_file: str | None = field(default=None, metadata={"help": "Plain text, one translation per line."})
-    validation_source_file: str | None = field(default=None, metadata={"help": "Validation sources, one per line."})
-    validation_target_file: str | None = field(default=None, metadata={"help": "Validation targets, one per line."})
-    test_source_file: str | None = field(default=None, metadata={"help": "Test sources, one per line."})
+    train_target_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Plain text, one translation per line."})
+    validation_source_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Validation sources, one per line."})
+    validation_target_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Validation targets, one per line."})
+    test_source_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Test sources, one per line."})
     test_target_file: str | None = field(
-        default=None, metadata={"help": "Test references, one per line (optional: without them, no test BLEU)."}
+        default=None, metadata={LOCAL_DATA: True, "help": "Test references, one per line (optional: without them, no test BLEU)."}
     )
     source_prefix: str | None = field(
         default=None, metadata={"help": "Text put before every source, e.g. 'translate English to German: ' for T5."}
@@ -139,6 +149,34 @@ def load_pairs(args: TranslationDataArguments) -> tuple[DatasetDict, dict[str, i
     return splits, counts if args.skip_bad_examples else {}
 
 
+def pair_columns(args: TranslationDataArguments) -> dict[str, str]:
+    """The columns section of translation: where the source and target text of each pair come from."""
+    files = [split for split in ("train", "validation", "test") if getattr(args, f"{split}_source_file", None)]
+    if files:
+        return {side: f"lines of {', '.join(f'--{split}_{side}_file' for split in files)} (line-aligned files)"
+                for side in ("source", "target")}
+    columns = {}
+    for side in ("source", "target"):
+        column, lang = getattr(args, f"{side}_column", None), getattr(args, f"{side}_lang", None)
+        option = f"--{side}_column" if column else f"--{side}_lang"
+        columns[side] = f"{column or lang} (given by {option}: a column, or a key of a `translation` column)"
+    return columns
+
+
+def pair_sources(args: TranslationDataArguments, splits: DatasetDict) -> dict[str, str]:
+    """Where each translation split came from: its files, or the data-file split it was loaded as."""
+    sources = {}
+    for split in splits:
+        src, tgt = getattr(args, f"{split}_source_file", None), getattr(args, f"{split}_target_file", None)
+        if src:
+            sources[split] = f"{src} + {tgt}" if tgt else src
+        elif split == "validation" and not (args.validation_file or args.dataset_name):
+            sources[split] = "held out from train"
+        else:
+            sources[split] = source(args, split)
+    return sources
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Arguments: recipe defaults < --config YAML < command line.
     model_args, data_args, finetune_args, run_args, training_args = parse_args(
@@ -159,9 +197,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.info("sentence pairs per split: %s", {k: len(v) for k, v in splits.items()})
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
         "translation", splits, pair_sources(data_args, splits), pair_columns(data_args), skipped=skipped,
-        data_args=data_args, model_args=model_args, source_column=SOURCE, target_column=TARGET,
-        source_prefix=data_args.source_prefix or "", max_source_length=data_args.max_source_length,
-        max_target_length=data_args.max_target_length))
+        data_args=data_args, first_columns=[SOURCE, TARGET], measures=[
+            char_lengths([SOURCE, TARGET]),
+            TokenLengths(model_args, [
+                TextSide([SOURCE], data_args.max_source_length, "--max_source_length", data_args.source_prefix or ""),
+                TextSide([TARGET], data_args.max_target_length, "--max_target_length", target=True)])]))
 
     # 3. Model and tokenizer: languages, prefix and generation settings travel with the saved model.
     tokenizer = load_processor(AutoTokenizer, model_args)
@@ -248,6 +288,22 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.should_save and (out / "config.json").is_file():
         save_translation_pipeline(out)
     return results
+
+
+def predict_file(run: PredictRun, input_path: str, output: str) -> int:
+    """`finetune-recipes predict`: a text file of source sentences, one per line -> predictions.txt's columns
+    (source, hypothesis), generated with the run's settings."""
+    lines = read_lines(input_path, "--input")
+    bad = run.drop_bad([(i, "empty line") for i, line in enumerate(lines) if not line.strip()], len(lines),
+                       f"--input {input_path}")
+    sources = [line for i, line in enumerate(lines) if i not in bad]
+    # The recipe's own pipeline class, imported: no code from the model dir runs.
+    pipe = pipeline("translation", model=str(run.model), pipeline_class=TranslationPipeline, device=run.device)
+    hypotheses = []
+    for chunk in run.chunks(sources, "sentences"):
+        hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=run.batch_size, **run.call_kwargs)]
+    write_translations(output, sources, hypotheses)
+    return len(sources)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ then command-line flags. Unknown keys are errors that name the key and its neare
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import sys
@@ -80,11 +81,9 @@ class ArgumentGroups:
                 vars(group)["policies"].__func__(options)
 
 
-# Options naming local data; one given on the command line overrides a --dataset_name from the YAML (parse_args).
-LOCAL_DATA_OPTIONS = frozenset({
-    "train_file", "validation_file", "test_file", "train_dir", "validation_dir", "test_dir", "audio_folder",
-    *(f"{split}_{side}_file" for split in ("train", "validation", "test") for side in ("source", "target")),
-})
+# Field metadata of an option that names local data: one given on the command line replaces a --dataset_name that
+# only the YAML names (parse_args), e.g. field(default=None, metadata={"help": ..., LOCAL_DATA: True}).
+LOCAL_DATA = "local_data"
 
 @dataclass
 class RunArguments:
@@ -144,6 +143,14 @@ class _Parser(HfArgumentParser):
     """
 
     from_config: dict[str, str]  # dest -> YAML file, for values the command line did not override
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, field: dataclasses.Field):
+        # The LOCAL_DATA mark is for parse_args; argparse takes the rest of the metadata as add_argument's arguments.
+        if LOCAL_DATA in field.metadata:
+            field = copy.copy(field)
+            field.metadata = {k: v for k, v in field.metadata.items() if k != LOCAL_DATA}
+        HfArgumentParser._parse_dataclass_field(parser, field)
 
     def error(self, message: str):
         option = message.split("argument ", 1)[-1].split("/")[0].split(":")[0]
@@ -209,7 +216,8 @@ def parse_args(
             from_config[dests[key]] = config_path
     given = {dests.get(token[2:].split("=")[0]) for token in argv if token.startswith("--")}
     # Local data named on the command line replaces a Hub dataset that only the YAML names.
-    if given & LOCAL_DATA_OPTIONS and "dataset_name" in from_config and "dataset_name" not in given:
+    local_data = {f.name for group in dataclass_types for f in dataclasses.fields(group) if f.metadata.get(LOCAL_DATA)}
+    if given & local_data and "dataset_name" in from_config and "dataset_name" not in given:
         for dest in ("dataset_name", "dataset_config_name"):
             if dest not in given:
                 values[dest] = None

@@ -22,6 +22,7 @@ import numpy as np
 from datasets import Audio, DatasetDict
 from transformers import ASTFeatureExtractor, WhisperFeatureExtractor
 
+from common.core.config import LOCAL_DATA
 from common.core.errors import RecipeInputError, nearest
 from common.data import SPLIT_ALIASES, BadRow, drop_bad_rows, load_splits, source
 from common.data.options import DataArguments
@@ -53,7 +54,7 @@ class AudioDataArguments(DataArguments):
     """Where the clips come from, for every audio recipe."""
 
     audio_folder: str | None = field(
-        default=None, metadata={"help": "An audiofolder directory (audio files plus metadata.csv with file_name)."}
+        default=None, metadata={LOCAL_DATA: True, "help": "An audiofolder directory (audio files plus metadata.csv with file_name)."}
     )
     split_column: str | None = field(
         default=None, metadata={"help": "Column of --train_file that assigns each row to train / validation / test."}

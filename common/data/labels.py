@@ -27,7 +27,6 @@ SINGLE = "single_label_classification"
 MULTI = "multi_label_classification"
 REGRESSION = "regression"
 PROBLEM_TYPES = (SINGLE, MULTI, REGRESSION)
-PER_TOKEN = "token_classification"  # one class per sub-word (token classification ensembles vote per token)
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 INTEGER = r"^\s*[-+]?\d+\s*$"
 SHOWN = 10

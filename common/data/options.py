@@ -6,6 +6,7 @@ import csv
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.core.config import LOCAL_DATA
 from common.core.errors import RecipeInputError, nearest
 
 QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "nonnumeric": csv.QUOTE_NONNUMERIC,
@@ -45,11 +46,10 @@ def check_reader_options(args: Any) -> None:
         if repeated or not args.column_names:
             raise RecipeInputError(f"--column_names {','.join(args.column_names)}: give each column a distinct "
                                    f"name (repeated: {', '.join(repeated)}).")
-    for option, example in (("audio_path_template", "wavs/{}.wav"), ("image_path_template", "images/{}.jpg")):
-        template = getattr(args, option, None)
-        if template is not None and "{}" not in template:
+    for option, template in vars(args).items():  # --audio_path_template, --image_path_template, ...
+        if option.endswith("_path_template") and template is not None and "{}" not in template:
             raise RecipeInputError(f"--{option} {template!r} has no {{}} for the row's id: write where each id's "
-                                   f"file is, relative to the manifest, e.g. --{option} '{example}'.")
+                                   f"file is, relative to the manifest, e.g. --{option} 'files/{{}}.wav'.")
     if getattr(args, "class_names", None) is not None:
         args.class_names = split_names(args.class_names)
 
@@ -62,9 +62,9 @@ class DataArguments:
 
     dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset name (instead of local files)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_file: str | None = field(default=None, metadata={"help": "Training data: csv, tsv, json, jsonl or parquet."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
-    test_file: str | None = field(default=None, metadata={"help": "Test data, same formats; labels optional."})
+    train_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Training data: csv, tsv, json, jsonl or parquet."})
+    validation_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Validation data, same formats."})
+    test_file: str | None = field(default=None, metadata={LOCAL_DATA: True, "help": "Test data, same formats; labels optional."})
     validation_split: float = field(
         default=0.1,
         metadata={"help": "Fraction of train held out (stratified) when there is no validation split. In (0, 1)."},

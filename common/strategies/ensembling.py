@@ -17,8 +17,9 @@ rescale, normalization and resampling settings).
   refuses --ensemble_models and asks for --cv_folds.
 
 Hard vote and stacking are for single-label classification; multi-label and regression use soft_vote.
-Token classification ensembles soft-vote per sub-word: the mean of the members' tag probabilities at each
-position, scored with the recipe's entity metrics (seqeval).
+A recipe whose outputs are not classes of a whole input (a tag per word, an answer span) gives the labels its
+members vote over in `Task.vote_labels`, with a problem type of its own: those ensembles soft-vote over the
+members' scores at each position and are scored with the recipe's own `compute_metrics`.
 
 `run_ensemble` scores every member and the ensemble on the validation and test splits side by side in
 `ensemble_results.json` and `ensemble.png`, writes test predictions, and saves `ensemble.json` (method,
@@ -50,7 +51,7 @@ from transformers.pipelines import check_task
 from transformers.trainer_utils import PredictionOutput
 
 from common.core.errors import RecipeInputError, nearest
-from common.data.labels import MULTI, PER_TOKEN, REGRESSION, SINGLE, LabelSpec
+from common.data.labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSpec
 from common.training.metrics import (
     first_output,
     predictions_from_scores,
@@ -60,7 +61,6 @@ from common.training.metrics import (
 from common.training.reliability import plain_value
 from common.training.reporting import plot_bars, write_json
 from common.training.single_run import build_trainer
-from common.training.tagging import EntityMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +121,16 @@ def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
             _check_model_dir(path, "--ensemble_models")
 
 
+CLASS_PROBLEMS = PROBLEM_TYPES  # whole-input outputs, scored and predicted here; others by their recipe
+
+
 def ensemble_labels(task) -> LabelSpec:
-    """What the members must predict alike: the task's classes, or per-token tags for token classification."""
-    if task.label_spec is not None:
-        return task.label_spec
-    if task.tag_names is not None:
-        return LabelSpec(PER_TOKEN, list(task.tag_names))
-    raise RecipeInputError(f"--ensemble applies to classification, regression and token classification, not to the "
-                           f"{task.name} recipe.")
+    """What the members must predict alike: the task's classes, or the labels its recipe votes over."""
+    spec = task.label_spec or task.vote_labels
+    if spec is None:
+        raise RecipeInputError(f"--ensemble: the {task.name} recipe gives no labels for its members to vote over, "
+                               "so it cannot ensemble.")
+    return spec
 
 
 PROBE = ("Héllo WORLD, naïve café-au-lait: 12,345 ÜBER déjà-vu!", "a Second SEGMENT")  # case, accents, pairs
@@ -280,11 +282,16 @@ class Ensemble:
             return (votes + 0.5 * mean) / (count + 0.5)
         return self._meta_scores(mean)
 
-    def score(self, labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-        """The built-in metrics of scores (one member's, or combined) against the labels."""
-        if self.problem_type == PER_TOKEN:  # labels -100 where a sub-word carries no tag (padding, special tokens)
-            return EntityMetrics(self.label_names)(EvalPrediction(predictions=scores, label_ids=labels))
-        return score_predictions(labels, scores, self.problem_type)
+    def score(self, labels: np.ndarray, scores: np.ndarray,
+              compute_metrics: Callable[[EvalPrediction], dict] | None = None) -> dict[str, float]:
+        """The metrics of scores (one member's, or combined) against the labels: the built-in ones for classes and
+        values, the recipe's `compute_metrics` for the outputs it votes over itself."""
+        if self.problem_type in CLASS_PROBLEMS:
+            return score_predictions(labels, scores, self.problem_type)
+        if compute_metrics is None:
+            raise RecipeInputError(f"an ensemble of {self.problem_type} outputs is scored by its recipe's metrics.")
+        return compute_metrics(EvalPrediction(predictions=logits_from_scores(scores, self.problem_type),
+                                              label_ids=labels))
 
     def _meta_scores(self, features: np.ndarray) -> np.ndarray:
         if self.meta_learner is None:
@@ -314,17 +321,13 @@ class Ensemble:
     def predict_scores(self, inputs: list, batch_size: int = 32) -> np.ndarray:
         """Ensemble scores for raw inputs (texts, images, audio: whatever the members' pipeline takes)."""
 
-        if self.problem_type == PER_TOKEN:
-            raise RecipeInputError(
-                "a token classification ensemble predicts through the recipe, which aligns tags with words: run "
-                "recipes/token_classification.py --ensemble soft_vote --ensemble_models MEMBER ... --test_file FILE "
-                "(predictions.conll holds the tags).")
+        if self.problem_type not in CLASS_PROBLEMS:
+            raise RecipeInputError(f"an ensemble of {self.problem_type} outputs predicts through its recipe: "
+                                   "finetune-recipes predict ENSEMBLE_DIR --input FILE --output FILE.")
         if self._pipelines is None:
             device = 0 if torch.cuda.is_available() else -1
             self._pipelines = [pipeline(self.pipeline_task, model=m, device=device) for m in self.members]
-        extra = self.pipeline_call_kwargs
-        if extra is None:  # texts longer than the model's window are cut at least
-            extra = {"truncation": True} if self.pipeline_task == "text-classification" else {}
+        extra = self.pipeline_call_kwargs or {}  # None: an ensemble saved before they were recorded
         per_member = []
         for pipe in self._pipelines:
             outputs = pipe(list(inputs), top_k=None, batch_size=batch_size, **extra)
@@ -374,7 +377,7 @@ def load_member(path: str | Path, task) -> PreTrainedModel:
     auto_class = check_task(task.pipeline_task)[1]["pt"][0]
     model = auto_class.from_pretrained(str(path))
     spec = ensemble_labels(task)
-    if spec.problem_type != REGRESSION:
+    if spec.problem_type != REGRESSION and spec.names is not None:  # None: a recipe's outputs without class names
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         if names != spec.names:
             raise RecipeInputError(f"ensemble member {path} predicts labels {names}, but this task has {spec.names}.")
@@ -434,13 +437,14 @@ def run_ensemble(task, args: TrainingArguments, finetune_args: EnsembleArguments
         task.write_predictions(PredictionOutput(logits_from_scores(combined, spec.problem_type), None, {}), out)
 
     return report_ensemble(ensemble, scores, labels, task.main_metric, out,
-                           write_test if task.write_predictions is not None else None, oof_scores, oof_labels, args.seed)
+                           write_test if task.write_predictions is not None else None, oof_scores, oof_labels, args.seed,
+                           task.compute_metrics)
 
 
 def report_ensemble(ensemble: Ensemble, scores: dict[str, np.ndarray], labels: dict[str, np.ndarray], main_metric: str,
                     out: Path, write_test: Callable[[np.ndarray], None] | None = None,
                     oof_scores: np.ndarray | None = None, oof_labels: np.ndarray | None = None,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, compute_metrics: Callable[[EvalPrediction], dict] | None = None) -> dict[str, float]:
     """Fit the stacker if any, then score every member and the ensemble per split (`scores`: split -> array
     (members, rows[, classes])): ensemble_results.json, ensemble.png, ensemble.json and the test predictions."""
     if ensemble.method == "stack":
@@ -455,10 +459,10 @@ def report_ensemble(ensemble: Ensemble, scores: dict[str, np.ndarray], labels: d
         if split not in labels:
             continue
         truth = labels[split]
-        per_member = {n: ensemble.score(truth, s) for n, s in zip(names, split_scores)}
+        per_member = {n: ensemble.score(truth, s, compute_metrics) for n, s in zip(names, split_scores)}
         member_mean = {k: float(np.mean([m[k] for m in per_member.values()])) for k in next(iter(per_member.values()))}
         report[split] = {"members": per_member, "member_mean": member_mean,
-                         "ensemble": ensemble.score(truth, combined)}
+                         "ensemble": ensemble.score(truth, combined, compute_metrics)}
         flat.update({f"ensemble_{split}_{k}": v for k, v in report[split]["ensemble"].items()})
         flat.update({f"ensemble_{split}_member_mean_{k}": v for k, v in member_mean.items()})
         logger.info("%s on %s: ensemble %s %.4f, members %s", ensemble.method, split, main_metric,

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,6 @@ import transformers
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
-from common.data import source
 from common.data.arrow import column_array
 from common.data.audio import FILE
 from common.data.labels import MULTI, REGRESSION, SINGLE, LabelSpec
@@ -61,6 +61,11 @@ def active() -> bool:
     return _ACTIVE.get()
 
 
+# One part of a split's section, in the recipe's terms: (the split's rows) -> report lines. The recipe picks them
+# for its inputs: TokenLengths for texts, char_lengths, image_sizes, audio_files.
+Measure = Callable[[Dataset], list[str]]
+
+
 @dataclass
 class DataReport:
     """What a recipe knows about its data once it is prepared, before any model loads."""
@@ -74,26 +79,10 @@ class DataReport:
     bad_rows: dict[str, list] = field(default_factory=dict)  # split -> common.data.BadRow found (as loaded)
     skipped: dict[str, int] = field(default_factory=dict)  # counts from drop_bad_rows & co (skipped_bad_examples_<split>, ...)
     data_args: Any = None  # the recipe's DataArguments: --skip_bad_examples and its limits
-    # Text: the tokenizer comes from --tokenizer_name or --model_name_or_path of `model_args` (never the weights).
-    text_columns: list[str] | None = None
-    model_args: Any = None
-    max_seq_length: int | None = None
-    # Images: the (undecoded) image column; bad files are checked here, as the recipe checks them after this point.
-    image_column: str | None = None
-    # Audio: decoded by common.training.speech (its `audio_file` and `num_samples` columns) at `sampling_rate`.
-    audio_column: str | None = None
-    sampling_rate: int | None = None
-    # Translation: the `source`/`target` columns, and what the tokenizer would cut.
-    source_column: str | None = None
-    target_column: str | None = None
-    source_prefix: str = ""
-    max_source_length: int | None = None
-    max_target_length: int | None = None
-
-    @property
-    def tokenizer_name(self) -> str | None:
-        args = self.model_args
-        return (args.tokenizer_name or args.model_name_or_path) if args is not None else None
+    measures: list[Measure] = field(default_factory=list)  # each split's facts after its example rows
+    first_columns: list[str] = field(default_factory=list)  # the inputs, shown first in the example rows (after labels)
+    # How an example row shows a column: column -> (title, value -> text), e.g. a sample count as a duration.
+    shown_as: dict[str, tuple[str, Callable[[Any], str]]] = field(default_factory=dict)
 
     @property
     def skip_bad_examples(self) -> bool:
@@ -109,34 +98,6 @@ def chosen(name: str | Sequence[str], option: str, given: object, candidates: Se
         names = ", ".join(c if isinstance(c, str) else "+".join(c) for c in candidates)
         return f"{shown} (default: the first of {names} present; {option} to change)"
     return f"{shown} ({option}, its default)"
-
-
-def pair_columns(args: Any) -> dict[str, str]:
-    """The columns section of translation: where the source and target text of each pair come from."""
-    files = [split for split in ("train", "validation", "test") if getattr(args, f"{split}_source_file", None)]
-    if files:
-        return {side: f"lines of {', '.join(f'--{split}_{side}_file' for split in files)} (line-aligned files)"
-                for side in ("source", "target")}
-    columns = {}
-    for side in ("source", "target"):
-        column, lang = getattr(args, f"{side}_column", None), getattr(args, f"{side}_lang", None)
-        option = f"--{side}_column" if column else f"--{side}_lang"
-        columns[side] = f"{column or lang} (given by {option}: a column, or a key of a `translation` column)"
-    return columns
-
-
-def pair_sources(args: Any, splits: Sequence[str]) -> dict[str, str]:
-    """Where each translation split came from: its files, or the data-file split it was loaded as."""
-    sources = {}
-    for split in splits:
-        src, tgt = getattr(args, f"{split}_source_file", None), getattr(args, f"{split}_target_file", None)
-        if src:
-            sources[split] = f"{src} + {tgt}" if tgt else src
-        elif split == "validation" and not (args.validation_file or args.dataset_name):
-            sources[split] = "held out from train"
-        else:
-            sources[split] = source(args, split)
-    return sources
 
 
 def stop_for_inspection(report: DataReport) -> None:
@@ -164,24 +125,15 @@ def render(report: DataReport) -> str:
         lines += _section("labels", facts)
     lines += _section("splits", [(split, f"{len(ds):>8} rows   {report.sources.get(split, '')}".rstrip())
                                  for split, ds in report.splits.items()])
-    tokenizer = _tokenizer(report)
     for split, dataset in report.splits.items():
         lines.append(f"== {split} ({len(dataset)} rows) " + "=" * max(0, 60 - len(split) - len(str(len(dataset)))))
         if spec is not None:
             lines += _labels(dataset, spec)
         lines += _bad(report, split)
         lines += _examples(dataset, report)
-        if report.source_column is not None:
-            lines += _char_lengths(report, dataset)
-        if tokenizer is not None:
-            lines += _token_lengths(report, tokenizer, dataset)
-        if report.image_column is not None:
-            lines += _image_sizes(dataset, report.image_column)
-        if report.audio_column is not None:
-            lines += _audio(dataset, report.sampling_rate)
+        for measure in report.measures:
+            lines += measure(dataset)
         lines.append("")
-    if report.text_columns and report.model_args is not None and tokenizer is None:
-        lines.append("token lengths: no --model_name_or_path or --tokenizer_name given, so no tokenizer to count with")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -259,19 +211,16 @@ HIDDEN = {"speech", "problem", "channels"}  # decoded audio and its bookkeeping
 
 
 def _examples(dataset: Dataset, report: DataReport) -> list[str]:
-    spec, sampling_rate = report.label_spec, report.sampling_rate
-
+    spec = report.label_spec
     # The columns the recipe uses first (labels, then inputs), then whatever else the rows hold.
-    first = ["labels", FILE, "num_samples", *(report.text_columns or []), report.source_column, report.target_column,
-             report.image_column]
-    rank = {name: i for i, name in enumerate(c for c in first if c)}
+    rank = {name: i for i, name in enumerate(["labels", *report.first_columns])}
     shown = sorted((c for c in dataset.column_names if c not in HIDDEN), key=lambda c: rank.get(c, len(rank)))
     if not len(dataset) or not shown:
         return []
     # Spread over the split: files are often sorted (by class folder, by label), so the first rows look alike.
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(EXAMPLES, len(dataset))).round().astype(int))
     rows = dataset.select_columns(shown).select(picks)
-    names = ["duration" if c == "num_samples" and sampling_rate else c for c in shown]
+    names = [report.shown_as[c][0] if c in report.shown_as else c for c in shown]
     width = max(len(n) for n in names)
     out = ["examples"]
     for i, row in zip(picks, rows):
@@ -279,8 +228,8 @@ def _examples(dataset: Dataset, report: DataReport) -> list[str]:
             value = row[column]
             if column == "labels" and spec is not None:
                 value = _label_text(value, spec)
-            elif column == "num_samples" and sampling_rate:
-                value = f"{value / sampling_rate:.2f} s"
+            elif column in report.shown_as:
+                value = report.shown_as[column][1](value)
             out.append(f"  {f'#{i + 1}' if j == 0 else '':<7}{name:<{width}}  {_cell(value)}")
     return out
 
@@ -296,18 +245,53 @@ def _label_text(value: Any, spec: LabelSpec) -> str:
 # ---------------------------------------------------------------------------------------------- text
 
 
-def _tokenizer(report: DataReport):
-    if report.model_args is None or not report.tokenizer_name:
-        return None
-    if not (report.text_columns or report.source_column):
-        return None
+@dataclass
+class TextSide:
+    """Text columns the recipe tokenizes together (one, or a pair), and the limit it cuts them at."""
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum" is what we measure
-    try:
-        return load_processor(AutoTokenizer, report.model_args)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
+    columns: list[str]
+    limit: int | None
+    option: str  # the option that sets the limit, e.g. "--max_seq_length"
+    prefix: str = ""  # prepended to each text before tokenizing (a T5 task prefix)
+    target: bool = False  # tokenized as generation targets (tokenizer(text_target=...))
+
+
+class TokenLengths:
+    """Lengths in tokens of each side's texts, untruncated, against its limit, under the run's tokenizer
+    (--tokenizer_name or --model_name_or_path of `model_args`: the tokenizer files only, never the weights)."""
+
+    def __init__(self, model_args: Any, sides: Sequence[TextSide]):
+        self.model_args, self.sides = model_args, list(sides)
+        self.name = getattr(model_args, "tokenizer_name", None) or getattr(model_args, "model_name_or_path", None)
+
+    @functools.cached_property
+    def tokenizer(self):
+        if not self.name:
+            return None
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # "sequence longer than the model's maximum" is what we measure
+        try:
+            return load_processor(AutoTokenizer, self.model_args)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+
+    def __call__(self, dataset: Dataset) -> list[str]:
+        if self.tokenizer is None:
+            return ["token lengths: no --model_name_or_path or --tokenizer_name given, so no tokenizer to count with"]
+        if not len(dataset):
+            return []
+        out = [f"token lengths (tokenizer {self.name}, special tokens included, untruncated)"]
+        for side in self.sides:
+            if not side.columns or any(c not in dataset.column_names for c in side.columns):
+                continue
+            lengths = _token_counts(self.tokenizer, [_text(dataset, c, side.prefix) for c in side.columns], side.target)
+            what = " + ".join(side.columns) + (" (as a pair)" if len(side.columns) > 1 else "")
+            out.append(f"  {what}: {_stats(lengths)}")
+            if side.limit:
+                over = int((lengths > side.limit).sum())
+                out.append(f"  {side.option} {side.limit} would truncate {over / len(lengths):.1%} ({over} of "
+                           f"{len(lengths)})")
+        return out
 
 
 def _token_counts(tokenizer, texts: list[list[str]], target: bool = False) -> np.ndarray:
@@ -345,38 +329,27 @@ def _text(dataset: Dataset, column: str, prefix: str = "") -> list[str]:
     return values.to_pylist()
 
 
-def _token_lengths(report: DataReport, tokenizer, dataset: Dataset) -> list[str]:
-    if not len(dataset):
-        return []
-    if report.source_column is not None:  # translation: each side against its own limit
-        sides = [(report.source_column, report.source_prefix, report.max_source_length, "--max_source_length", False),
-                 (report.target_column, "", report.max_target_length, "--max_target_length", True)]
-    else:
-        sides = [(report.text_columns, "", report.max_seq_length, "--max_seq_length", False)]
-    out = [f"token lengths (tokenizer {report.tokenizer_name}, special tokens included, untruncated)"]
-    for columns, prefix, limit, option, target in sides:
-        columns = [columns] if isinstance(columns, str) else list(columns or [])
-        if not columns or any(c not in dataset.column_names for c in columns):
-            continue
-        lengths = _token_counts(tokenizer, [_text(dataset, c, prefix) for c in columns], target)
-        what = " + ".join(columns) + (" (as a pair)" if len(columns) > 1 else "")
-        out.append(f"  {what}: {_stats(lengths)}")
-        if limit:
-            over = int((lengths > limit).sum())
-            out.append(f"  {option} {limit} would truncate {over / len(lengths):.1%} ({over} of {len(lengths)})")
-    return out
+def char_lengths(columns: Sequence[str]) -> Measure:
+    """Lengths in characters of text columns."""
 
+    def measure(dataset: Dataset) -> list[str]:
+        out = ["lengths in characters"]
+        for column in columns:
+            if column in dataset.column_names and len(dataset):
+                lengths = pc.utf8_length(pc.fill_null(column_array(dataset, column), ""))
+                out.append(f"  {column}: {_stats(lengths.to_numpy(zero_copy_only=False))}")
+        return out
 
-def _char_lengths(report: DataReport, dataset: Dataset) -> list[str]:
-    out = ["lengths in characters"]
-    for column in (report.source_column, report.target_column):
-        if column in dataset.column_names and len(dataset):
-            lengths = pc.utf8_length(pc.fill_null(column_array(dataset, column), ""))
-            out.append(f"  {column}: {_stats(lengths.to_numpy(zero_copy_only=False))}")
-    return out
+    return measure
 
 
 # ---------------------------------------------------------------------------------------------- images
+
+
+def image_sizes(column: str) -> Measure:
+    """Widths and heights of the (undecoded) image column, from the file headers (evenly spaced, up to
+    SIZE_IMAGES a split)."""
+    return functools.partial(_image_sizes, column=column)
 
 
 def _image_sizes(dataset: Dataset, column: str) -> list[str]:
@@ -406,6 +379,17 @@ def _image_sizes(dataset: Dataset, column: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- audio
+
+
+def audio_files(sampling_rate: int | None) -> Measure:
+    """Durations and native sample rates of decoded audio (common.training.speech's `audio_file` and
+    `num_samples` columns), decoded at `sampling_rate` for the model."""
+    return functools.partial(_audio, sampling_rate=sampling_rate)
+
+
+def clip_durations(sampling_rate: int | None) -> dict[str, tuple[str, Callable[[Any], str]]]:
+    """DataReport.shown_as for decoded audio: a clip's sample count shown as its duration."""
+    return {"num_samples": ("duration", lambda n: f"{n / sampling_rate:.2f} s")} if sampling_rate else {}
 
 
 def _audio(dataset: Dataset, sampling_rate: int | None) -> list[str]:

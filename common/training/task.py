@@ -1,4 +1,10 @@
-"""What a recipe hands to a run: its model, data, metrics and outputs, in one `Task`."""
+"""What a recipe hands to a run: its model, data, metrics and outputs, in one `Task`.
+
+This is the recipe contract. The shared layers know no task by name: everything that differs by task (how its
+predictions are written, its error analysis, its constant baseline, what ensemble members vote over, the
+pipeline its model loads in) reaches them through these fields. CONTRIBUTING.md says which ones a new recipe
+fills, and `predict_file` in each recipe module does the same for `finetune-recipes predict`.
+"""
 
 from __future__ import annotations
 
@@ -40,8 +46,10 @@ class Task:
     model_name: str = ""
     greater_is_better: bool = True  # False for error rates such as WER
     label_spec: LabelSpec | None = None
-    # Token classification: the tag names (ids index them), so ensembles can check and combine per-token scores.
-    tag_names: list[str] | None = None
+    # The labels ensemble members must share and vote over where they are not label_spec's classes of a whole
+    # input (a tag per word): a problem type of the recipe's own, soft-voted per position and scored with
+    # compute_metrics (common.strategies.ensembling). None with no label_spec: the recipe has no ensembles.
+    vote_labels: LabelSpec | None = None
     trainer_class: type = FinetuneTrainer
     # Writes the predictions on `predicted_split(splits)` in the recipe's format: (output, output dir) -> None.
     write_predictions: Callable[[PredictionOutput, Path], None] | None = None

@@ -14,8 +14,7 @@ from transformers import pipeline
 
 from common.core.errors import RecipeInputError
 from common.models.tiny import tiny_wav2vec2_ctc
-from common.strategies.prediction import predict
-from recipes import audio_classification
+from recipes import audio_classification, predict
 
 
 @pytest.fixture(scope="module")

@@ -918,8 +918,8 @@ CASES: dict[str, Case] = {
         _with_good("--ensemble", "soft_vote"),
         {
             TRANSLATION: (
-                "--ensemble applies to classification, regression and token classification, not to the translation "
-                "recipe",
+                "--ensemble: the translation recipe gives no labels for its members to vote over, so it cannot "
+                "ensemble",
             ),
             SPEECH: ("--cv_folds, --ensemble and --cache_features work on classification heads",),
         },

@@ -18,7 +18,6 @@ from PIL import Image
 
 from common.core.errors import RecipeInputError
 from common.data.images import check_class_folders, open_image
-from common.strategies.prediction import predict
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.image import (
     TRAIN_MARK,
@@ -28,7 +27,7 @@ from common.toolkit.augment.image import (
     geometry_from_processor,
     train_transform,
 )
-from recipes import image_classification
+from recipes import image_classification, predict
 
 CLASSES = ["dress", "hat", "longsleeve", "outwear", "pants", "shirt", "shoes", "shorts", "skirt", "t-shirt"]
 

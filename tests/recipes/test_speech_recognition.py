@@ -15,10 +15,9 @@ from transformers import pipeline
 
 from common.core.errors import RecipeInputError
 from common.data.audio import SPEECH
-from common.strategies.prediction import predict
 from common.toolkit.augment import TrainAugmentation
 from common.training.speech import AudioInputs
-from recipes import speech_recognition
+from recipes import predict, speech_recognition
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -13,9 +13,8 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 
 from common.core.errors import RecipeInputError
 from common.data.word_tags import bio_violations, read_conll, tag_scheme
-from common.strategies.prediction import predict
 from common.training.tagging import encode_windows
-from recipes import token_classification
+from recipes import predict, token_classification
 
 PEOPLE = ["Anna Berg", "Tom Hale", "Maria Lopez", "Kenji Sato", "Olga Petrova", "David Kim", "Lena Fischer"]
 CITIES = ["Paris", "Nairobi", "Lima", "Oslo", "Hanoi", "Denver", "Quito"]

@@ -14,8 +14,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig,
 
 from common.core.errors import RecipeInputError
 from common.data.parallel import read_lines
-from common.strategies.prediction import predict
-from recipes import translation
+from recipes import predict, translation
 
 PREFIX = "translate English to German: "
 

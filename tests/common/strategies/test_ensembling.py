@@ -16,9 +16,8 @@ from common.core.errors import RecipeInputError
 from common.data.labels import REGRESSION, SINGLE, LabelSpec
 from common.dispatch import FinetuneArguments
 from common.strategies.ensembling import Ensemble, check_ensemble_options, load_ensemble
-from common.strategies.prediction import predict
 from common.training.task import Task
-from recipes import image_classification, text_classification
+from recipes import image_classification, predict, text_classification
 
 NAMES = ["neg", "pos", "neutral"]
 
