@@ -15,18 +15,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from datasets import DatasetDict
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification, TrainingArguments, set_seed
 
 from common.core.config import TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
-from common.data import (
-    add_validation_split,
-    cap_splits,
-    drop_bad_rows,
-    drop_unused_splits,
-    find_bad_rows,
-    require_columns,
-)
+from common.data import require_columns
 from common.data.audio import (
     AUDIO_COLUMNS,
     FILE,
@@ -40,11 +34,10 @@ from common.data.audio import (
 )
 from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template, find_column
-from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
-from common.data.sampling import check_class_balance, column_codes
+from common.data.labelled import prepare_labelled_splits
+from common.data.labels import SINGLE
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
-from common.strategies.cross_validation import cv_groups
 from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
@@ -72,20 +65,6 @@ class AudioClassificationDataArguments(AudioDataArguments):
     class_names_file: str | None = field(default=None, metadata={"help": "A text file with one class name per line."})
 
 
-def check_group_leak(splits, column: str, sources: dict[str, str]) -> None:
-    """No group (a speaker) in two splits: the split column or files must keep each group on one side."""
-    seen: dict[str, str] = {}
-    for split, dataset in splits.items():
-        if column not in dataset.column_names:
-            continue
-        for group in set(map(str, dataset[column])):
-            if seen.setdefault(group, split) != split:
-                raise RecipeInputError(
-                    f"--cv_group_column {column}: '{group}' is in both {sources[seen[group]]} and {sources[split]}, "
-                    "so the model would be scored on a speaker it trained on. Give splits with disjoint groups, or "
-                    "leave out the validation split and let the recipe hold one out by group.")
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Arguments: recipe defaults < --config YAML < command line.
     model_args, data_args, augment_args, finetune_args, run_args, training_args = parse_args(
@@ -94,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     setup_run(training_args, run_args)
     set_seed(training_args.seed)
 
-    # 2. Data: manifests, an audiofolder or a Hub dataset; columns; an empty label is a bad row.
+    # 2. Data: manifests, an audiofolder or a Hub dataset; columns.
     splits, sources, bases = load_speech_splits(data_args)
     if "train" not in splits:
         raise RecipeInputError("no training split: pass --train_file, --audio_folder or a --dataset_name with a train split.")
@@ -106,41 +85,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         "--audio_column / --label_column")
     splits, missing = fill_path_template(splits, audio_column, data_args.audio_path_template, "--audio_path_template",
                                          bases, sources, data_args)
-    bad = {split: find_bad_rows(d, [], label, sources[split]) for split, d in splits.items()}
-    splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
 
-    # 3. Labels; validation held out by group (--cv_group_column speaker: no speaker on both sides); caps.
-    spec = infer_label_spec(splits, label, sources["train"], class_names_option(data_args.class_names,
-                                                                                data_args.class_names_file))
-    if spec.problem_type != SINGLE:
-        raise RecipeInputError(f"label column '{label}' of {sources['train']} holds {spec.problem_type} labels; this "
-                               "recipe gives each clip one class.")
-    splits = encode_labels(splits, spec, label, sources)
-    group = finetune_args.cv_group_column
-    if group:
-        check_group_leak(splits, group, sources)
-    groups = cv_groups(splits["train"], group, sources["train"]) if group else None
-    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
-                                  column_codes(splits["train"], "labels"), groups)
-    sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    bases.setdefault("validation", bases["train"])
-    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed, "labels")
-
-    # 4. Model and feature extractor, whose sampling rate the audio is decoded at.
+    # 3. Labels (an empty one is a bad row); validation held out by group (--cv_group_column speaker: no speaker on
+    #    both sides); caps; then every clip left decoded once at the feature extractor's rate (resampled, mono),
+    #    bad clips failed on or skipped, and durations filtered.
     feature_extractor = load_processor(AutoFeatureExtractor, model_args)
     rate = feature_extractor.sampling_rate
+
+    def decode(splits: DatasetDict, sources: dict[str, str]) -> tuple[DatasetDict, dict[str, int]]:
+        bases.setdefault("validation", bases["train"])  # a held-out validation split's clips sit where train's do
+        with training_args.main_process_first(desc="decode audio"):
+            splits = decode_splits(splits, audio_column, rate, bases, data_args.preprocessing_num_workers)
+        splits, counts = check_examples(splits, None, sources, data_args, str)
+        splits, filtered = filter_durations(splits, rate, data_args.min_duration_s, data_args.max_duration_s,
+                                            input_window(feature_extractor), sources)
+        return splits, add_counts(counts, filtered)
+
+    data = prepare_labelled_splits(
+        splits, sources, data_args, training_args, label, group_column=finetune_args.cv_group_column,
+        class_names=data_args.class_names, class_names_file=data_args.class_names_file,
+        one_class="gives each clip one class", disjoint_groups=True, check_sampled=decode)
+    splits, sources, spec, groups, source_rows = (data.splits, data.sources, data.label_spec, data.groups,
+                                                  data.source_rows)
+    counts = add_counts(missing, data.skipped)
+
+    # 4. Model, its head named by the classes.
     config = load_config(model_args, num_labels=spec.num_labels, id2label=spec.id2label, label2id=spec.label2id)
     model_init = partial(prepare_model, partial(load_model, AutoModelForAudioClassification, model_args, config),
                          finetune_args)
 
-    # 5. Decode every clip once (resampled, mono), then fail on or skip bad clips, then filter by duration.
-    with training_args.main_process_first(desc="decode audio"):
-        splits = decode_splits(splits, audio_column, rate, bases, data_args.preprocessing_num_workers)
-    splits, counts = check_examples(splits, None, sources, data_args, str)
-    splits, filtered = filter_durations(splits, rate, data_args.min_duration_s, data_args.max_duration_s,
-                                        input_window(feature_extractor), sources)
-    counts = add_counts(missing, skipped, counts, filtered)
-    check_class_balance(splits, spec.names, sources)
+    # 5. What the run uses, logged; `finetune-recipes inspect` reports it and stops.
     logger.info("%d classes %s; clips %s at %d Hz", spec.num_labels, spec.names, {k: len(v) for k, v in splits.items()},
                 rate)
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
@@ -152,7 +126,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 6. Lazy inputs: features per batch; --audio_augment changes train waveforms first.
     files = {split: list(d[FILE]) for split, d in splits.items()}
     stratify = list(splits["train"]["labels"])
-    groups = cv_groups(splits["train"], group, sources["train"]) if group else None
     splits = {split: d.select_columns([SPEECH, "labels"] if "labels" in d.column_names else [SPEECH])
               for split, d in splits.items()}
     augment = any(augment_args.probabilities.values())
@@ -190,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         error_analysis=error_analysis if "validation" in splits else None,
         stratify=stratify,
         groups=groups,
+        source_rows=source_rows,
         augmentation=augmentation,
         data_results=counts,
     )

@@ -15,19 +15,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from datasets import DatasetDict
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainingArguments, set_seed
 
 from common.core.config import LOCAL_DATA, TRAINING_DEFAULTS, RunArguments, input_loader_defaults, parse_args
 from common.core.errors import RecipeInputError, run_main
-from common.data import (
-    add_validation_split,
-    cap_splits,
-    check_class_balance,
-    drop_bad_rows,
-    drop_unused_splits,
-    find_bad_rows,
-    require_columns,
-)
+from common.data import BadRow, drop_bad_rows, require_columns
 from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template
 from common.data.images import (
@@ -40,12 +33,11 @@ from common.data.images import (
     open_image,
     prepare_image_column,
 )
-from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.labelled import prepare_labelled_splits
+from common.data.labels import SINGLE
 from common.data.options import DataArguments
-from common.data.sampling import column_codes
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
-from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
 from common.strategies.prediction import Lazy, PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.image import (
@@ -134,32 +126,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits, missing = fill_path_template(splits, column, data_args.image_path_template, "--image_path_template", bases,
                                          sources, data_args)
     splits = prepare_image_column(splits, column, data_args)
-    splits["train"] = number_rows(splits["train"])  # file row numbers: the `row` of oof_predictions.parquet
-    bad = {split: find_bad_rows(ds, [], data_args.label_column, sources[split]) for split, ds in splits.items()}
-    splits, skipped_labels = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples,
-                                           data_args.max_bad_fraction)
 
-    # 3. Labels (one class per image); validation held out and every split sampled, keeping every class.
-    class_names = class_names_option(data_args.class_names, data_args.class_names_file)
-    spec = infer_label_spec(splits, data_args.label_column, sources["train"], class_names)
-    if spec.problem_type != SINGLE:
-        raise RecipeInputError(f"label column '{data_args.label_column}' of {sources['train']} holds {spec.problem_type} "
-                               "labels; this recipe classifies each image into one class.")
-    splits = encode_labels(splits, spec, data_args.label_column, sources)
-    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
-              if finetune_args.cv_group_column else None)
-    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
-                                  column_codes(splits["train"], "labels"), groups)
-    sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    splits = cap_splits(drop_unused_splits(splits, training_args), data_args, training_args.seed, "labels")
-    # Image files are checked once sampled: a 300-image cap of a large folder opens 300 files, not all of them.
-    bad_images = {split: find_bad_images(ds, column, data_args.preprocessing_num_workers)
-                  for split, ds in splits.items()}
-    splits, skipped = drop_bad_rows(splits, bad_images, sources, data_args.skip_bad_examples,
-                                    data_args.max_bad_fraction)
-    splits, source_rows = take_source_rows(splits)  # out of the data before the transforms and collator
-    skipped = add_counts(missing, skipped_labels, skipped)
-    check_class_balance(splits, spec.names, sources)
+    # 3. Bad labels reported or skipped; labels (one class per image); validation held out and every split sampled,
+    #    keeping every class; then the image files checked, once sampled: a 300-image cap of a large folder opens
+    #    300 files, not all of them.
+    bad_images: dict[str, list[BadRow]] = {}
+
+    def drop_bad_images(splits: DatasetDict, sources: dict[str, str]) -> tuple[DatasetDict, dict[str, int]]:
+        bad_images.update({split: find_bad_images(ds, column, data_args.preprocessing_num_workers)
+                           for split, ds in splits.items()})
+        return drop_bad_rows(splits, bad_images, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
+
+    data = prepare_labelled_splits(
+        splits, sources, data_args, training_args, data_args.label_column,
+        group_column=finetune_args.cv_group_column, class_names=data_args.class_names,
+        class_names_file=data_args.class_names_file, one_class="classifies each image into one class",
+        check_sampled=drop_bad_images)
+    splits, sources, spec, groups, source_rows = (data.splits, data.sources, data.label_spec, data.groups,
+                                                  data.source_rows)
+    skipped = add_counts(missing, data.skipped)
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
         "image_classification", splits, sources, label_spec=spec, data_args=data_args, first_columns=[column],
         measures=[image_sizes(column)], bad_rows=bad_images, skipped=skipped,
@@ -178,8 +163,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 5. Lazy inputs: every split through the image processor (as pipeline() does); augmented train rows are
     #    only decoded, and the augmentation makes their inputs.
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
-    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
-              if finetune_args.cv_group_column else None)
     predicted = predicted_split(splits)
     test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None
     raw_eval = splits["validation"].select_columns([column]) if "validation" in splits else None  # files, not pixels

@@ -46,9 +46,9 @@ from common.data.audio import (
 )
 from common.data.bad_rows import add_counts
 from common.data.files import fill_path_template, find_column
+from common.data.rows import cv_groups
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_processor
-from common.strategies.cross_validation import cv_groups
 from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter

@@ -25,28 +25,15 @@ from transformers import (
 
 from common.core.config import LOCAL_DATA, TRAINING_DEFAULTS, RunArguments, parse_args
 from common.core.errors import RecipeInputError, run_main
-from common.data import (
-    add_validation_split,
-    cap_splits,
-    check_class_balance,
-    drop_bad_rows,
-    drop_unused_splits,
-    find_bad_rows,
-    load_splits,
-    load_text_folder,
-    require_columns,
-    source,
-)
+from common.data import load_splits, load_text_folder, require_columns, source
 from common.data.bad_rows import add_counts
-from common.data.duplicates import find_duplicates
 from common.data.files import FORMATS
-from common.data.labels import SINGLE, class_names_option, encode_labels, infer_label_spec
+from common.data.labelled import prepare_labelled_splits
+from common.data.labels import SINGLE
 from common.data.options import DataArguments
-from common.data.sampling import column_codes
 from common.data.truncation import LENGTH_COLUMN, count_truncated, tokenize_truncated
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
-from common.strategies.cross_validation import cv_groups, number_rows, take_source_rows
 from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
@@ -134,7 +121,7 @@ def main(
     setup_run(training_args, run_args)
     set_seed(training_args.seed)
 
-    # 2. Data: load (files, class folders or a Hub dataset), check columns, report or skip bad rows.
+    # 2. Data: load (files, class folders or a Hub dataset), check columns.
     splits = load_splits(data_args, load_text_folder)
     if "train" not in splits:
         raise RecipeInputError("no training split: pass --train_file, --train_dir or a --dataset_name with a train split.")
@@ -144,32 +131,16 @@ def main(
     for split, dataset in splits.items():
         label = [label_column] if split != "test" else []
         require_columns(dataset, text_columns + label, sources[split], "--text_columns / --label_column")
-    splits["train"] = number_rows(splits["train"])  # file row numbers: the `row` of oof_predictions.parquet
-    bad = {split: find_bad_rows(ds, text_columns, label_column, sources[split], data_args.label_separator)
-           for split, ds in splits.items()}
-    splits, skipped = drop_bad_rows(splits, bad, sources, data_args.skip_bad_examples, data_args.max_bad_fraction)
 
-    # 3. Labels: infer the problem type, map values to ids; hold out validation and sample, keeping every class.
-    class_names = class_names_option(data_args.class_names, data_args.class_names_file)
-    spec = infer_label_spec(splits, label_column, sources["train"], class_names, data_args.problem_type,
-                            data_args.label_separator)
-    if default_class_names and spec.from_ids:
-        spec = spec.renamed(default_class_names(spec.num_labels) or spec.names)
-    if training_args.label_smoothing_factor and spec.problem_type != SINGLE:
-        raise RecipeInputError(f"--label_smoothing applies to single-label classification, not {spec.problem_type}.")
-    single = spec.problem_type == SINGLE
-    splits = encode_labels(splits, spec, label_column, sources, data_args.label_separator)
-    groups = (cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
-              if finetune_args.cv_group_column else None)
-    splits = add_validation_split(splits, data_args.validation_split, training_args.seed,
-                                  column_codes(splits["train"], "labels") if single else None, groups)
-    sources.setdefault("validation", f"validation split held out from {sources['train']}")
-    splits, duplicates = find_duplicates(splits, text_columns, sources, data_args.dedupe)
-    splits = drop_unused_splits(splits, training_args)
-    splits = cap_splits(splits, data_args, training_args.seed, "labels" if single else None)
-    splits, source_rows = take_source_rows(splits)  # out of the data before it reaches a report or the model
-    if single:
-        check_class_balance(splits, spec.names, sources)
+    # 3. Bad rows reported or skipped; labels: the problem type inferred, values mapped to ids; validation held
+    #    out, duplicates counted, and every split sampled, keeping every class.
+    data = prepare_labelled_splits(
+        splits, sources, data_args, training_args, label_column, text_columns,
+        group_column=finetune_args.cv_group_column, class_names=data_args.class_names,
+        class_names_file=data_args.class_names_file, problem_type=data_args.problem_type,
+        separator=data_args.label_separator, names_for_ids=default_class_names)
+    splits, sources, spec, groups = data.splits, data.sources, data.label_spec, data.groups
+    bad, skipped, duplicates, source_rows = data.bad, data.skipped, data.duplicates, data.source_rows
     logger.info("task %s with %d labels: %s; rows %s", spec.problem_type, spec.num_labels, spec.names,
                 {k: len(v) for k, v in splits.items()})
     stop_for_inspection(DataReport(  # `finetune-recipes inspect` ends here; a run goes on
@@ -241,8 +212,7 @@ def main(
         write_predictions=write_predictions if raw_test is not None else None,
         error_analysis=error_analysis if "validation" in splits else None,
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
-        groups=(cv_groups(splits["train"], finetune_args.cv_group_column, sources["train"])
-                if finetune_args.cv_group_column else None),
+        groups=groups,
         source_rows=source_rows,
         augmentation=augmentation,
         data_results=add_counts(skipped, duplicates, truncated),

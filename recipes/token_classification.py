@@ -34,6 +34,7 @@ from common.data.bad_rows import add_counts
 from common.data.files import SPLITS
 from common.data.labels import LabelSpec, read_class_names
 from common.data.options import DataArguments, split_names
+from common.data.rows import cv_groups
 from common.data.word_tags import (
     IOB2,
     IOBES,
@@ -52,7 +53,6 @@ from common.data.word_tags import (
 )
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
-from common.strategies.cross_validation import cv_groups
 from common.strategies.prediction import PredictRun
 from common.toolkit.finetuning import prepare_model
 from common.training.inspection import DataReport, chosen, stop_for_inspection

@@ -37,14 +37,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from datasets import Dataset, DatasetDict
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from transformers import TrainingArguments
 from transformers.trainer_utils import PredictionOutput
 
 from common.core.errors import RecipeInputError
-from common.data import require_columns
-from common.data.arrow import column_array
 from common.data.labels import MULTI, REGRESSION, LabelSpec
 from common.strategies.ensembling import (
     Ensemble,
@@ -102,37 +99,8 @@ class CrossValidationArguments:
         if options.get("cv_fold_index") is not None and options.get("cv_folds") and options.get("output_dir"):
             options["output_dir"] = str(Path(options["output_dir"]) / f"fold_{options['cv_fold_index']}")
 
-SOURCE_ROW = "__source_row__"  # the train rows' numbers in the file as loaded; see `number_rows`
 # The metrics of a fold's held-out rows, in its results and report: never test_*, which name the test split's.
 HELDOUT_PREFIX = "heldout_fold"
-
-
-def number_rows(dataset: Dataset) -> Dataset:
-    """The train split as loaded, plus a column of its 0-based row numbers. `Dataset.select` keeps it, so after
-    dropped bad rows, a held-out validation split and sampling it still says which file row each row is."""
-    if SOURCE_ROW in dataset.column_names:
-        raise RecipeInputError(f"the train data has a column named {SOURCE_ROW!r}, a name this toolkit reserves; "
-                               "rename it.")
-    return dataset.add_column(SOURCE_ROW, np.arange(len(dataset), dtype=np.int64))
-
-
-def take_source_rows(splits: DatasetDict) -> tuple[DatasetDict, list[int] | None]:
-    """The splits without the `number_rows` column (it must reach no model, collator or report), and train's
-    row numbers (`Task.source_rows`; None when the train split was not numbered)."""
-    train = splits.get("train")
-    rows = (column_array(train, SOURCE_ROW).to_numpy().tolist()
-            if train is not None and SOURCE_ROW in train.column_names else None)
-    result = DatasetDict({name: ds.remove_columns(SOURCE_ROW) if SOURCE_ROW in ds.column_names else ds
-                          for name, ds in splits.items()})
-    return result, rows
-
-
-def cv_groups(dataset, column: str, where: str) -> list:
-    """The --cv_group_column values of the train split, or a clear error when the column is missing."""
-    if column not in dataset.column_names and SOURCE_ROW in dataset.column_names:
-        dataset = dataset.remove_columns(SOURCE_ROW)  # not the user's: leave it out of the columns listed
-    require_columns(dataset, [column], where, "--cv_group_column")
-    return list(dataset[column])
 
 
 def fold_indices(

@@ -56,7 +56,7 @@ class Task:
     # Row labels of the train split, for stratified CV folds (None: plain k-fold).
     stratify: list | None = None
     groups: list | None = None
-    # Per train row, its 0-based data row in the train file as loaded (`common.strategies.cross_validation.number_rows`):
+    # Per train row, its 0-based data row in the train file as loaded (`common.data.rows.number_rows`):
     # the `row` of oof_predictions.parquet. None: rows are numbered as the train split holds them.
     source_rows: list[int] | None = None
     # On-the-fly augmentation of the train split (each CV fold's too); eval and test data stay as they are.

@@ -122,6 +122,25 @@ def test_rows_read_equal_rows_used_plus_every_skipped_count(encoder, manifest, t
     assert saved["skipped_bad_examples"] == 3
 
 
+def test_source_rows_and_groups_name_the_manifest_rows_a_run_trains_on(encoder, manifest, tmp_path, monkeypatch,
+                                                                      one_thread):
+    """After a skipped bad label and a validation split held out by speaker, each train row's `Task.source_rows`
+    entry is its manifest row (the `row` of oof_predictions.parquet) and its group and class are that row's."""
+    _, table = manifest
+    rows = table[table["digit"] < 2].reset_index(drop=True)
+    rows["digit"] = rows["digit"].astype("object")
+    rows.iloc[3, rows.columns.get_loc("digit")] = None
+    rows.to_csv(tmp_path / "clips.csv", index=False)
+    task = _dry_run(monkeypatch, [
+        "--model_name_or_path", encoder, "--train_file", str(tmp_path / "clips.csv"), "--audio_column", "file",
+        "--label_column", "digit", "--cv_group_column", "speaker", "--validation_split", "0.3",
+        "--skip_bad_examples", *fast_args(tmp_path / "dry")])
+    source = rows.iloc[task.source_rows]
+    assert len(source) == len(task.train_dataset) == len(task.groups) < len(rows) - 1 and 3 not in task.source_rows
+    assert task.groups == source["speaker"].tolist()
+    assert [task.label_spec.names[i] for i in task.stratify] == [str(d) for d in source["digit"]]
+
+
 @pytest.fixture(scope="module")
 def whisper_encoder(tmp_path_factory) -> str:
     from common.models.tiny import tiny_whisper

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import fast_args
-from datasets import Dataset
 from helpers import POLARITY, POLARITY_WORDS, coloured_images, polarity
 
 from common.cli import main as cli
 from common.core.errors import RecipeInputError
-from common.strategies.cross_validation import cv_groups, fold_indices, merge_folds
+from common.strategies.cross_validation import fold_indices, merge_folds
 from recipes import image_classification, sentiment, text_classification
 
 N = 60
@@ -58,11 +57,6 @@ def test_folds_follow_the_seed():
 def test_impossible_folds_are_refused(kwargs, message):
     with pytest.raises(RecipeInputError, match=message):
         fold_indices(N, seed=0, **kwargs)
-
-
-def test_missing_group_column_names_it():
-    with pytest.raises(RecipeInputError, match="'speaker' not found in train split.*--cv_group_column"):
-        cv_groups(Dataset.from_dict({"text": ["a"], "label": [0]}), "speaker", "train split")
 
 
 @pytest.mark.slow
