@@ -44,7 +44,14 @@ import torch
 import transformers
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, pipeline
+from transformers import (
+    AutoConfig,
+    EvalPrediction,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    pipeline,
+)
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.pipelines import check_task
@@ -372,10 +379,13 @@ def load_ensemble(directory: str | Path) -> Ensemble:
 
 
 def load_member(path: str | Path, task) -> PreTrainedModel:
-    """A member model, with the auto class of the recipe's pipeline task, checked against the recipe's labels."""
-
-    auto_class = check_task(task.pipeline_task)[1]["pt"][0]
-    model = auto_class.from_pretrained(str(path))
+    """A member model, with the auto class of the recipe's pipeline task (or, for a pipeline transformers no
+    longer ships, the member's own architecture), checked against the recipe's labels."""
+    try:
+        model_class = check_task(task.pipeline_task)[1]["pt"][0]
+    except KeyError:
+        model_class = getattr(transformers, AutoConfig.from_pretrained(str(path)).architectures[0])
+    model = model_class.from_pretrained(str(path))
     spec = ensemble_labels(task)
     if spec.problem_type != REGRESSION and spec.names is not None:  # None: a recipe's outputs without class names
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -389,6 +399,8 @@ def member_scores(task, args: TrainingArguments, finetune_args: EnsembleArgument
     """Scores of every member on every split, split -> array (members, rows[, positions][, classes]); and the
     labels of the splits that have them, as the predictions align them (token labels padded with -100)."""
     scores: dict[str, list[np.ndarray]] = {split: [] for split in datasets}
+    problem_type = ensemble_labels(task).problem_type
+    vote_scores = task.vote_scores or (lambda predictions: scores_from_logits(first_output(predictions), problem_type))
     labels: dict[str, np.ndarray] = {}
     for path in members:
         model = load_member(path, task)
@@ -398,7 +410,7 @@ def member_scores(task, args: TrainingArguments, finetune_args: EnsembleArgument
             output = trainer.predict(dataset)
             if output.label_ids is not None:
                 labels[split] = np.asarray(output.label_ids)
-            scores[split].append(scores_from_logits(first_output(output.predictions), ensemble_labels(task).problem_type))
+            scores[split].append(vote_scores(output.predictions))
         del trainer, model
         gc.collect()
     return {split: np.stack(values) for split, values in scores.items()}, labels

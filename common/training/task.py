@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import datasets
+import numpy as np
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PredictionOutput
 
@@ -50,6 +51,9 @@ class Task:
     # input (a tag per word): a problem type of the recipe's own, soft-voted per position and scored with
     # compute_metrics (common.strategies.ensembling). None with no label_spec: the recipe has no ensembles.
     vote_labels: LabelSpec | None = None
+    # How one member's predictions become the scores an ensemble averages, where softmax over the last axis does not
+    # fit (start and end logits over a question's positions: softmax over the positions). None: that softmax.
+    vote_scores: Callable[[Any], np.ndarray] | None = None
     trainer_class: type = FinetuneTrainer
     # Writes the predictions on `predicted_split(splits)` in the recipe's format: (output, output dir) -> None.
     write_predictions: Callable[[PredictionOutput, Path], None] | None = None
