@@ -25,6 +25,7 @@ RECIPES = {
     "speech_recognition": "speech recognition, CTC (wav2vec2) or seq2seq (Whisper)",
     "audio_classification": "audio classification (keywords, digits, speakers) with audio augmentation",
     "token_classification": "token classification (named entities): a BIO tag per word, entity-level F1",
+    "question_answering": "extractive question answering (SQuAD): the answer's span in the context, exact match and F1",
 }
 
 

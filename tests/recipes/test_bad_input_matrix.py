@@ -39,6 +39,7 @@ from common.core.errors import RecipeInputError, run_main
 from recipes import (
     audio_classification,
     image_classification,
+    question_answering,
     sentiment,
     speech_recognition,
     text_classification,
@@ -46,7 +47,7 @@ from recipes import (
     translation,
 )
 
-TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO = (
+TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO, QA = (
     "text_classification",
     "sentiment",
     "image_classification",
@@ -54,6 +55,7 @@ TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO = (
     "speech_recognition",
     "token_classification",
     "audio_classification",
+    "question_answering",
 )
 RECIPES = {
     TEXT: text_classification,
@@ -63,6 +65,7 @@ RECIPES = {
     SPEECH: speech_recognition,
     TOKEN: token_classification,
     AUDIO: audio_classification,
+    QA: question_answering,
 }
 ALL = tuple(RECIPES)
 # The token recipe reads tables of token lists from JSON lines or parquet, and any other file as CoNLL: the csv
@@ -71,9 +74,10 @@ TABLES = tuple(r for r in ALL if r != TOKEN)
 TEXTS = (TEXT, SENTIMENT)
 CLASSIFIERS = (TEXT, SENTIMENT, IMAGE, AUDIO)
 MODEL = {TEXT: "bert", SENTIMENT: "bert", IMAGE: "vit", TRANSLATION: "marian", SPEECH: "ctc", TOKEN: "bert",
-         AUDIO: "ctc"}
+         AUDIO: "ctc", QA: "bert"}
 
 EN = [f"a small sentence {i}" for i in range(10)]
+QA_HEADER = "question,context,answer_text,answer_start"
 DE = [f"ein kleiner Satz {i}" for i in range(10)]
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 EARLIER_RUN = {"all_results.json": b'{"eval_accuracy": 0.9}', "checkpoints/notes.txt": b"an earlier run"}
@@ -170,6 +174,8 @@ class Data:
         """A valid csv table in the recipe's own columns, header first (CoNLL lines for the token recipe)."""
         if recipe == TOKEN:
             return [line for i in range(8) for line in (f"Anna{i}\tB-person", "saw\tO", f"Lima{i}\tB-location", "")]
+        if recipe == QA:
+            return [QA_HEADER, *(f"who saw item {i},Anna{i} saw item {i} in Lima,Anna{i},0" for i in range(8))]
         if recipe == AUDIO:
             return ["audio,label", *(f"{clip},{text}" for clip, text in self.clips(6))]
         if recipe in TEXTS:
@@ -519,6 +525,7 @@ CASES: dict[str, Case] = {
             ],
             token_classification=lambda d: [*_token_table({})(d), "--tags_column", "tgas"],
             audio_classification=lambda d: [*d.good(AUDIO), "--label_column", "lable"],
+            question_answering=lambda d: [*d.good(QA), "--question_column", "qestion"],
         ),
         {
             TEXT: (
@@ -556,6 +563,11 @@ CASES: dict[str, Case] = {
                 "Columns present: audio, label",
                 "--label_column",
             ),
+            QA: (
+                "column 'qestion' not found in train split ({d}/train.csv) (did you mean 'question'?)",
+                "Columns present: question, context, answer_text, answer_start",
+                "Set --question_column / --context_column",
+            ),
         },
     ),
     "no_input_column": Case(
@@ -568,6 +580,7 @@ CASES: dict[str, Case] = {
             speech_recognition=lambda d: d.table(SPEECH, ["clip,text", *d.rows(SPEECH)[1:]]),
             token_classification=_token_table({"tokens": "text"}),
             audio_classification=lambda d: d.table(AUDIO, ["clip,label", *d.rows(AUDIO)[1:]]),
+            question_answering=lambda d: d.table(QA, ["query,context,answer_text,answer_start", *d.rows(QA)[1:]]),
         ),
         {
             **dict.fromkeys(
@@ -602,6 +615,11 @@ CASES: dict[str, Case] = {
                 "Columns present: clip, label",
                 "Set --audio_column",
             ),
+            QA: (
+                "column 'question' not found in train split ({d}/train.csv)",
+                "Columns present: query, context, answer_text, answer_start",
+                "Set --question_column / --context_column",
+            ),
         },
     ),
     "no_label_column": Case(
@@ -614,6 +632,8 @@ CASES: dict[str, Case] = {
             speech_recognition=lambda d: d.table(SPEECH, ["audio,words", *d.rows(SPEECH)[1:]]),
             token_classification=_token_table({"tags": "entities"}),
             audio_classification=lambda d: d.table(AUDIO, ["audio,digit", *d.rows(AUDIO)[1:]]),
+            question_answering=lambda d: d.table(QA, ["question,context,reply", *(r.rsplit(",", 1)[0]
+                                                                                  for r in d.rows(QA)[1:])]),
         ),
         {
             **dict.fromkeys(
@@ -648,6 +668,10 @@ CASES: dict[str, Case] = {
                 "'label' not found in train split ({d}/train.csv)",
                 "Columns present: audio, digit",
                 "--label_column",
+            ),
+            QA: (
+                "train split ({d}/train.csv) has no answers",
+                "flat answer_text and answer_start columns, or name the column with --answer_column",
             ),
         },
     ),
@@ -762,6 +786,7 @@ CASES: dict[str, Case] = {
                 SPEECH: "audio_col: wav\n",
                 TOKEN: "tags_colum: ner\n",
                 AUDIO: "label_col: digit\n",
+                QA: "question_colum: query\n",
             }[r]
         )(d, r),
         {
@@ -774,6 +799,7 @@ CASES: dict[str, Case] = {
             SPEECH: ("unknown key 'audio_col' in {d}/config.yaml (did you mean 'audio_column'?)",),
             TOKEN: ("unknown key 'tags_colum' in {d}/config.yaml (did you mean 'tags_column'?)",),
             AUDIO: ("unknown key 'label_col' in {d}/config.yaml (did you mean 'label_column'?)",),
+            QA: ("unknown key 'question_colum' in {d}/config.yaml (did you mean 'question_column'?)",),
         },
     ),
     "unknown_option": Case(
@@ -881,7 +907,7 @@ CASES: dict[str, Case] = {
         {
             **{
                 r: ("--text_augment: unknown operation 'swp' (did you mean 'swap'?)", "Operations: swap")
-                for r in (TEXT, SENTIMENT, TRANSLATION, TOKEN)
+                for r in (TEXT, SENTIMENT, TRANSLATION, TOKEN, QA)
             },
             IMAGE: ("--image_augment hevy: choose one of none, light, standard, strong",),
             **dict.fromkeys((SPEECH, AUDIO), ("--audio_augment: unknown operation 'nose' (did you mean 'noise'?)",
@@ -896,12 +922,12 @@ CASES: dict[str, Case] = {
         ("hpo_space: unknown argument(s) learning_rat (did you mean 'learning_rate'?)",),
     ),
     "cv_folds_too_few": Case(
-        (*CLASSIFIERS, TOKEN),
+        (*CLASSIFIERS, TOKEN, QA),
         _with_good("--cv_folds", "1"),
         ("--cv_folds 1: cross-validation needs at least 2 folds",),
     ),
     "ensemble_unknown": Case(
-        (*CLASSIFIERS, TOKEN),
+        (*CLASSIFIERS, TOKEN, QA),
         _with_good("--ensemble", "vote"),
         ("--ensemble vote: choose one of soft_vote, hard_vote, stack",),
     ),
@@ -1129,6 +1155,63 @@ CASES: dict[str, Case] = {
             "Widen or drop those limits",
         ),
     ),
+    # --- question answering -------------------------------------------------------------------------------------
+    "answer_start_off_its_answer": Case(
+        (QA,),
+        lambda d, r: d.table(r, [*d.rows(r)[:3], "who saw item 2,Anna2 saw item 2 in Lima,Anna2,3", *d.rows(r)[4:]]),
+        (
+            "train split ({d}/train.csv): 1 bad row: row 3, id 3 (answer_start 3 points at 'a2 sa', not at its "
+            "answer 'Anna2' (which starts at 0))",
+            "pass --skip_bad_examples",
+        ),
+    ),
+    "answer_not_in_context": Case(
+        (QA,),
+        lambda d, r: d.table(r, [*d.rows(r), "who saw item 9,Anna9 saw item 9 in Lima,Bruno,0"]),
+        ("row 9, id 9 (answer_start 0 points at 'Anna9', not at its answer 'Bruno' (which is not in the context))",),
+    ),
+    "empty_context": Case(
+        (QA,),
+        lambda d, r: d.table(r, [*d.rows(r)[:2], "who saw item 1,,Anna1,0", *d.rows(r)[3:]]),
+        ("train split ({d}/train.csv): 1 bad row: row 2, id 2 (empty context)", "Fix or remove them"),
+    ),
+    "empty_question": Case(
+        (QA,),
+        lambda d, r: d.table(r, [*d.rows(r)[:5], " ,Anna4 saw item 4 in Lima,Anna4,0", *d.rows(r)[6:]]),
+        ("train split ({d}/train.csv): 1 bad row: row 5, id 5 (empty question)", "Fix or remove them"),
+    ),
+    "unanswered_question_without_version_2": Case(
+        (QA,),
+        lambda d, r: d.table(r, [*d.rows(r), "who saw nothing,Anna saw item 9 in Lima,,"]),
+        ("row 9, id 9 (no answer: questions without one need --version_2_with_negative)",),
+    ),
+    "doc_stride_not_below_the_windows_room": Case(
+        (QA,),
+        _with_good("--max_seq_length", "16", "--doc_stride", "12"),
+        (
+            "train split ({d}/train.csv): row 1, id 1: --max_seq_length 16 less its question's 4 sub-words and 3 "
+            "special tokens leaves 9 for the context, not more than --doc_stride 12",
+            "lower --doc_stride below 9, or raise --max_seq_length to 20 or more",
+        ),
+    ),
+    "article_in_train_and_validation": Case(
+        (QA,),
+        lambda d, r: [
+            *d.table(r, [f"title,{QA_HEADER}", *(f"{'AB'[i % 2]},{row}" for i, row in enumerate(d.rows(r)[1:]))]),
+            *d.table(r, [f"title,{QA_HEADER}", f"B,{d.rows(r)[1]}"], "validation.csv", "validation"),
+            "--cv_group_column",
+            "title",
+        ],
+        ("--cv_group_column title: 'B' is in both train split ({d}/train.csv) and validation split "
+         "({d}/validation.csv)", "Give splits with disjoint groups"),
+    ),
+    "squad_json_paragraph_without_questions": Case(
+        (QA,),
+        lambda d, r: ["--train_file", d.write("train.json", json.dumps(
+            {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Anna saw Lima."}]}]}))],
+        ("--train_file {d}/train.json: data[0].paragraphs[0] has no list of questions ('qas')",
+         "data[].paragraphs[].{{context, qas[]}}"),
+    ),
 }
 
 
@@ -1209,6 +1292,19 @@ def _huge_image(d: Data) -> list[str]:
 
 
 PROCEEDS: dict[str, Proceeds] = {
+    "question_answering-skip_bad_examples": Proceeds(
+        QA,
+        lambda d: [
+            *d.table(QA, [*d.rows(QA), "who saw item 9,Anna9 saw item 9 in Lima,Anna9,7"]),
+            *d.table(QA, d.rows(QA)[:3], "validation.csv", "validation"),
+            "--skip_bad_examples",
+            "--max_bad_fraction",
+            "0.2",
+        ],
+        ("--skip_bad_examples: skipped 1 of 9 rows of train split ({d}/train.csv): row 9, id 9 (answer_start 7",),
+        {"skipped_bad_examples": 1, "skipped_bad_examples_train": 1, "skipped_bad_examples_validation": 0},
+        train_rows=8,
+    ),
     "image_classification-skip_bad_examples": Proceeds(
         IMAGE,
         lambda d: [*_bad_images(d), "--skip_bad_examples", "--max_bad_fraction", "0.5"],
@@ -1331,6 +1427,7 @@ MISSING_DATA = {
     TRANSLATION: ["--train_source_file", "missing.en", "--train_target_file", "missing.de"],
     TOKEN: ["--train_file", "missing.conll"],
     AUDIO: ["--train_file", "missing.csv"],
+    QA: ["--train_file", "missing.json"],
 }
 
 

@@ -10,9 +10,13 @@ split is smaller than --error_examples).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import random
+import re
+import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -437,6 +441,78 @@ def token_classification(root: Path, models: Models) -> Case:
     )
 
 
+# ---------------------------------------------------------------------------------------------- question answering
+
+
+def _squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 normalisation: lower case, no ASCII punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _squad_f1(prediction: str, truth: str) -> float:
+    predicted, true = _squad_normalize(prediction).split(), _squad_normalize(truth).split()
+    same = sum((Counter(predicted) & Counter(true)).values())
+    return 0.0 if same == 0 else 2 * same / (len(predicted) + len(true))
+
+
+def answer_scores(path: Path, gold: dict[str, list[str]]) -> dict[str, float]:
+    """The official SQuAD v1.1 evaluation (as evaluate's squad metric computes it: per question the best exact
+    match and F1 over its references, in percent) of a predictions.json (id -> answer) or an errors.csv (id,
+    prediction), against the references by id."""
+    if path.suffix == ".json":
+        predicted = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        table = read_table(path)
+        predicted = dict(zip(table["id"], table["prediction"]))
+    assert sorted(predicted) == sorted(gold), "predictions for other questions than the split's"
+    exact = [max(float(_squad_normalize(predicted[k]) == _squad_normalize(t)) for t in gold[k]) for k in gold]
+    f1 = [max(_squad_f1(predicted[k], t) for t in gold[k]) for k in gold]
+    return {"exact_match": 100 * float(np.mean(exact)), "f1": 100 * float(np.mean(f1))}
+
+
+def same_answers(run: Path, predicted: Path) -> None:
+    """The same answer to every question (predictions.json: id -> answer)."""
+    a, b = (json.loads(p.read_text(encoding="utf-8")) for p in (run, predicted))
+    assert sorted(a) == sorted(b), "predict answered other questions than the run's test split"
+    differ = [k for k in a if a[k] != b[k]]
+    assert not differ, f"{len(differ)} of {len(a)} answers differ from the run's, e.g. {a[differ[0]]!r} against " \
+                       f"{b[differ[0]]!r}" if differ else ""
+
+
+def question_answering(root: Path, models: Models) -> Case:
+    people, places = ["Alice Moore", "Bob", "Mary Ann", "Carol", "Dan Ito"], ["Paris", "Berlin", "New York", "Rome"]
+    days, verbs = ["Monday", "Friday", "Sunday"], [("visited", "visit"), ("left", "leave"), ("saw", "see")]
+    sizes = {"train": 24, "validation": 6, "test": 6}
+    rng, gold = random.Random(0), {}
+    for split, size in sizes.items():
+        paragraphs, gold[split] = [], {}
+        for i in range(size):
+            who, where, day, (verb, base) = rng.choice(people), rng.choice(places), rng.choice(days), rng.choice(verbs)
+            # The first context of each split is longer than a window of --max_seq_length 40: it is windowed.
+            filler = " ".join(FILLER * 2) + ". " if i == 0 else ""
+            context = f"{filler}On {day} {who} {verb} {where}. Then {rng.choice(people)} went home."
+            question, answer = rng.choice([(f"Who {verb} {where}?", who), (f"Where did {who} {base}?", where),
+                                           (f"When did {who} {base} {where}?", day)])
+            key = f"{split}-{i}"
+            gold[split][key] = [answer]
+            paragraphs.append({"context": context, "qas": [{"id": key, "question": question, "answers": [
+                {"text": answer, "answer_start": context.index(f" {answer}") + 1}]}]})
+        if split == "train":  # an answer_start off its answer: skipped and counted
+            paragraphs.insert(3, {"context": "On Monday Bob saw Rome.", "qas": [
+                {"id": "off", "question": "Who saw Rome?", "answers": [{"text": "Bob", "answer_start": 3}]}]})
+        document = {"version": "1.1", "data": [{"title": split, "paragraphs": paragraphs}]}
+        (root / f"{split}.json").write_text(json.dumps(document), encoding="utf-8")
+    return Case(
+        args=["--model_name_or_path", models.bert, "--max_seq_length", "40", "--doc_stride", "8",
+              "--error_examples", "50", *(f for s in sizes for f in (f"--{s}_file", str(root / f"{s}.json")))],
+        rows={**sizes, "train": sizes["train"] + 1}, train_rows=sizes["train"], batch_size=4,
+        predictions="predictions.json", predict_input=str(root / "test.json"),
+        rescore=answer_scores, gold=gold,
+        same_predictions=same_answers, not_rescored=("loss",), learning_rate=3e-3,
+    )
+
+
 # Every recipe of recipes.RECIPES has its case here: (folder to write the data in, models) -> Case.
 CASES: dict[str, Callable[[Path, Models], Case]] = {
     "text_classification": text_classification,
@@ -446,4 +522,5 @@ CASES: dict[str, Callable[[Path, Models], Case]] = {
     "speech_recognition": speech_recognition,
     "audio_classification": audio_classification,
     "token_classification": token_classification,
+    "question_answering": question_answering,
 }
