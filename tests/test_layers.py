@@ -29,9 +29,8 @@ def test_every_import_contract_is_kept():
 def test_the_recipes_apart_contract_covers_every_registered_recipe():
     """A recipe added to `recipes.RECIPES` is kept apart from the others from the day it is added: the contract
     takes every module of recipes/ by wildcard, and import-linter expands it to each registered recipe."""
-    import tomllib
-
     import grimp as graph_builder
+    import tomllib
 
     from recipes import RECIPES
 
