@@ -152,6 +152,28 @@ def squad_questions(src: Path, out: Path, caps: dict[str, int] | None = None) ->
         write_tsv(dest / f"{split}.tsv", ["text", "kind"], rows)
 
 
+# --- squad_small: a few SQuAD v1.1 articles in the SQuAD JSON layout (extractive question answering) ---------------
+
+def squad_small(src: Path, out: Path, articles: dict[str, int] | None = None, questions: int = 20) -> None:
+    """The first articles of each half (3 train, 2 validation), each cut after the first paragraph that brings it
+    to `questions` questions; the JSON layout, paragraphs and questions unchanged."""
+    dest = fresh(out, "squad_small")
+    articles = articles or {"train": 3, "validation": 2}
+    for split, count in articles.items():
+        document = json.loads((src / "squad_v1_1" / f"{split}.json").read_text(encoding="utf-8"))
+        kept = []
+        for article in document["data"][:count]:
+            paragraphs, asked = [], 0
+            for paragraph in article["paragraphs"]:
+                if asked >= questions:
+                    break
+                paragraphs.append(paragraph)
+                asked += len(paragraph["qas"])
+            kept.append({**article, "paragraphs": paragraphs})
+        (dest / f"{split}.json").write_text(json.dumps({**document, "data": kept}, ensure_ascii=False, indent=1) + "\n",
+                                            encoding="utf-8")
+
+
 # --- toy_en_de: simple English captions and their German, written from a small grammar (Multi30k's role) -----------
 
 # (English, German, gender, English plural, German plural); the gender picks German articles and adjective endings.
@@ -240,6 +262,7 @@ def main() -> None:
     fsdd(src, OUT)
     sms_spam(src, OUT)
     squad_questions(src, OUT)
+    squad_small(src, OUT)
     toy_en_de(OUT)
     wnut17(src, OUT)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
