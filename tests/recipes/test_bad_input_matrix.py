@@ -17,6 +17,7 @@ Keep this module as the contract: a new check or a new recipe adds its cases her
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import subprocess
@@ -34,18 +35,10 @@ import soundfile as sf
 import transformers
 from conftest import ROOT, fast_args
 
+import recipes
 from common import cli
 from common.core.errors import RecipeInputError, run_main
-from recipes import (
-    audio_classification,
-    image_classification,
-    question_answering,
-    sentiment,
-    speech_recognition,
-    text_classification,
-    token_classification,
-    translation,
-)
+from recipes import text_classification
 
 TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO, QA = (
     "text_classification",
@@ -57,16 +50,8 @@ TEXT, SENTIMENT, IMAGE, TRANSLATION, SPEECH, TOKEN, AUDIO, QA = (
     "audio_classification",
     "question_answering",
 )
-RECIPES = {
-    TEXT: text_classification,
-    SENTIMENT: sentiment,
-    IMAGE: image_classification,
-    TRANSLATION: translation,
-    SPEECH: speech_recognition,
-    TOKEN: token_classification,
-    AUDIO: audio_classification,
-    QA: question_answering,
-}
+# Every registered recipe, by name: a recipe joins the matrix when it joins the registry.
+RECIPES = {name: importlib.import_module(f"recipes.{name}") for name in recipes.RECIPES}
 ALL = tuple(RECIPES)
 # The token recipe reads tables of token lists from JSON lines or parquet, and any other file as CoNLL: the csv
 # reader's cases are not its own.
@@ -1467,3 +1452,10 @@ def test_recipe_scripts_exit_2_with_one_error_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith(f"error: {MISSING_DATA[recipe][0]} "), error[-2000:]
         assert "does not exist" in lines[0] or "is not a directory" in lines[0]
         assert not (tmp_path / f"out_{recipe}").exists()
+
+
+def test_every_registered_recipe_meets_the_bad_input_cases():
+    """Each recipe of `recipes.RECIPES` is run through the matrix: it meets at least one bad-input case, and the
+    cases name no recipe the registry does not hold."""
+    covered = {recipe for case in CASES.values() for recipe in case.recipes}
+    assert covered == set(recipes.RECIPES), f"no bad-input case for {sorted(set(recipes.RECIPES) - covered)}"
