@@ -792,7 +792,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         write_predictions=write_predictions if predicted else None,
         error_analysis=(lambda output, n: answer_errors(questions, output, options, n)) if "validation" in splits
         else None,
-        groups=cv_groups(splits["train"], group, sources["train"]) if group else None,  # the train rows as capped
+        groups=list(splits["train"][group]) if group else None,  # the train rows left after the hold-out and caps
         input_columns=[data_args.question_column or QUESTION, data_args.context_column or CONTEXT],
         data_results={**skipped, **windowing},
         baseline=(lambda: question_baseline(splits["validation"], data_args.version_2_with_negative))

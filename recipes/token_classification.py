@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pipeline_options=['aggregation_strategy="simple"'],  # whole entities, not sub-word tags
         model_name=model_args.model_name_or_path,
         write_predictions=write_predictions if predicted else None,
-        groups=cv_groups(splits["train"], group, sources["train"]) if group else None,
+        groups=list(splits["train"][group]) if group else None,  # the train rows left after the hold-out and caps
         input_columns=[data_args.tokens_column or TOKENS],
         data_results={**add_counts(skipped, violations), **windowing, "tag_scheme": scheme},
         baseline=lambda: {"f1": 0.0, "description": "every token tagged 'O'"},

@@ -320,3 +320,19 @@ def test_predict_reads_sentences_and_reproduces_the_runs_predictions(windowed_ru
         written = tmp_path / f"{Path(source).stem}.conll"
         assert predict(str(out), str(source), str(written)) == len(gold)
         assert [[tuple(f) for f in s] for s in _sentences_of(written)] == expected
+
+
+def test_cv_groups_hold_the_document_of_every_train_sentence_left_after_the_hold_out(tiny_bert, tmp_path, monkeypatch):
+    """--cv_group_column document: the validation hold-out takes whole documents, and Task.groups (the folds'
+    groups) names the document of each train sentence the run keeps, so no fold splits a document."""
+    rows = [{"tokens": tokens, "ner_tags": tags, "document": f"doc{i // 3}"}
+            for i, (tokens, tags) in enumerate(_sentences(30, 4))]  # 10 documents of 3 sentences
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    captured = {}
+    monkeypatch.setattr(token_classification, "finetune", lambda task, *args: captured.update(task=task) or {})
+    token_classification.main(["--model_name_or_path", tiny_bert, "--train_file", str(train), "--validation_split",
+                               "0.2", "--cv_group_column", "document", *fast_args(tmp_path / "out")])
+    task = captured["task"]
+    assert len(task.groups) == len(task.train_dataset) == 24  # 8 whole documents stay in train
+    assert sorted(set(task.groups)) == sorted(task.groups)[::3] and all(task.groups.count(g) == 3 for g in task.groups)
