@@ -1430,6 +1430,7 @@ def test_finetune_recipes_run_exits_2(recipe, models, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_recipe_scripts_exit_2_with_one_error_line(tmp_path):
     """Each recipe file run as a script (its `__main__` block), all in one interpreter to pay the imports once."""
     driver = textwrap.dedent(f"""

@@ -231,6 +231,7 @@ def test_flat_tables_with_unanswerable_questions_train_with_version_2(tiny_bert,
     assert len(predictions) == 44 and list(predictions) == [str(i + 1) for i in range(44)]
 
 
+@pytest.mark.slow
 def test_cross_validation_keeps_each_articles_questions_in_one_fold(tiny_bert, squad, tmp_path):
     """--cv_folds 2 --cv_group_column title, with the validation split held out of train by the same groups: an
     article's questions stay on one side of every split, and each fold's held-out questions are scored (found
@@ -245,6 +246,7 @@ def test_cross_validation_keeps_each_articles_questions_in_one_fold(tiny_bert, s
     assert all(0 <= f["heldout"]["f1"] <= 100 and "f1" in f["eval"] for f in folds)
 
 
+@pytest.mark.slow
 def test_an_ensemble_soft_votes_each_questions_start_and_end_distributions(run, tiny_bert, squad, tmp_path):
     """--ensemble soft_vote over two copies of one model answers every question as that model did, with its
     scores (members' distributions averaged, not their positions mixed up); `finetune-recipes predict` on the
