@@ -647,7 +647,8 @@ def predict_file(run: PredictRun, input_path: str, output: str) -> int:
     args = SimpleNamespace(**{**run.options, "answer_column": None})
     where = f"--input {input_path}"
     table = question_table(read_questions(input_path, "--input", "test", args), args, where, None)
-    table = table.remove_columns([c for c in (ANSWERS,) if c in table.column_names])
+    if ANSWERS in table.column_names:  # answers the input may hold are not predict's concern
+        table = table.remove_columns(ANSWERS)
     bad = run.drop_bad([(row.index, row.problem) for row in bad_questions(table, True)], len(table), where)
     table = table.select([i for i in range(len(table)) if i not in bad])
     members = run.ensemble.members if run.ensemble is not None else [str(run.model)]
@@ -656,10 +657,12 @@ def predict_file(run: PredictRun, input_path: str, output: str) -> int:
     questions = Questions()
     rows = questions.add(table, table.map(encode, batched=True, remove_columns=table.column_names))
     device = "cuda" if run.device >= 0 else "cpu"
-    scores = np.stack([member_scores(member, rows, run.batch_size, device) for member in members])
-    if run.ensemble is not None:  # as the run's ensemble voted
-        scores = logits_from_scores(run.ensemble.combine(vote_probabilities(scores)), run.ensemble.problem_type)[None]
-    answers = question_answers(questions, scores[0], range(len(table)), answer_options(run.options))
+    scores = [member_scores(member, rows, run.batch_size, device) for member in members]
+    if run.ensemble is None:
+        logits = scores[0]
+    else:  # as the run's ensemble voted
+        logits = logits_from_scores(run.ensemble.combine(vote_probabilities(np.stack(scores))), run.ensemble.problem_type)
+    answers = question_answers(questions, logits, range(len(table)), answer_options(run.options))
     frame = pd.DataFrame({ID: table[ID], QUESTION: table[QUESTION], "answer": [a.text for a in answers],
                           "score": [a.probability for a in answers]})
     suffix = Path(output).suffix.lower()

@@ -128,9 +128,6 @@ def check_ensemble_options(task, finetune_args: EnsembleArguments) -> None:
             _check_model_dir(path, "--ensemble_models")
 
 
-CLASS_PROBLEMS = PROBLEM_TYPES  # whole-input outputs, scored and predicted here; others by their recipe
-
-
 def ensemble_labels(task) -> LabelSpec:
     """What the members must predict alike: the task's classes, or the labels its recipe votes over."""
     spec = task.label_spec or task.vote_labels
@@ -293,7 +290,7 @@ class Ensemble:
               compute_metrics: Callable[[EvalPrediction], dict] | None = None) -> dict[str, float]:
         """The metrics of scores (one member's, or combined) against the labels: the built-in ones for classes and
         values, the recipe's `compute_metrics` for the outputs it votes over itself."""
-        if self.problem_type in CLASS_PROBLEMS:
+        if self.problem_type in PROBLEM_TYPES:  # classes of a whole input; other outputs are their recipe's
             return score_predictions(labels, scores, self.problem_type)
         if compute_metrics is None:
             raise RecipeInputError(f"an ensemble of {self.problem_type} outputs is scored by its recipe's metrics.")
@@ -328,7 +325,7 @@ class Ensemble:
     def predict_scores(self, inputs: list, batch_size: int = 32) -> np.ndarray:
         """Ensemble scores for raw inputs (texts, images, audio: whatever the members' pipeline takes)."""
 
-        if self.problem_type not in CLASS_PROBLEMS:
+        if self.problem_type not in PROBLEM_TYPES:
             raise RecipeInputError(f"an ensemble of {self.problem_type} outputs predicts through its recipe: "
                                    "finetune-recipes predict ENSEMBLE_DIR --input FILE --output FILE.")
         if self._pipelines is None:
