@@ -11,6 +11,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
+from common.strategies.budget import BudgetArguments, TimeBudget
 from common.strategies.cross_validation import CrossValidationArguments, run_cross_validation
 from common.strategies.ensembling import EnsembleArguments, check_ensemble_options, run_ensemble
 from common.strategies.hpo import HpoArguments, run_hpo
@@ -23,8 +24,8 @@ from common.training.trainer import TrainingLoopArguments
 
 
 @dataclass
-class FinetuneArguments(EnsembleArguments, CrossValidationArguments, HpoArguments, TrainingLoopArguments,
-                        TextAugmentArguments, ToolkitArguments):
+class FinetuneArguments(BudgetArguments, EnsembleArguments, CrossValidationArguments, HpoArguments,
+                        TrainingLoopArguments, TextAugmentArguments, ToolkitArguments):
     """The fine-tuning toolkit and strategies: every recipe gets these options (bases listed last-first, so
     --help shows freezing first)."""
 
@@ -39,9 +40,12 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
         return {"main_metric": task.main_metric, "output_dir": args.output_dir}
     with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
         check_ensemble_options(task, finetune_args)
+        budget = TimeBudget(finetune_args, args) if finetune_args.time_budget else None
+        if budget is not None:  # the plan sets toolkit options, so it comes before the toolkit is applied
+            task = budget.make_plan(task, args, finetune_args)
         task = apply_toolkit(task, args, finetune_args)
         if finetune_args.hpo_trials:
-            best = run_hpo(task, args, finetune_args)
+            best = budget.search(task, args, finetune_args) if budget is not None else run_hpo(task, args, finetune_args)
             args, searched = dataclasses.replace(args, **best), args
             carry_run_record(searched, args)
         if finetune_args.cv_folds:
@@ -50,6 +54,8 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
             results = run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models)
         else:
             results = train_evaluate_predict(task, args, finetune_args)
+        if budget is not None and args.process_index == 0:
+            results["time_budget"] = budget.finish(Path(args.output_dir), budget.callback.state)
         results["main_metric"], results["output_dir"] = task.main_metric, args.output_dir
         several = (finetune_args.cv_folds and finetune_args.cv_fold_index is None) or finetune_args.ensemble_models
         if several and args.process_index == 0:  # a fold job's own run wrote its page already

@@ -120,6 +120,9 @@ class RunArguments:
     # Every option this run set (the recipe's defaults, --config and the command line, before the policies), as
     # a YAML config takes them: such a config repeats the run (an HPO study writes its best trial's as best.yaml).
     options: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # The options the user set, in --config or on the command line (not the recipe's defaults): a plan that fills
+    # in settings (--time_budget) keeps these.
+    given: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
     # The other argument groups parse_args built with this one (data, model, fine-tuning, training), so that
     # setup_run can fingerprint what shapes training for the checkpoints (common.training.reliability.run_fingerprint).
     arguments: tuple[Any, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -252,6 +255,7 @@ def parse_args(
             instances[-1].precision_reason = precision_reason
             instances[-1].command = launch_command(argv, from_sys_argv)
             instances[-1].options = configured
+            instances[-1].given = frozenset({*from_config, *given} - {None, "config"})
     for instance in instances:
         if isinstance(instance, RunArguments):
             instance.arguments = tuple(other for other in instances if other is not instance)

@@ -67,10 +67,11 @@ CONNECT_TIMEOUT_S = 10  # a database that does not answer fails the run in secon
 
 @dataclass
 class HpoArguments:
-    hpo_trials: int = field(
-        default=0,
+    hpo_trials: str = field(
+        default="0",
         metadata={"help": "Hyperparameter search trials (optuna); 0 = off. With --hpo_storage: the trials this "
-                          "worker runs."},
+                          "worker runs. 'auto' with --time_budget: as many as a share of the budget allows, pruned "
+                          "by successive halving."},
     )
     hpo_space: str | None = field(
         default=None, metadata={"help": "Search space as YAML/JSON (usually a mapping under hpo_space: in the config)."}
@@ -86,6 +87,7 @@ class HpoArguments:
     )
 
     def check(self) -> None:
+        self.hpo_trials = trial_count(self.hpo_trials)
         if self.hpo_space:
             parse_space(self.hpo_space)  # a bad space fails at parse time, not after the data is prepared
         if self.hpo_storage:
@@ -103,6 +105,20 @@ class HpoArguments:
         # any number of workers share one, even after hpo-summary has written there.
         if options.get("hpo_storage"):
             options["overwrite_output_dir"] = True
+
+def trial_count(value: int | str) -> int | str:
+    """A number of trials, or 'auto' (a time budget sizes the search)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise RecipeInputError(f"--hpo_trials {value}: give a number of trials (0 = no search), or auto with "
+                               "--time_budget.")
+    return count
+
 
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 3e-4},
@@ -312,13 +328,19 @@ def trial_arguments(args: TrainingArguments, space: dict[str, dict[str, Any]]) -
     return trial_args
 
 
-def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[str, Any]:
-    """Search, write hpo_results.csv and hpo.png, and return the best TrainingArguments overrides."""
+def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments, n_trials: int | None = None,
+            timeout: float | None = None, space: dict[str, dict[str, Any]] | None = None,
+            pruner=None) -> dict[str, Any]:
+    """Search, write hpo_results.csv and hpo.png, and return the best TrainingArguments overrides.
+
+    --hpo_trials trials over --hpo_space by default; a time budget passes its own count (None: until `timeout`
+    seconds have passed), space and pruner (fed by the trials' evaluations)."""
     import optuna  # heavy, and needed only by --hpo_trials: loaded here
 
     if task.eval_dataset is None:
         raise RecipeInputError("--hpo_trials needs a validation split to score trials: give --validation_file.")
-    space = parse_space(finetune_args.hpo_space)
+    space = space or parse_space(finetune_args.hpo_space)
+    n_trials = finetune_args.hpo_trials if n_trials is None and timeout is None else n_trials
     key, direction = f"eval_{task.main_metric}", "maximize" if task.greater_is_better else "minimize"
     out = Path(args.output_dir)
     trial_args = trial_arguments(args, space)
@@ -344,13 +366,14 @@ def run_hpo(task, args: TrainingArguments, finetune_args: HpoArguments) -> dict[
     trainer = build_trainer(task, trial_args, finetune_args)
     # Only rank 0 holds the optuna study. A trial it pruned would stop there while the other processes, which
     # follow a fixed copy of the trial that cannot be pruned, kept training and waited on it forever.
-    pruner = optuna.pruners.NopPruner() if args.world_size > 1 else None
-    logger.info("hyperparameter search: %d trials, %s %s over %s%s", finetune_args.hpo_trials, direction, key,
+    pruner = optuna.pruners.NopPruner() if args.world_size > 1 else pruner
+    logger.info("hyperparameter search: %s trials, %s %s over %s%s", n_trials or f"{timeout:.0f} s of", direction, key,
                 list(space), f"; study '{name}' in {shown_url(finetune_args.hpo_storage)}" if shared else "")
     best_run = trainer.hyperparameter_search(
         hp_space=hp_space,
         compute_objective=compute_objective,
-        n_trials=finetune_args.hpo_trials,
+        n_trials=n_trials,
+        timeout=timeout,
         direction=direction,
         backend="optuna",
         # Workers sharing a study must not draw the same configurations: their sampler is seeded by the system.

@@ -12,7 +12,9 @@ from functools import partial
 from transformers import PreTrainedModel, TrainingArguments
 
 from common.core.config import ArgumentGroups
+from common.core.errors import RecipeInputError
 from common.toolkit.adapters import PeftArguments, apply_peft, save_peft_model
+from common.toolkit.averaging import AveragingArguments, CheckpointAveraging, averaging_choice
 from common.toolkit.feature_cache import FeatureCacheArguments, cached_task, save_full_model
 from common.toolkit.freezing import (
     FreezingArguments,
@@ -27,9 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ToolkitArguments(ArgumentGroups, FeatureCacheArguments, PeftArguments, FreezingArguments):
-    """What is trained and how: freezing, PEFT and the feature cache (the recipes' FinetuneArguments adds the
-    rest)."""
+class ToolkitArguments(ArgumentGroups, AveragingArguments, FeatureCacheArguments, PeftArguments, FreezingArguments):
+    """What is trained and how: freezing, PEFT, the feature cache and checkpoint averaging (the recipes'
+    FinetuneArguments adds the rest)."""
 
 
 def prepare_model(load: Callable[[], PreTrainedModel], finetune_args: ToolkitArguments) -> PreTrainedModel:
@@ -70,4 +72,11 @@ def apply_toolkit(task: Task, args: TrainingArguments, finetune_args: ToolkitArg
     callbacks = list(task.callbacks)
     if finetune_args.unfreeze_schedule:
         callbacks.append(GradualUnfreezingCallback(finetune_args))
+    if finetune_args.average_checkpoints:
+        if args.load_best_model_at_end:
+            raise RecipeInputError("--average_checkpoints replaces the final weights with an average, and "
+                                   "load_best_model_at_end (set by --early_stopping_patience) with the best checkpoint: "
+                                   "use one of the two.")
+        method, k = averaging_choice(finetune_args.average_checkpoints)
+        callbacks.append(CheckpointAveraging(method, k, task.main_metric, task.greater_is_better))
     return dataclasses.replace(task, callbacks=callbacks, optimizer_groups=optimizer_groups(finetune_args))

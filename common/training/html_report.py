@@ -109,9 +109,30 @@ def _links(out: Path, pattern: str) -> list[tuple[str, str]]:
     return [(path.parent.name, path.relative_to(out).as_posix()) for path in sorted(out.glob(pattern))]
 
 
+def _budget_section(budget: dict) -> dict:
+    """--time_budget: the probe's measurements, the plan and what happened (run_config.json's time_budget)."""
+    planned, actual, phases = budget["planned"], budget["actual"], budget["phases"]
+    lines = [f"Budget {budget['budget_s']:.0f} s; plan: {budget['strategy']} ({budget['why']}).",
+             f"Planned {planned['max_steps']} steps ({planned['epochs']} epochs, batch {planned['batch_size']} x "
+             f"{planned['gradient_accumulation_steps']}, {planned['evaluations']} evaluations); trained "
+             f"{actual['steps']}{' (stopped by the deadline)' if actual['stopped_by_deadline'] else ''}.",
+             "Wall time by phase (s): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v}"
+                                                    for k, v in phases.items()) + "."]
+    if budget.get("kept_as_set"):
+        lines.append(f"Kept as set: {', '.join(budget['kept_as_set'])}.")
+    columns = {"name": "strategy", "step_s": "s/step", "batch_size": "batch", "eval_rows_per_s": "eval rows/s",
+               "peak_memory_gb": "memory GB", "epochs_fit": "epochs that fit", "note": "note"}
+    table = pd.DataFrame([{label: c.get(key) for key, label in columns.items()} for c in budget["candidates"]])
+    return {"anchor": "budget", "title": "Time budget", "lines": lines, "table": _table(table), "image": None,
+            "links": []}
+
+
 def _sections(out: Path) -> list[dict]:
     """One per strategy whose results are in the output dir."""
     sections = []
+    budget = _read_json(out / RUN_CONFIG_FILE).get("time_budget")
+    if budget:
+        sections.append(_budget_section(budget))
     if (out / "hpo_results.csv").is_file():
         trials = pd.read_csv(out / "hpo_results.csv")
         sections.append({"anchor": "hpo", "title": "Hyperparameter search",

@@ -293,6 +293,7 @@ class RunRecord:
     resumed: dict[str, Any] | None = None  # set when the run resumed from a checkpoint
     command: list[str] | None = None  # how the run was started, when known (RunArguments.command)
     options: dict[str, Any] | None = None  # every option the run set, as a YAML config takes them (RunArguments.options)
+    given: frozenset[str] = frozenset()  # the options the user set, in the config or on the command line
 
 
 def carry_run_record(source, target) -> None:
@@ -505,7 +506,7 @@ class PreemptionCallback(TrainerCallback):
             self._previous = signal.signal(signal.SIGTERM, _on_sigterm)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if _agreed(_SIGTERM.is_set(), args):
+        if any_process(_SIGTERM.is_set(), args):
             _SIGTERM.set()
             control.should_save = True
             control.should_training_stop = True
@@ -528,10 +529,15 @@ class PreemptionCallback(TrainerCallback):
             self._previous = None
 
 
-def _agreed(flag: bool, args) -> bool:
-    """True on every process when any of them got the signal: they must save and stop at the same step."""
+def any_process(flag: bool, args) -> bool:
+    """True on every process when it is true on any of them (a signal, a deadline): they must stop at the same step."""
+    return bool(agreed_max(float(flag), args))
+
+
+def agreed_max(value: float, args) -> float:
+    """The largest of the processes' values, on every process."""
     if args.world_size <= 1 or not torch.distributed.is_initialized():
-        return flag
-    value = torch.tensor(float(flag), device=args.device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor(float(value), device=args.device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor.item()

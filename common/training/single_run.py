@@ -99,7 +99,7 @@ def setup_run(training_args: TrainingArguments, run_args: RunArguments) -> None:
     fingerprint = run_fingerprint(training_args, run_args.arguments, processes)
     resumed = (check_resume(training_args.resume_from_checkpoint, fingerprint, run_args.resume_ignore_changes)
                if resume else None)
-    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed, run_args.command, run_args.options))
+    setattr(training_args, RUN_RECORD_ATTR, RunRecord(fingerprint, resumed, run_args.command, run_args.options, run_args.given))
 
 
 TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
@@ -219,6 +219,10 @@ def train_evaluate_predict(
                 "same command with --resume_from_checkpoint latest."
             )
         results.update(train_result.metrics)
+        # Callbacks that change the model once training ends (checkpoint averaging) do so before it is saved.
+        for callback in trainer.callback_handler.callbacks:
+            if hasattr(callback, "finish_training"):
+                results.update(callback.finish_training(trainer))
         if finetune_args.nan_policy == "skip":
             results["train_nan_skipped_steps"] = len(trainer.nan_skipped_steps)
         results["train_samples"] = len(task.train_dataset)

@@ -1,0 +1,247 @@
+"""Time-budgeted fine-tuning (`--time_budget`) against AutoGluon's MultiModalPredictor at the same time limit.
+
+    python bench/time_budget.py                      # every part, in the order below
+    python bench/time_budget.py --parts sst2 autogluon
+
+Parts (each run alone on the machine, one after another; wall time measured outside the process, from its start
+to its exit):
+- sst2: the sentiment recipe, MiniLM, on a stratified 2,000-sentence sample of SST-2 train (seed 0), validated on
+  all 872 dev sentences, at each budget. No setting is chosen on dev: the plan reads only speeds.
+- autogluon: MultiModalPredictor on the same 2,000 sentences, the same local MiniLM, its default preset and
+  `time_limit` at each budget, in its own virtual environment (bench/peers/autogluon_env.sh); fit time and dev
+  accuracy on all 872 sentences (bench/peers/autogluon_sst2.py).
+- default: the shipped recipes/configs/sentiment/sst2_minilm.yaml on the same sample, no budget; then
+  `--time_budget T` with T its measured wall time.
+- averaging: the 180 s budget with and without `--average_checkpoints greedy 5`, 3 seeds. The greedy soup selects on
+  validation, so here validation is 10% held out of the 2,000 and dev is the test split.
+- others: TREC (MiniLM; 10% of train held out for validation, the 500 test questions) and clothing_small (tiny
+  ConvNeXt, random init, 64 px) at each budget.
+
+Writes bench/results/time_budget/<part>.json and bench/time_budget.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    CLOTHING_DATA,
+    ROOT,
+    SST2_CONFIG,
+    TREC_DATA,
+    data,
+    machine,
+    minilm_dir,
+    run_for_results,
+    shared,
+    stratified_tsv_sample,
+    wait_for_quiet,
+)
+
+WORK = ROOT / "bench" / "runs" / "time_budget"
+RESULTS = ROOT / "bench" / "results" / "time_budget"
+REPORT = ROOT / "bench" / "time_budget.md"
+BUDGETS = (180, 600)
+AG_PYTHON = ROOT / "bench" / ".venv-autogluon" / "bin" / "python"
+QUIET_WAIT = 120.0  # seconds to wait, at most, for other work to leave the cores before each run
+PARTS = ("sst2", "autogluon", "default", "averaging", "others")
+SEEDS = (42, 43, 44)
+
+
+def sst2_sample() -> Path:
+    return stratified_tsv_sample(data("sst2", "train.tsv"), WORK / "sst2_train_2000.tsv", 2000, seed=0)
+
+
+def sst2_flags() -> list[str]:
+    return ["--model_name_or_path", minilm_dir(), "--train_file", str(sst2_sample()),
+            "--validation_file", shared("sst2", "dev.tsv"), "--disable_tqdm", "true"]
+
+
+def recipe_run(name: str, script: str, flags: list[str]) -> dict:
+    out = WORK / name
+    run = run_for_results(["python", script, *flags, "--output_dir", str(out), "--overwrite_output_dir"], out,
+                          "all_results.json", WORK / f"{name}.log", quiet_wait=QUIET_WAIT)
+    config = out / "run_config.json"
+    run["time_budget"] = json.loads(config.read_text()).get("time_budget") if config.is_file() else None
+    run["name"] = name
+    print(f"{name}: exit {run['code']}, wall {run['wall']:.1f} s, "
+          f"eval accuracy {(run['results'] or {}).get('eval_accuracy')}, test accuracy "
+          f"{(run['results'] or {}).get('test_accuracy')}", flush=True)
+    return run
+
+
+def part_sst2() -> list[dict]:
+    return [recipe_run(f"sst2_{budget}s", "recipes/sentiment.py", [*sst2_flags(), "--time_budget", f"{budget}s"])
+            for budget in BUDGETS]
+
+
+def part_autogluon() -> list[dict]:
+    if not AG_PYTHON.is_file():
+        subprocess.run(["bash", "bench/peers/autogluon_env.sh"], cwd=ROOT, check=True)
+    runs = []
+    for budget in BUDGETS:
+        out = WORK / f"autogluon_{budget}s.json"
+        wait_for_quiet(QUIET_WAIT)
+        start = time.perf_counter()
+        done = subprocess.run([str(AG_PYTHON), "bench/peers/autogluon_sst2.py", "--train", str(sst2_sample()),
+                               "--dev", str(data("sst2", "dev.tsv")), "--time_limit", str(budget),
+                               "--model_dir", str(WORK / f"autogluon_{budget}s"), "--output", str(out)],
+                              cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        (WORK / f"autogluon_{budget}s.log").write_text(done.stdout + done.stderr)
+        result = json.loads(out.read_text()) if done.returncode == 0 and out.is_file() else None
+        runs.append({"name": f"autogluon_{budget}s", "code": done.returncode, "wall": wall, "results": result})
+        print(f"autogluon {budget}s: exit {done.returncode}, process wall {wall:.1f} s, {result}", flush=True)
+    return runs
+
+
+def part_default() -> list[dict]:
+    default = recipe_run("sst2_default", "recipes/sentiment.py", ["--config", SST2_CONFIG, *sst2_flags()])
+    budget = f"{default['wall']:.0f}s"
+    same = recipe_run("sst2_budget_default_wall", "recipes/sentiment.py", [*sst2_flags(), "--time_budget", budget])
+    return [default, same]
+
+
+def part_averaging() -> list[dict]:
+    flags = ["--model_name_or_path", minilm_dir(), "--train_file", str(sst2_sample()), "--validation_split", "0.1",
+             "--test_file", shared("sst2", "dev.tsv"), "--disable_tqdm", "true", "--time_budget", "180s"]
+    runs = []
+    for seed in SEEDS:
+        for arm, extra in (("plain", []), ("greedy5", ["--average_checkpoints", "greedy", "5"])):
+            runs.append(recipe_run(f"averaging_{arm}_seed{seed}", "recipes/sentiment.py",
+                                   [*flags, "--seed", str(seed), *extra]))
+    return runs
+
+
+def part_others() -> list[dict]:
+    from common.models.tiny import tiny_convnext
+
+    convnext = WORK / "tiny-convnext"
+    if not (convnext / "config.json").is_file():
+        tiny_convnext(convnext, image_size=64)
+    runs = []
+    for budget in BUDGETS:
+        runs.append(recipe_run(f"trec_{budget}s", "recipes/text_classification.py", [
+            "--model_name_or_path", minilm_dir(), *TREC_DATA, "--validation_split", "0.1", "--disable_tqdm", "true",
+            "--time_budget", f"{budget}s"]))
+        runs.append(recipe_run(f"clothing_{budget}s", "recipes/image_classification.py", [
+            "--model_name_or_path", str(convnext), *CLOTHING_DATA, "--learning_rate", "3e-3",
+            "--disable_tqdm", "true", "--time_budget", f"{budget}s"]))
+    return runs
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def load(part: str) -> list[dict]:
+    path = RESULTS / f"{part}.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def budget_of(run: dict) -> float | None:
+    record = run.get("time_budget")
+    return record["budget_s"] if record else None
+
+
+def over(run: dict) -> str:
+    budget = budget_of(run)
+    if budget is None:
+        return "no budget"
+    share = run["wall"] / budget - 1
+    return f"{share:+.1%}"
+
+
+def plan_cells(run: dict) -> str:
+    record = run.get("time_budget")
+    if not record:
+        return ""
+    planned, actual = record["planned"], record["actual"]
+    lr = planned["learning_rate"] or "as configured"
+    stopped = " (deadline)" if actual["stopped_by_deadline"] else ""
+    return (f"{record['strategy']}; {planned['max_steps']} steps planned = {planned['epochs']:.2f} epochs, "
+            f"{actual['steps']} run{stopped}; batch {planned['batch_size']}, lr {lr}, "
+            f"{planned['evaluations']} evaluations; probe {record['phases'].get('probe_s')} s")
+
+
+def metric(run: dict, key: str) -> str:
+    value = (run.get("results") or {}).get(key)
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def report() -> str:
+    lines = ["# Time-budgeted fine-tuning against AutoGluon", "",
+             f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} by `python bench/time_budget.py`; every run alone "
+             "on the machine, one after another. Wall time is measured outside each process, from its start to its "
+             "exit, and compared with the budget.", "", "## Machine", "", *machine(), ""]
+    sst2, ag, default, averaging, others = (load(p) for p in PARTS)
+    if sst2 or ag:
+        lines += ["## SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
+                  "| system | budget (s) | wall (s) | over budget | dev accuracy (872) | plan |", "|---|---:|---:|---:|---:|---|"]
+        for run in sst2:
+            lines.append(f"| finetune-recipes `--time_budget` | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
+                         f"{metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
+        for run in ag:
+            result = run.get("results") or {}
+            limit = result.get("time_limit")
+            fit = result.get("fit_s")
+            share = f"{fit / limit - 1:+.1%} (fit)" if fit and limit else "-"
+            lines.append(f"| AutoGluon {result.get('version', '?')} MultiModalPredictor | {limit} | "
+                         f"{run['wall']:.1f} (fit {fit:.1f}) | {share} | {result.get('dev_accuracy', float('nan')):.4f} | "
+                         f"default preset; {result.get('notes', '')} |")
+        lines.append("")
+    if default:
+        lines += ["## The recipe's own default against a budget of its wall time", "",
+                  "| run | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
+        for run in default:
+            lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
+        lines.append("")
+    if averaging:
+        lines += ["## Checkpoint averaging: `--average_checkpoints greedy 5` on and off (180 s budget, 3 seeds)", "",
+                  "Validation is 10% held out of the 2,000 sentences (the soup selects on it); dev (872) is the test split.", "",
+                  "| seed | plain: test accuracy | greedy 5: test accuracy | greedy 5: averaged steps | wall plain / greedy (s) |",
+                  "|---|---:|---:|---|---|"]
+        for seed in SEEDS:
+            plain = next((r for r in averaging if r["name"] == f"averaging_plain_seed{seed}"), None)
+            soup = next((r for r in averaging if r["name"] == f"averaging_greedy5_seed{seed}"), None)
+            if plain and soup:
+                steps = (soup.get("results") or {}).get("averaged_steps")
+                lines.append(f"| {seed} | {metric(plain, 'test_accuracy')} | {metric(soup, 'test_accuracy')} | {steps} | "
+                             f"{plain['wall']:.0f} / {soup['wall']:.0f} |")
+        lines.append("")
+    if others:
+        lines += ["## TREC and clothing_small", "",
+                  "| run | budget (s) | wall (s) | over budget | validation accuracy | test accuracy | plan |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for run in others:
+            lines.append(f"| {run['name']} | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
+                         f"{metric(run, 'eval_accuracy')} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--report_only", action="store_true", help="Rewrite bench/time_budget.md from the results.")
+    options = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not options.report_only:
+        for part in options.parts:
+            runs = globals()[f"part_{part}"]()
+            (RESULTS / f"{part}.json").write_text(json.dumps(runs, indent=1, default=str) + "\n")
+            REPORT.write_text(report() + "\n")
+    REPORT.write_text(report() + "\n")
+    print(REPORT.read_text())
+
+
+if __name__ == "__main__":
+    main()

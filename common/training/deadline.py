@@ -1,0 +1,169 @@
+"""A wall-clock budget for a whole run (`--time_budget 10m`), counted from the process start, and the callback that
+keeps it: `DeadlineCallback` stops training at a step boundary while there is still time for the work after
+training (the final evaluation, the test predictions, the save and the report).
+
+The plan (common.strategies.budget) forecasts how many steps fit; the callback is the guarantee. It measures the
+time of each optimizer step and of each evaluation as they happen, and before every further step asks whether
+one more step (plus the evaluation due at this step) still leaves the reserve. Every process of a DDP run takes
+the same decision (any process short of time stops them all), so none waits on a collective the others left.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import psutil
+from transformers import TrainerCallback
+
+from common.core.errors import RecipeInputError
+from common.training.reliability import agreed_max, any_process
+
+logger = logging.getLogger(__name__)
+
+UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|min|m|sec|s)?", re.IGNORECASE)
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in '90s', '10m', '2h', '1h30m' or a bare number of seconds."""
+    value = str(text).strip().lower()
+    parts = list(DURATION.finditer(value))
+    if not parts or "".join(p.group(0) for p in parts).replace(" ", "") != value.replace(" ", ""):
+        raise RecipeInputError(f"--time_budget {text!r}: give a duration such as 90s, 10m, 2h or 1h30m.")
+    seconds = sum(float(p.group(1)) * UNITS[p.group(2) or "s"] for p in parts)
+    if seconds <= 0:
+        raise RecipeInputError(f"--time_budget {text!r}: give a duration longer than zero, such as 90s, 10m, 2h.")
+    return seconds
+
+
+def process_start() -> float:
+    """When this process started (epoch seconds): the budget covers imports and data preparation too."""
+    return psutil.Process().create_time()
+
+
+@dataclass
+class Deadline:
+    """The budget, its start, and the clock that reads it (time.time; tests pass a fake one)."""
+
+    budget_s: float
+    start: float = field(default_factory=process_start)
+    clock: Callable[[], float] = time.time
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def remaining(self) -> float:
+        return self.budget_s - self.elapsed()
+
+
+# Step times the forecast of the next step is taken from: recent ones, so a slower stretch (longer batches, a
+# throttled machine) counts at once, and the largest of the last few, so one slow step is not averaged away.
+RECENT_STEPS = 20
+SLOWEST_OF = 3
+# Every REPLAN_EVERY steps the planned length is checked against the measured speed; a run that has become slower
+# than its forecast (by more than REPLAN_SLACK) is shortened, and its learning-rate schedule with it.
+REPLAN_EVERY = 10
+REPLAN_SLACK = 0.03
+
+
+class DeadlineCallback(TrainerCallback):
+    """Stop training while the deadline still leaves `reserve()` seconds for what follows it.
+
+    `step_s` and `eval_s` are the plan's forecasts, used until the run has measured its own. `reserve` is called
+    with the measured (or forecast) seconds of one evaluation pass and returns the seconds the work after training
+    needs. With `skip_final_eval`, the evaluation Trainer adds at the last step is dropped: the run evaluates the
+    final model right after training anyway.
+    """
+
+    def __init__(self, deadline: Deadline, reserve: Callable[[float], float], step_s: float, eval_s: float,
+                 skip_final_eval: bool = False) -> None:
+        self.deadline = deadline
+        self.reserve = reserve
+        self.steps: deque[float] = deque(maxlen=RECENT_STEPS)
+        self.step_forecast, self.eval_forecast = step_s, eval_s
+        self.evals: list[float] = []
+        self.skip_final_eval = skip_final_eval
+        self.last = 0.0
+        self.stopped_at: int | None = None
+        self.shortened: list[tuple[int, int]] = []  # (at step, new last step) each time the plan was shortened
+        self.train_start = self.train_end = None
+        self.state = None  # the trainer's state at the end of training: the steps it took
+
+    def step_s(self) -> float:
+        if not self.steps:
+            return self.step_forecast
+        recent = list(self.steps)
+        return max(statistics.median(recent), max(recent[-SLOWEST_OF:]))
+
+    def eval_s(self) -> float:
+        return max(self.evals[-SLOWEST_OF:]) if self.evals else self.eval_forecast
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_start = self.last = self.deadline.clock()
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        now = self.deadline.clock()
+        self.steps.append(now - self.last)
+        self.last = now
+        if state.global_step % REPLAN_EVERY == 0 and state.global_step < state.max_steps:
+            self.shorten(args, state, lr_scheduler)
+        if state.global_step >= state.max_steps:
+            if self.skip_final_eval:
+                control.should_evaluate = False
+            return
+        evaluating = control.should_evaluate
+        needed = self.step_s() + (self.eval_s() if evaluating else 0.0) + self.reserve(self.eval_s())
+        if any_process(self.deadline.remaining() < needed, args):
+            control.should_training_stop = True
+            # The evaluation due now runs only where the run needs it (the best model, averaging) and it fits.
+            control.should_evaluate = (evaluating and not self.skip_final_eval and
+                                       not any_process(self.deadline.remaining() < needed - self.step_s(), args))
+            control.should_save = args.save_strategy != "no"  # checkpoints were asked for: keep the last one
+            self.stopped_at = state.global_step
+            logger.warning("time budget: stopping at step %d of %d, %.0f s before the deadline, leaving %.0f s for "
+                           "evaluation, prediction and saving (one step takes %.2f s, one evaluation %.1f s)",
+                           state.global_step, state.max_steps, self.deadline.remaining(), needed - self.step_s(),
+                           self.step_s(), self.eval_s())
+
+    def steps_that_fit(self, args, state) -> int:
+        """The last step the time left reaches, with the evaluations due on the way and the reserve after it."""
+        left = self.deadline.remaining() - self.reserve(self.eval_s())
+        steps = int(left / self.step_s())
+        if args.eval_strategy == "steps" and state.eval_steps and self.eval_s() > 0:
+            due = (state.global_step + steps) // state.eval_steps - state.global_step // state.eval_steps
+            steps = int((left - due * self.eval_s()) / self.step_s())
+        return state.global_step + max(steps, 1)
+
+    def shorten(self, args, state, lr_scheduler) -> None:
+        """End the run where the measured speed says the budget ends, so the schedule decays to its end there."""
+        fit = int(-agreed_max(-self.steps_that_fit(args, state), args))  # the smallest over the processes
+        if fit >= state.max_steps * (1 - REPLAN_SLACK):
+            return
+        schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+        lambdas = getattr(schedule, "lr_lambdas", [])
+        if not lambdas or not all(isinstance(f, partial) and "num_training_steps" in f.keywords for f in lambdas):
+            return  # a schedule whose length is not known here: the deadline alone stops it
+        schedule.lr_lambdas = [partial(f.func, *f.args, **{**f.keywords, "num_training_steps": fit}) for f in lambdas]
+        logger.info("time budget: steps take %.2f s, not the %.2f s forecast; the run now ends at step %d of %d, "
+                    "its learning-rate schedule with it", self.step_s(), self.step_forecast, fit, state.max_steps)
+        self.shortened.append((state.global_step, fit))
+        state.max_steps = fit
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        now = self.deadline.clock()
+        if self.train_start is not None and self.train_end is None:  # evaluations inside the training loop
+            self.evals.append(now - self.last)
+            self.last = now  # the next step's time leaves the evaluation out
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last = self.deadline.clock()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.train_end, self.state = self.deadline.clock(), state

@@ -1,0 +1,168 @@
+"""--time_budget: the plan's rules on measured speeds (a fake clock, no timing), and a budgeted run that records its
+plan beside what happened."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from transformers import TrainingArguments
+
+from common.strategies import budget
+from common.strategies.budget import MAX_EPOCHS, STRATEGY_LR, Measured, TimeBudget
+from common.training import deadline as deadline_module
+from common.training.deadline import Deadline
+from common.training.reliability import RUN_RECORD_ATTR, RunRecord
+from common.training.task import Task
+from tests.conftest import fast_args
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def task(train_rows: int = 1000, eval_rows: int = 200, test_rows: int = 100) -> Task:
+    return Task("demo", model_init=None, train_dataset=list(range(train_rows)), eval_dataset=list(range(eval_rows)),
+                test_dataset=list(range(test_rows)) if test_rows else None, data_collator=None, compute_metrics=None,
+                processing_class=None, main_metric="accuracy", pipeline_task="text-classification")
+
+
+def planner(tmp_path, budget_s: float, given: set[str] = frozenset(), elapsed: float = 0.0):
+    clock = FakeClock()
+    clock.now = elapsed
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=10, learning_rate=5e-5, report_to=[])
+    setattr(args, RUN_RECORD_ATTR, RunRecord({}, given=frozenset(given)))
+    finetune_args = SimpleNamespace(average_checkpoints=None, peft=None, freeze=["none"], cache_features=False,
+                                    eval_before_training=True)
+    return TimeBudget(finetune_args, args, Deadline(budget_s, start=0.0, clock=clock)), args, finetune_args
+
+
+def measured(name: str, step_s: float | None, rows_per_s: float = 100.0, setup_s: float = 0.0) -> Measured:
+    return Measured(name, step_s=step_s, eval_rows_per_s=rows_per_s, batch_size=10, setup_s=setup_s,
+                    note="" if step_s else "not applicable: no head")
+
+
+def test_a_full_fine_tune_that_fits_an_epoch_is_picked_and_its_schedule_ends_with_the_budget(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0)
+    candidates = [measured("full", 0.5), measured("lora", 0.3), measured("cache", 0.01, setup_s=20)]
+    plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
+    assert plan.strategy == "full" and plan.learning_rate is None  # the configured rate stays
+    # Reserve: 2 s validation + 1 s test + 3 s report + 6 s margin (2% of 300) = 12 s; 288 s / 0.5 s = 576 steps,
+    # less the evaluations' share, which the plan takes out of the steps' time.
+    assert plan.reserve_s == pytest.approx(12.0)
+    assert plan.max_steps == int(288.0 / 0.5) and plan.steps_per_epoch == 100
+    assert 0 < plan.evaluations <= 6 and plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
+    plan_budget.apply(plan, args, finetune_args)
+    assert args.max_steps == plan.max_steps and args.eval_strategy == "steps" and args.eval_steps == plan.eval_steps
+    assert finetune_args.eval_before_training is False
+
+
+def test_lora_is_picked_when_a_full_fine_tune_cannot_see_every_row_once(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0)
+    candidates = [measured("full", 2.0), measured("lora", 0.5), measured("cache", 0.01, setup_s=20)]
+    plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
+    assert candidates[0].epochs_fit < 1 <= candidates[1].epochs_fit
+    assert plan.strategy == "lora" and plan.learning_rate == STRATEGY_LR["lora"]
+    assert "full fit fewer than 1 epoch" in plan.why
+    plan_budget.apply(plan, args, finetune_args)
+    assert finetune_args.peft == "lora" and args.learning_rate == STRATEGY_LR["lora"]
+
+
+def test_the_cache_is_picked_when_no_strategy_fits_an_epoch(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=60.0, elapsed=10.0)
+    candidates = [measured("full", 3.0), measured("lora", 2.0), measured("cache", 0.01, setup_s=10)]
+    plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
+    assert plan.strategy == "cache" and plan.why.startswith("full, lora fit fewer than 1 epoch; cache fits")
+    plan_budget.apply(plan, args, finetune_args)
+    assert finetune_args.cache_features is True and finetune_args.freeze == ["backbone"]
+
+
+def test_a_strategy_that_does_not_apply_is_passed_over(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0)
+    candidates = [measured("full", 2.0), measured("lora", 1.5), measured("cache", None)]
+    plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
+    assert plan.strategy == "lora" and "lora fits the most" in plan.why  # of those that apply, neither fits an epoch
+    assert "not applicable" in plan.table().splitlines()[3]
+
+
+def test_options_the_user_set_are_kept_and_the_plan_fills_the_rest(tmp_path):
+    given = {"learning_rate", "num_train_epochs", "eval_strategy", "eval_before_training"}
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0, given=given)
+    args.num_train_epochs, args.eval_strategy = 2, "epoch"
+    candidates = [measured("full", 2.0), measured("lora", 0.5), measured("cache", 0.01)]
+    plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
+    plan_budget.apply(plan, args, finetune_args)
+    assert plan.strategy == "lora" and plan.learning_rate is None and args.learning_rate == 5e-5
+    assert args.max_steps == -1 and args.num_train_epochs == 2 and args.eval_strategy == "epoch"
+    assert finetune_args.eval_before_training is True
+    assert plan.kept == sorted(given)
+
+
+def test_a_strategy_the_user_chose_is_the_only_one_measured(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0, given={"peft"})
+    plan = plan_budget.choose(task(), args, finetune_args, [measured("as set", 0.5)], chosen=["peft"])
+    assert plan.strategy == "as set" and plan.why == "the strategy set by --peft"
+
+
+def test_no_plan_trains_past_the_epoch_cap(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=7200.0)
+    plan = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.1)], chosen=[])
+    assert plan.max_steps == MAX_EPOCHS * plan.steps_per_epoch
+
+
+def test_checkpoint_averaging_gets_its_k_evaluations_and_their_reserve(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0)
+    plain = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.5)], chosen=[])
+    finetune_args.average_checkpoints = ["greedy", "5"]
+    averaged = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.5)], chosen=[])
+    assert plain.evaluations < 5 == averaged.evaluations
+    # A greedy soup evaluates up to K + 1 soups after training: six more 2 s passes.
+    assert averaged.reserve_s == pytest.approx(plain.reserve_s + 6 * 2.0)
+    assert averaged.max_steps < plain.max_steps
+
+
+def test_a_budgeted_run_records_its_plan_beside_what_happened(tiny_bert, test_data, tmp_path, monkeypatch, one_thread):
+    from recipes import text_classification
+
+    start = deadline_module.time.time()
+    monkeypatch.setattr(deadline_module, "process_start", lambda: start)  # counted from the test, not pytest's start
+    out = tmp_path / "run"
+    results = text_classification.main([
+        "--model_name_or_path", tiny_bert, "--train_file", str(test_data / "sms_spam/train.tsv"),
+        "--validation_file", str(test_data / "sms_spam/dev.tsv"), "--max_train_samples", "64",
+        "--time_budget", "10m", *fast_args(out, learning_rate=1e-3)])
+    config = json.loads((out / "run_config.json").read_text())
+    record = config["time_budget"]
+    assert record == results["time_budget"] and record["budget_s"] == 600
+    assert [c["name"] for c in record["candidates"]] == ["full", "lora", "cache"]
+    assert record["strategy"] == "full" and all(c["step_s"] > 0 for c in record["candidates"])
+    # learning_rate and num_train_epochs were set (fast_args): kept, so the run trained its one epoch.
+    assert {"learning_rate", "num_train_epochs"} <= set(record["kept_as_set"])
+    assert record["actual"]["steps"] == 8 and not record["actual"]["stopped_by_deadline"]
+    assert set(record["phases"]) >= {"before_plan_s", "probe_s", "training_s", "after_training_s", "total_s"}
+    assert "Time budget" in (out / "report.html").read_text()
+
+
+def test_a_budgeted_run_plans_its_steps_so_the_learning_rate_decays_to_the_end(tiny_bert, test_data, tmp_path,
+                                                                               monkeypatch, one_thread):
+    from recipes import text_classification
+
+    start = deadline_module.time.time()
+    monkeypatch.setattr(deadline_module, "process_start", lambda: start)
+    monkeypatch.setattr(budget, "MAX_EPOCHS", 3)  # the cap ends the plan: 3 epochs of 8 steps
+    out = tmp_path / "run"
+    results = text_classification.main([
+        "--model_name_or_path", tiny_bert, "--train_file", str(test_data / "sms_spam/train.tsv"),
+        "--validation_file", str(test_data / "sms_spam/dev.tsv"), "--max_train_samples", "64",
+        "--time_budget", "10m", "--output_dir", str(out), "--per_device_train_batch_size", "8",
+        "--logging_steps", "1", "--disable_tqdm", "true"])
+    record = results["time_budget"]
+    assert record["planned"]["max_steps"] == record["actual"]["steps"] == 24
+    state = json.loads((out / "trainer_state.json").read_text())
+    rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert rates[-1] < 0.05 * max(rates)  # linear decay reached its end at the planned last step

@@ -1,0 +1,90 @@
+"""Checkpoint averaging: uniform means the last K evaluated weights; greedy adds the best-first checkpoints while the
+validation metric does not drop."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from common.core.errors import RecipeInputError
+from common.toolkit.averaging import CheckpointAveraging, averaging_choice
+
+
+class FakeTrainer:
+    """A trainer whose evaluation scores the weight's closeness to `target` (greater is better)."""
+
+    def __init__(self, model: nn.Module, step: int, target: float) -> None:
+        self.model, self.state, self.target = model, SimpleNamespace(global_step=step), target
+        self.evaluations = 0
+
+    def evaluate(self, metric_key_prefix: str) -> dict[str, float]:
+        self.evaluations += 1
+        return {f"{metric_key_prefix}_accuracy": -abs(self.model.weight.item() - self.target)}
+
+
+def evaluated(averaging: CheckpointAveraging, model: nn.Module, weights: list[float], target: float) -> None:
+    averaging.on_train_begin(None, None, None)
+    for step, weight in enumerate(weights, start=1):
+        model.weight.data.fill_(weight)
+        averaging.on_evaluate(None, SimpleNamespace(global_step=step), None, model=model,
+                              metrics={"eval_accuracy": -abs(weight - target)})
+
+
+def one_weight() -> nn.Module:
+    model = nn.Linear(1, 1, bias=False)
+    model.register_buffer("running_mean", torch.zeros(1))
+    return model
+
+
+def test_uniform_averages_the_last_k_checkpoints_with_the_final_weights():
+    model = one_weight()
+    averaging = CheckpointAveraging("uniform", 3, "accuracy")
+    evaluated(averaging, model, [1.0, 2.0, 3.0, 4.0], target=0.0)
+    model.weight.data.fill_(8.0)  # the final weights, after the last evaluation
+    result = averaging.finish_training(FakeTrainer(model, step=5, target=0.0))
+    assert model.weight.item() == pytest.approx((3.0 + 4.0 + 8.0) / 3)
+    assert result["averaged_steps"] == [3, 4, 5]
+
+
+def test_greedy_keeps_a_checkpoint_only_when_the_metric_does_not_drop():
+    model = one_weight()
+    averaging = CheckpointAveraging("greedy", 4, "accuracy")
+    # Scores against the target 2.0: 2.5 is best, then 1.5 (the soup of the two is 2.0, better: kept), then 4.0
+    # (the soup would move to 2.67: left out), then 9.0 is not among the best 4.
+    evaluated(averaging, model, [9.0, 1.5, 4.0, 2.5], target=2.0)
+    model.weight.data.fill_(4.0)
+    trainer = FakeTrainer(model, step=5, target=2.0)
+    result = averaging.finish_training(trainer)
+    assert model.weight.item() == pytest.approx(2.0)
+    assert result["averaged_steps"] == [2, 4]
+    assert result["averaging_method"] == "greedy 4"
+
+
+def test_greedy_with_the_final_weights_best_keeps_them_first():
+    model = one_weight()
+    averaging = CheckpointAveraging("greedy", 3, "accuracy")
+    evaluated(averaging, model, [5.0, 3.0], target=2.0)
+    model.weight.data.fill_(2.0)  # the final weights hit the target: no soup beats them
+    result = averaging.finish_training(FakeTrainer(model, step=3, target=2.0))
+    assert model.weight.item() == pytest.approx(2.0) and result["averaged_steps"] == [3]
+
+
+def test_a_lower_is_better_metric_ranks_the_lowest_first():
+    model = one_weight()
+    averaging = CheckpointAveraging("greedy", 2, "accuracy", greater_is_better=False)
+    evaluated(averaging, model, [1.0, 2.0, 3.0], target=0.0)  # scores -1, -2, -3: the lowest (3.0) is best
+    model.weight.data.fill_(2.0)
+    averaging.finish_training(FakeTrainer(model, step=3, target=0.0))
+    assert model.weight.item() == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("value", [["greedy"], "uniform 1", ["soup", "5"], ["greedy", "five"]])
+def test_an_averaging_choice_needs_a_method_and_a_count_of_two_or_more(value):
+    if value == ["greedy"]:
+        assert averaging_choice(value) == ("greedy", 5)
+        return
+    with pytest.raises(RecipeInputError, match="greedy 5"):
+        averaging_choice(value)
