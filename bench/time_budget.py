@@ -12,6 +12,8 @@ to its exit):
   accuracy on all 872 sentences (bench/peers/autogluon_sst2.py).
 - default: the shipped recipes/configs/sentiment/sst2_minilm.yaml on the same sample, no budget; then
   `--time_budget T` with T its measured wall time.
+- strategies: the 180 s budget with the strategy forced to LoRA, and to a head on cached features: the evidence for
+  the plan's order (full, then LoRA, then the cache).
 - averaging: the 180 s budget with and without `--average_checkpoints greedy 5`, 3 seeds. The greedy soup selects on
   validation, so here validation is 10% held out of the 2,000 and dev is the test split.
 - others: TREC (MiniLM; 10% of train held out for validation, the 500 test questions) and clothing_small (tiny
@@ -52,7 +54,7 @@ REPORT = ROOT / "bench" / "time_budget.md"
 BUDGETS = (180, 600)
 AG_PYTHON = ROOT / "bench" / ".venv-autogluon" / "bin" / "python"
 QUIET_WAIT = 120.0  # seconds to wait, at most, for other work to leave the cores before each run
-PARTS = ("sst2", "autogluon", "default", "averaging", "others")
+PARTS = ("sst2", "autogluon", "default", "strategies", "averaging", "others")
 SEEDS = (42, 43, 44)
 
 
@@ -108,6 +110,12 @@ def part_default() -> list[dict]:
     budget = f"{default['wall']:.0f}s"
     same = recipe_run("sst2_budget_default_wall", "recipes/sentiment.py", [*sst2_flags(), "--time_budget", budget])
     return [default, same]
+
+
+def part_strategies() -> list[dict]:
+    forced = {"lora": ["--peft", "lora"], "cache": ["--freeze", "backbone", "--cache_features", "true"]}
+    return [recipe_run(f"sst2_180s_{name}", "recipes/sentiment.py", [*sst2_flags(), "--time_budget", "180s", *flags])
+            for name, flags in forced.items()]
 
 
 def part_averaging() -> list[dict]:
@@ -181,7 +189,7 @@ def report() -> str:
              f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} by `python bench/time_budget.py`; every run alone "
              "on the machine, one after another. Wall time is measured outside each process, from its start to its "
              "exit, and compared with the budget.", "", "## Machine", "", *machine(), ""]
-    sst2, ag, default, averaging, others = (load(p) for p in PARTS)
+    sst2, ag, default, strategies, averaging, others = (load(p) for p in PARTS)
     if sst2 or ag:
         lines += ["## SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
                   "| system | budget (s) | wall (s) | over budget | dev accuracy (872) | plan |", "|---|---:|---:|---:|---:|---|"]
@@ -201,6 +209,12 @@ def report() -> str:
         lines += ["## The recipe's own default against a budget of its wall time", "",
                   "| run | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
         for run in default:
+            lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
+        lines.append("")
+    if strategies:
+        lines += ["## Each strategy at the same budget (SST-2, 180 s)", "",
+                  "| strategy | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
+        for run in [*(r for r in sst2 if r["name"] == "sst2_180s"), *strategies]:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
         lines.append("")
     if averaging:

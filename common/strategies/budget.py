@@ -61,6 +61,7 @@ STRATEGY_OPTIONS = ("peft", "freeze", "cache_features", "unfreeze_schedule", "un
 # Learning rates for the strategies whose weights differ from a full fine-tune's, where the user set none:
 # recipes/configs/sentiment/sst2_minilm_lora.yaml's for LoRA, bench/freezing_results.md's for a head on the cache.
 STRATEGY_LR = {"lora": 1e-3, "cache": 2e-3}
+GROWTH = 2  # a run whose steps are faster than the probe's may grow to this many times its planned steps
 MIN_EPOCHS = 1.0  # a strategy that cannot see every training row once is passed over for one that can
 MAX_EPOCHS = 20  # no plan trains longer (AutoGluon's default preset plans 20 epochs too)
 CACHE_EPOCHS = 20  # a head on cached features converges in a few epochs of near-free steps
@@ -145,6 +146,13 @@ class Plan:
             lines.append(f"{c.name:<8} {speed:>7} {c.batch_size * c.accumulation:>6} {rows:>11} {memory:>9} "
                          f"{c.epochs_fit:>10.1f}  {c.note}{mark}")
         return "\n".join(lines)
+
+
+def strategy_of(finetune_args) -> str:
+    """The strategy the toolkit options amount to: one of STRATEGIES, or 'as set' (another freezing)."""
+    settings = {name: getattr(finetune_args, name) for name in STRATEGIES["full"]}
+    settings["peft"] = settings["peft"].lower() if settings["peft"] else None
+    return next((name for name, wanted in STRATEGIES.items() if settings == wanted), "as set")
 
 
 @contextlib.contextmanager
@@ -277,7 +285,7 @@ class TimeBudget:
         self.phases["before_plan_s"] = self.deadline.elapsed()
         chosen = [name for name in STRATEGY_OPTIONS if name in self.given]
         if chosen:  # the user picked the strategy: measure that one alone
-            candidates = [probe(task, args, finetune_args, "as set", {})]
+            candidates = [probe(task, args, finetune_args, strategy_of(finetune_args), {})]
         else:
             full = probe(task, args, finetune_args, "full", STRATEGIES["full"])
             candidates = [full, probe(task, args, finetune_args, "lora", STRATEGIES["lora"]),
@@ -290,11 +298,12 @@ class TimeBudget:
         self.apply(plan, args, finetune_args)
         logger.info("time budget %.0f s: plan after %.0f s (probe %.0f s)\n%s\n%s", plan.budget_s,
                     self.deadline.elapsed(), self.phases["probe_s"], plan.table(), self.describe(plan))
-        picked = next(c for c in plan.candidates if c.applies() and c.name in (plan.strategy, "as set"))
+        picked = next(c for c in plan.candidates if c.applies() and c.name == plan.strategy)
         self.callback = DeadlineCallback(
             self.deadline, self.reserve_fn(task, finetune_args, picked), picked.step_s,
             self.eval_seconds(task, picked),
-            skip_final_eval=not (args.load_best_model_at_end or finetune_args.average_checkpoints))
+            skip_final_eval=not (args.load_best_model_at_end or finetune_args.average_checkpoints),
+            planned_steps=None if self.given & {"max_steps", "num_train_epochs"} else plan.max_steps)
         return dataclasses.replace(task, callbacks=[*task.callbacks, self.callback])
 
     def choose(self, task: Task, args: TrainingArguments, finetune_args, candidates: list[Measured],
@@ -322,7 +331,7 @@ class TimeBudget:
                 pick = max(usable, key=lambda c: c.epochs_fit)
                 why = f"no strategy fits {MIN_EPOCHS:g} epoch; {pick.name} fits the most ({pick.epochs_fit:.2f})"
         per_step = pick.batch_size * pick.accumulation * world
-        plan = Plan(self.deadline.budget_s, pick.name if not chosen else "as set", why, candidates,
+        plan = Plan(self.deadline.budget_s, pick.name, why, candidates,
                     math.ceil(len(task.train_dataset) / per_step), pick.batch_size, pick.accumulation,
                     kept=sorted(self.given & PLANNED_OPTIONS))
         self.fit_length(plan, task, finetune_args, pick, self.train_seconds(task, finetune_args, pick))
@@ -379,8 +388,7 @@ class TimeBudget:
         if plan.strategy in STRATEGIES:
             for name, value in STRATEGIES[plan.strategy].items():
                 setattr(finetune_args, name, value)
-        if not self.given & {"max_steps", "num_train_epochs"}:
-            args.max_steps = plan.max_steps
+        self.set_length(plan, args)
         if "per_device_train_batch_size" not in self.given:
             args.per_device_train_batch_size = plan.batch_size
             args.gradient_accumulation_steps = plan.accumulation
@@ -393,6 +401,16 @@ class TimeBudget:
             finetune_args.eval_before_training = False  # the untrained model's scores cost an evaluation pass
         if plan.strategy == "cache" and args.train_sampling_strategy == "group_by_length":
             args.train_sampling_strategy = "random"
+
+    def set_length(self, plan: Plan, args: TrainingArguments) -> None:
+        """Trainer loops for up to GROWTH times the planned steps (within the epoch cap), so that a run whose steps
+        turn out faster than the probe's can grow; the deadline callback starts it planned to plan.max_steps."""
+        if self.given & {"max_steps", "num_train_epochs"}:
+            return
+        cap = (CACHE_EPOCHS if plan.strategy == "cache" else MAX_EPOCHS) * plan.steps_per_epoch
+        args.max_steps = max(plan.max_steps, min(cap, GROWTH * plan.max_steps))
+        if self.callback is not None:
+            self.callback.planned_steps = plan.max_steps
 
     @staticmethod
     def describe(plan: Plan) -> str:
@@ -411,7 +429,7 @@ class TimeBudget:
         import optuna
 
         plan = self.plan
-        pick = next(c for c in plan.candidates if c.name == plan.strategy or c.name == "as set")
+        pick = next(c for c in plan.candidates if c.name == plan.strategy)
         search_s = SEARCH_SHARE * plan.train_s
         trial_steps = max(TRIAL_RUNGS, int(TRIAL_FRACTION * plan.max_steps))
         trial_args = dataclasses.replace(args, max_steps=trial_steps, eval_strategy="steps",
@@ -427,8 +445,7 @@ class TimeBudget:
                        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=trial_args.eval_steps))
         self.phases["search_s"] = self.deadline.elapsed() - started
         self.fit_length(plan, task, finetune_args, pick, self.train_seconds(task, finetune_args, pick))
-        if not self.given & {"max_steps", "num_train_epochs"}:
-            args.max_steps = plan.max_steps
+        self.set_length(plan, args)
         if plan.eval_steps and args.eval_strategy == "steps":
             args.eval_steps = plan.eval_steps
         plan.search = {"seconds": round(self.phases["search_s"], 1), "trial_steps": trial_steps, "best": best}
@@ -456,7 +473,7 @@ class TimeBudget:
                         "training_s": round(plan.train_s, 1), "reserve_s": round(plan.reserve_s, 1)},
             "actual": {"steps": state.global_step if state is not None else 0,
                        "stopped_by_deadline": callback.stopped_at is not None if callback else False,
-                       "shortened": [{"at_step": at, "to_steps": to} for at, to in callback.shortened] if callback else [],
+                       "replanned": [{"at_step": at, "to_steps": to} for at, to in callback.replanned] if callback else [],
                        "evaluations_in_training": len(callback.evals) if callback else 0},
             "phases": {k: round(v, 1) for k, v in phases.items()},
             "kept_as_set": plan.kept, "search": plan.search,

@@ -67,24 +67,44 @@ class Deadline:
 # throttled machine) counts at once, and the largest of the last few, so one slow step is not averaged away.
 RECENT_STEPS = 20
 SLOWEST_OF = 3
-# Every REPLAN_EVERY steps the planned length is checked against the measured speed; a run that has become slower
-# than its forecast (by more than REPLAN_SLACK) is shortened, and its learning-rate schedule with it.
+# Every REPLAN_EVERY steps the planned length is checked against the measured speed; where the steps that fit differ
+# from it by more than REPLAN_SLACK, the run's length changes, and its learning-rate schedule with it: shorter at
+# any time, longer (up to the first plan, which bounds the epochs Trainer loops over) until REPLAN_UNTIL of the way,
+# so the rate never climbs back up near the end.
 REPLAN_EVERY = 10
 REPLAN_SLACK = 0.03
+REPLAN_UNTIL = 0.8
+
+
+def set_schedule_length(lr_scheduler, steps: int, args) -> bool:
+    """Make a transformers learning-rate schedule (linear, cosine, polynomial, ...: a LambdaLR over a partial that
+    takes num_training_steps) end at `steps`, warm-up recomputed for it; False for a schedule of another kind."""
+    schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
+    lambdas = getattr(schedule, "lr_lambdas", [])
+    if not lambdas or not all(isinstance(f, partial) and "num_training_steps" in f.keywords for f in lambdas):
+        return False
+    length = {"num_training_steps": steps}
+    schedule.lr_lambdas = [partial(f.func, *f.args, **{**f.keywords, **length, **(
+        {"num_warmup_steps": args.get_warmup_steps(steps)} if "num_warmup_steps" in f.keywords else {})})
+        for f in lambdas]
+    return True
 
 
 class DeadlineCallback(TrainerCallback):
     """Stop training while the deadline still leaves `reserve()` seconds for what follows it.
 
-    `step_s` and `eval_s` are the plan's forecasts, used until the run has measured its own. `reserve` is called
+    `step_s` and `eval_s` are the plan's forecasts, used until the run has measured its own. With `planned_steps`,
+    Trainer's max_steps is the most the run may grow to, and training starts planned to end at `planned_steps`
+    (its schedule with it). `reserve` is called
     with the measured (or forecast) seconds of one evaluation pass and returns the seconds the work after training
     needs. With `skip_final_eval`, the evaluation Trainer adds at the last step is dropped: the run evaluates the
     final model right after training anyway.
     """
 
     def __init__(self, deadline: Deadline, reserve: Callable[[float], float], step_s: float, eval_s: float,
-                 skip_final_eval: bool = False) -> None:
+                 skip_final_eval: bool = False, planned_steps: int | None = None) -> None:
         self.deadline = deadline
+        self.planned_steps = planned_steps
         self.reserve = reserve
         self.steps: deque[float] = deque(maxlen=RECENT_STEPS)
         self.step_forecast, self.eval_forecast = step_s, eval_s
@@ -92,8 +112,11 @@ class DeadlineCallback(TrainerCallback):
         self.skip_final_eval = skip_final_eval
         self.last = 0.0
         self.stopped_at: int | None = None
-        self.shortened: list[tuple[int, int]] = []  # (at step, new last step) each time the plan was shortened
+        self.replanned: list[tuple[int, int]] = []  # (at step, new last step) each time the length changed
+        self.loop_steps = 0  # the length Trainer planned its epochs for: a run never grows past it
         self.train_start = self.train_end = None
+        self.timed_from: tuple[float, int] | None = None  # (time, step) at the end of the first step
+        self.saving = 0.0
         self.state = None  # the trainer's state at the end of training: the steps it took
 
     def step_s(self) -> float:
@@ -105,15 +128,22 @@ class DeadlineCallback(TrainerCallback):
     def eval_s(self) -> float:
         return max(self.evals[-SLOWEST_OF:]) if self.evals else self.eval_forecast
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         self.train_start = self.last = self.deadline.clock()
+        self.timed_from, self.loop_steps = None, state.max_steps
+        # Trainer loops over the epochs of the longest run the budget might hold; the plan's length is set here.
+        if self.planned_steps and self.planned_steps < state.max_steps and set_schedule_length(
+                lr_scheduler, self.planned_steps, args):
+            state.max_steps = self.planned_steps
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         now = self.deadline.clock()
         self.steps.append(now - self.last)
         self.last = now
-        if state.global_step % REPLAN_EVERY == 0 and state.global_step < state.max_steps:
-            self.shorten(args, state, lr_scheduler)
+        if self.timed_from is None:
+            self.timed_from = (now, state.global_step)
+        elif state.global_step % REPLAN_EVERY == 0 and state.global_step < state.max_steps:
+            self.replan(args, state, lr_scheduler)
         if state.global_step >= state.max_steps:
             if self.skip_final_eval:
                 control.should_evaluate = False
@@ -132,28 +162,39 @@ class DeadlineCallback(TrainerCallback):
                            state.global_step, state.max_steps, self.deadline.remaining(), needed - self.step_s(),
                            self.step_s(), self.eval_s())
 
+    def mean_step_s(self, state) -> float:
+        """The average step since the first (which also sets up the data loader and warms up), evaluations and
+        saves left out: what the steps still to come take together. The single next step is forecast from
+        `step_s`, the slowest of the recent ones."""
+        if self.timed_from is None or state.global_step <= self.timed_from[1]:
+            return self.step_s()
+        start, step = self.timed_from
+        return (self.last - start - sum(self.evals) - self.saving) / (state.global_step - step)
+
     def steps_that_fit(self, args, state) -> int:
         """The last step the time left reaches, with the evaluations due on the way and the reserve after it."""
         left = self.deadline.remaining() - self.reserve(self.eval_s())
-        steps = int(left / self.step_s())
+        step_s = self.mean_step_s(state)
+        steps = int(left / step_s)
         if args.eval_strategy == "steps" and state.eval_steps and self.eval_s() > 0:
             due = (state.global_step + steps) // state.eval_steps - state.global_step // state.eval_steps
-            steps = int((left - due * self.eval_s()) / self.step_s())
+            steps = int((left - due * self.eval_s()) / step_s)
         return state.global_step + max(steps, 1)
 
-    def shorten(self, args, state, lr_scheduler) -> None:
+    def replan(self, args, state, lr_scheduler) -> None:
         """End the run where the measured speed says the budget ends, so the schedule decays to its end there."""
         fit = int(-agreed_max(-self.steps_that_fit(args, state), args))  # the smallest over the processes
-        if fit >= state.max_steps * (1 - REPLAN_SLACK):
+        fit = min(fit, self.loop_steps)
+        shorter = fit < state.max_steps * (1 - REPLAN_SLACK)
+        longer = fit > state.max_steps * (1 + REPLAN_SLACK) and state.global_step < REPLAN_UNTIL * state.max_steps
+        if not (shorter or longer):
             return
-        schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate may wrap it
-        lambdas = getattr(schedule, "lr_lambdas", [])
-        if not lambdas or not all(isinstance(f, partial) and "num_training_steps" in f.keywords for f in lambdas):
+        if not set_schedule_length(lr_scheduler, fit, args):
             return  # a schedule whose length is not known here: the deadline alone stops it
-        schedule.lr_lambdas = [partial(f.func, *f.args, **{**f.keywords, "num_training_steps": fit}) for f in lambdas]
-        logger.info("time budget: steps take %.2f s, not the %.2f s forecast; the run now ends at step %d of %d, "
-                    "its learning-rate schedule with it", self.step_s(), self.step_forecast, fit, state.max_steps)
-        self.shortened.append((state.global_step, fit))
+        logger.info("time budget: steps take %.3f s (forecast %.3f s); the run now ends at step %d, not %d, "
+                    "its learning-rate schedule with it", self.mean_step_s(state), self.step_forecast, fit,
+                    state.max_steps)
+        self.replanned.append((state.global_step, fit))
         state.max_steps = fit
 
     def on_evaluate(self, args, state, control, **kwargs):
@@ -163,7 +204,9 @@ class DeadlineCallback(TrainerCallback):
             self.last = now  # the next step's time leaves the evaluation out
 
     def on_save(self, args, state, control, **kwargs):
-        self.last = self.deadline.clock()
+        now = self.deadline.clock()
+        self.saving += now - self.last
+        self.last = now
 
     def on_train_end(self, args, state, control, **kwargs):
         self.train_end, self.state = self.deadline.clock(), state

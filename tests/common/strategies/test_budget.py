@@ -58,7 +58,8 @@ def test_a_full_fine_tune_that_fits_an_epoch_is_picked_and_its_schedule_ends_wit
     assert plan.max_steps == int(288.0 / 0.5) and plan.steps_per_epoch == 100
     assert 0 < plan.evaluations <= 6 and plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
     plan_budget.apply(plan, args, finetune_args)
-    assert args.max_steps == plan.max_steps and args.eval_strategy == "steps" and args.eval_steps == plan.eval_steps
+    # Trainer loops long enough for the run to grow to twice its plan (within 20 epochs); it starts planned.
+    assert args.max_steps == 2 * plan.max_steps and args.eval_strategy == "steps" and args.eval_steps == plan.eval_steps
     assert finetune_args.eval_before_training is False
 
 
@@ -105,8 +106,13 @@ def test_options_the_user_set_are_kept_and_the_plan_fills_the_rest(tmp_path):
 
 def test_a_strategy_the_user_chose_is_the_only_one_measured(tmp_path):
     plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0, given={"peft"})
-    plan = plan_budget.choose(task(), args, finetune_args, [measured("as set", 0.5)], chosen=["peft"])
-    assert plan.strategy == "as set" and plan.why == "the strategy set by --peft"
+    finetune_args.peft = "lora"
+    assert budget.strategy_of(finetune_args) == "lora"
+    plan = plan_budget.choose(task(), args, finetune_args, [measured("lora", 0.5)], chosen=["peft"])
+    assert plan.strategy == "lora" and plan.why == "the strategy set by --peft"
+    assert plan.learning_rate == STRATEGY_LR["lora"]  # the rate was not set: LoRA's
+    finetune_args.freeze = ["bottom:2"]
+    assert budget.strategy_of(finetune_args) == "as set"
 
 
 def test_no_plan_trains_past_the_epoch_cap(tmp_path):

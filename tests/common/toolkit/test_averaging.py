@@ -88,3 +88,25 @@ def test_an_averaging_choice_needs_a_method_and_a_count_of_two_or_more(value):
         return
     with pytest.raises(RecipeInputError, match="greedy 5"):
         averaging_choice(value)
+
+
+def test_a_run_saves_the_average_of_its_last_k_checkpoints(tiny_bert, test_data, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from recipes import text_classification
+    from tests.conftest import fast_args
+
+    out = tmp_path / "run"
+    results = text_classification.main([
+        "--model_name_or_path", tiny_bert, "--train_file", str(test_data / "sms_spam/train.tsv"),
+        "--validation_file", str(test_data / "sms_spam/dev.tsv"), "--max_train_samples", "128",
+        "--average_checkpoints", "uniform", "2",
+        *fast_args(out, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=4, learning_rate=1e-3,
+                   per_device_train_batch_size=8)])
+    assert results["averaged_steps"] == [12, 16]
+    saved = load_file(out / "model.safetensors")
+    last = [load_file(out / f"checkpoint-{step}" / "model.safetensors") for step in (12, 16)]
+    assert set(saved) == set(last[0])
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, (last[0][name] + last[1][name]) / 2, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(saved["classifier.weight"], last[1]["classifier.weight"])
