@@ -72,8 +72,9 @@ SLOWEST_OF = 3
 # any time, longer (up to the first plan, which bounds the epochs Trainer loops over) until REPLAN_UNTIL of the way,
 # so the rate never climbs back up near the end.
 REPLAN_EVERY = 10
-REPLAN_SLACK = 0.03
+REPLAN_SLACK = 0.05
 REPLAN_UNTIL = 0.8
+GROW_AFTER = 30  # timed steps before a run may grow: the mean of fewer varies with their batch lengths
 
 
 def set_schedule_length(lr_scheduler, steps: int, args) -> bool:
@@ -186,7 +187,8 @@ class DeadlineCallback(TrainerCallback):
         fit = int(-agreed_max(-self.steps_that_fit(args, state), args))  # the smallest over the processes
         fit = min(fit, self.loop_steps)
         shorter = fit < state.max_steps * (1 - REPLAN_SLACK)
-        longer = fit > state.max_steps * (1 + REPLAN_SLACK) and state.global_step < REPLAN_UNTIL * state.max_steps
+        longer = (fit > state.max_steps * (1 + REPLAN_SLACK) and state.global_step < REPLAN_UNTIL * state.max_steps
+                  and state.global_step - self.timed_from[1] >= GROW_AFTER)
         if not (shorter or longer):
             return
         if not set_schedule_length(lr_scheduler, fit, args):

@@ -111,6 +111,12 @@ def test_every_reported_metric_equals_its_rescoring_from_the_written_predictions
     row) equals the reference implementation's score of the run's written predictions against the gold data:
     to 1e-6, counts exactly. A metric the re-scorer cannot reproduce, or that the run leaves out, fails too."""
     case, out = runs.case(recipe), runs.main(recipe)
+    problems = rescoring_problems(case, out)
+    assert not problems, f"{recipe}: " + "; ".join(problems)
+
+
+def rescoring_problems(case: Case, out: Path) -> list[str]:
+    """Each reported test (and validation) metric that its re-scoring from the written predictions does not match."""
     results = _results(out)
     files = {"test": out / case.predictions}
     if case.validation_predictions:
@@ -131,6 +137,37 @@ def test_every_reported_metric_equals_its_rescoring_from_the_written_predictions
         problems += [f"{prefix}{k}: reported {reported[k]:.8g}, {path.name} re-scored {rescored[k]:.8g}"
                      for k in sorted(set(reported) & set(rescored))
                      if not math.isclose(reported[k], rescored[k], rel_tol=0, abs_tol=1e-6)]
+    return problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_a_budgeted_run_probes_plans_and_trains_its_plan(runs, recipe, tmp_path, monkeypatch):
+    """--time_budget on every recipe: each strategy is probed (or named not applicable, with the reason), the
+    run trains the planned steps of the strategy it picked (a budget far longer than the run: no deadline stop),
+    records the plan in run_config.json, and its reported metrics re-score from what it wrote."""
+    from common.strategies import budget
+    from common.training import deadline
+
+    start = deadline.time.time()
+    monkeypatch.setattr(deadline, "process_start", lambda: start)  # the budget counts from here, not pytest's start
+    monkeypatch.setattr(budget, "MAX_EPOCHS", 2)  # plans of two epochs, as the main run trains
+    case, out = runs.case(recipe), tmp_path / "budgeted"
+    argv = [*case.args, "--time_budget", "30m", *fast_args(
+        out, per_device_train_batch_size=case.batch_size, learning_rate=case.learning_rate, skip_bad_examples="true",
+        max_bad_fraction=0.2)]
+    at = argv.index("--num_train_epochs")
+    del argv[at:at + 2]  # fast_args' epoch count: the plan sets the length
+    results = run_recipe(recipe, argv)
+    record = json.loads((out / "run_config.json").read_text())["time_budget"]
+    assert record == results["time_budget"]
+    candidates = {c["name"]: c for c in record["candidates"]}
+    assert list(candidates) == ["full", "lora", "cache"]
+    assert all(c["step_s"] and c["step_s"] > 0 or c["note"].startswith("not applicable") for c in candidates.values())
+    assert candidates[record["strategy"]]["step_s"] > 0 and candidates["full"]["step_s"] > 0
+    assert record["planned"]["max_steps"] == record["actual"]["steps"] == 2 * case.steps_per_epoch
+    assert not record["actual"]["stopped_by_deadline"]
+    problems = rescoring_problems(case, out)
     assert not problems, f"{recipe}: " + "; ".join(problems)
 
 
