@@ -285,7 +285,10 @@ class TimeBudget:
         self.phases["before_plan_s"] = self.deadline.elapsed()
         chosen = [name for name in STRATEGY_OPTIONS if name in self.given]
         if chosen:  # the user picked the strategy: measure that one alone
-            candidates = [probe(task, args, finetune_args, strategy_of(finetune_args), {})]
+            name = strategy_of(finetune_args)
+            measured = probe(task, args, finetune_args, name, {})
+            # The cache is built after the plan: its steps are the head's, priced from the backbone's forward speed.
+            candidates = [probe_cache(task, measured, finetune_args) if name == "cache" else measured]
         else:
             full = probe(task, args, finetune_args, "full", STRATEGIES["full"])
             candidates = [full, probe(task, args, finetune_args, "lora", STRATEGIES["lora"]),
@@ -351,7 +354,7 @@ class TimeBudget:
             evaluations = min(int(EVAL_SHARE * steps * pick.step_s / eval_s), math.ceil(epochs))
             if averaging and evaluations < averaging:  # averaging needs its K evaluated checkpoints
                 evaluations = min(averaging, steps)
-                steps = max(1, min(steps, int((train_s - evaluations * eval_s) / pick.step_s)))
+            steps = max(1, min(steps, int((train_s - evaluations * eval_s) / pick.step_s)))  # their time is the steps'
         plan.max_steps, plan.epochs, plan.evaluations, plan.train_s = steps, steps / plan.steps_per_epoch, evaluations, train_s
         # Evaluations at every eval_steps, the last one before the end (the run evaluates the final model anyway).
         plan.eval_steps = max(1, steps // (evaluations + 1)) if evaluations else None

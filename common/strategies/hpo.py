@@ -106,6 +106,7 @@ class HpoArguments:
         if options.get("hpo_storage"):
             options["overwrite_output_dir"] = True
 
+
 def trial_count(value: int | str) -> int | str:
     """A number of trials, or 'auto' (a time budget sizes the search)."""
     if str(value).strip().lower() == "auto":

@@ -55,7 +55,7 @@ def test_a_full_fine_tune_that_fits_an_epoch_is_picked_and_its_schedule_ends_wit
     # Reserve: 2 s validation + 1 s test + 3 s report + 6 s margin (2% of 300) = 12 s; 288 s / 0.5 s = 576 steps,
     # less the evaluations' share, which the plan takes out of the steps' time.
     assert plan.reserve_s == pytest.approx(12.0)
-    assert plan.max_steps == int(288.0 / 0.5) and plan.steps_per_epoch == 100
+    assert plan.max_steps == int((288.0 - plan.evaluations * 2.0) / 0.5) and plan.steps_per_epoch == 100
     assert 0 < plan.evaluations <= 6 and plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
     plan_budget.apply(plan, args, finetune_args)
     # Trainer loops long enough for the run to grow to twice its plan (within 20 epochs); it starts planned.
