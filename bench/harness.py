@@ -72,6 +72,19 @@ NO_EXTRAS = ["--do_predict", "false", "--save_strategy", "no", "--disable_tqdm",
 
 
 
+def write_section(mark: str, lines: list[str]) -> None:
+    """Replace a standalone benchmark's section of bench/RESULTS.md (between `<!-- mark -->` and `<!-- /mark -->`,
+    which `lines` begin and end with, and which bench/run.py keeps), or append it."""
+    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n"
+    start, end = f"<!-- {mark} -->", f"<!-- /{mark} -->"
+    block = "\n".join(lines)
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
+
+
 def stratified_tsv_sample(source: Path, out: Path, rows: int, seed: int = 0, label_column: str = "label") -> Path:
     """`rows` lines of a tab-separated file with a header, sampled once (seeded) and stratified by label: each
     label gets its share of `rows` (largest remainders), lines kept verbatim and in file order. Written to `out`

@@ -34,10 +34,9 @@ import sys
 import time
 from pathlib import Path
 
-from harness import DATA, ROOT, child_env, launch, machine, matmul_rate
+from harness import DATA, ROOT, child_env, launch, machine, matmul_rate, write_section
 
 RUNS = ROOT / "bench" / "runs" / "input_pipeline"
-RESULTS = ROOT / "bench" / "RESULTS.md"
 MARK = "input_pipeline"
 BEFORE = "3b554f4"  # the last commit before the input pipeline rework
 PEER = "bench/peers/hf_run_image_classification.py"
@@ -207,18 +206,6 @@ def section(loader: dict[str, list[float]], e2e: dict[str, list[float]], options
     return lines
 
 
-def write_section(lines: list[str]) -> None:
-    """Replace this benchmark's marked section of bench/RESULTS.md, or append it."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmarks\n"
-    start, end = f"<!-- {MARK} -->", f"<!-- /{MARK} -->"
-    block = "\n".join(lines)
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default=BEFORE)
@@ -249,7 +236,7 @@ def main() -> None:
     loader = loader_rows(worktree(options.before), models, options.repeats, options.loader_epochs)
     e2e = e2e_rows(models, options.seeds, options.epochs)
     lines = section(loader, e2e, options, time.perf_counter() - started, rate)
-    write_section(lines)
+    write_section(MARK, lines)
     print("\n".join(lines))
 
 

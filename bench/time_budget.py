@@ -19,7 +19,7 @@ to its exit):
 - others: TREC (MiniLM; 10% of train held out for validation, the 500 test questions) and clothing_small (tiny
   ConvNeXt, random init, 64 px) at each budget.
 
-Writes bench/results/time_budget/<part>.json and bench/time_budget.md.
+Writes bench/results/time_budget/<part>.json and its section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ from harness import (  # noqa: E402
     shared,
     stratified_tsv_sample,
     wait_for_quiet,
+    write_section,
 )
 
 WORK = ROOT / "bench" / "runs" / "time_budget"
 RESULTS = ROOT / "bench" / "results" / "time_budget"
-REPORT = ROOT / "bench" / "time_budget.md"
+MARK = "time_budget"
 BUDGETS = (180, 600)
 AG_PYTHON = ROOT / "bench" / ".venv-autogluon" / "bin" / "python"
 QUIET_WAIT = 120.0  # seconds to wait, at most, for other work to leave the cores before each run
@@ -176,7 +177,8 @@ def plan_cells(run: dict) -> str:
     stopped = " (deadline)" if actual["stopped_by_deadline"] else ""
     return (f"{record['strategy']}; {planned['max_steps']} steps planned = {planned['epochs']:.2f} epochs, "
             f"{actual['steps']} run{stopped}; batch {planned['batch_size']}, lr {lr}, "
-            f"{planned['evaluations']} evaluations; probe {record['phases'].get('probe_s')} s")
+            f"{planned['evaluations']} evaluations; averaging {planned.get('average_checkpoints') or 'none'}; "
+            f"probe {record['phases'].get('probe_s')} s")
 
 
 def metric(run: dict, key: str) -> str:
@@ -184,14 +186,15 @@ def metric(run: dict, key: str) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
-def report() -> str:
-    lines = ["# Time-budgeted fine-tuning against AutoGluon", "",
-             f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} by `python bench/time_budget.py`; every run alone "
-             "on the machine, one after another. Wall time is measured outside each process, from its start to its "
-             "exit, and compared with the budget.", "", "## Machine", "", *machine(), ""]
+def report() -> list[str]:
+    lines = [f"<!-- {MARK} -->", "## Time budget: `--time_budget` against AutoGluon at the same time limit", "",
+             f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} by `python bench/time_budget.py` (runs and logs in "
+             "`bench/runs/time_budget/`, numbers in `bench/results/time_budget/`); every run alone on the machine, one "
+             "after another. Wall time is measured outside each process, from its start to its exit.", "", *machine(),
+             ""]
     sst2, ag, default, strategies, averaging, others = (load(p) for p in PARTS)
     if sst2 or ag:
-        lines += ["## SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
+        lines += ["### SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
                   "| system | budget (s) | wall (s) | over budget | dev accuracy (872) | plan |", "|---|---:|---:|---:|---:|---|"]
         for run in sst2:
             lines.append(f"| finetune-recipes `--time_budget` | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
@@ -206,19 +209,19 @@ def report() -> str:
                          f"default preset; {result.get('notes', '')} |")
         lines.append("")
     if default:
-        lines += ["## The recipe's own default against a budget of its wall time", "",
+        lines += ["### The recipe's own default against a budget of its wall time", "",
                   "| run | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
         for run in default:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
         lines.append("")
     if strategies:
-        lines += ["## Each strategy at the same budget (SST-2, 180 s)", "",
+        lines += ["### Each strategy at the same budget (SST-2, 180 s)", "",
                   "| strategy | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
         for run in [*(r for r in sst2 if r["name"] == "sst2_180s"), *strategies]:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
         lines.append("")
     if averaging:
-        lines += ["## Checkpoint averaging: `--average_checkpoints greedy 5` on and off (180 s budget, 3 seeds)", "",
+        lines += ["### Checkpoint averaging: `--average_checkpoints greedy 5` on and off (180 s budget, 3 seeds)", "",
                   "Validation is 10% held out of the 2,000 sentences (the soup selects on it); dev (872) is the test split.", "",
                   "| seed | plain: test accuracy | greedy 5: test accuracy | greedy 5: averaged steps | wall plain / greedy (s) |",
                   "|---|---:|---:|---|---|"]
@@ -231,14 +234,14 @@ def report() -> str:
                              f"{plain['wall']:.0f} / {soup['wall']:.0f} |")
         lines.append("")
     if others:
-        lines += ["## TREC and clothing_small", "",
+        lines += ["### TREC and clothing_small", "",
                   "| run | budget (s) | wall (s) | over budget | validation accuracy | test accuracy | plan |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for run in others:
             lines.append(f"| {run['name']} | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
                          f"{metric(run, 'eval_accuracy')} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
         lines.append("")
-    return "\n".join(lines)
+    return [*lines, f"<!-- /{MARK} -->"]
 
 
 def main() -> None:
@@ -252,9 +255,9 @@ def main() -> None:
         for part in options.parts:
             runs = globals()[f"part_{part}"]()
             (RESULTS / f"{part}.json").write_text(json.dumps(runs, indent=1, default=str) + "\n")
-            REPORT.write_text(report() + "\n")
-    REPORT.write_text(report() + "\n")
-    print(REPORT.read_text())
+            write_section(MARK, report())
+    write_section(MARK, report())
+    print("\n".join(report()))
 
 
 if __name__ == "__main__":

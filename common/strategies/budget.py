@@ -67,6 +67,7 @@ MAX_EPOCHS = 20  # no plan trains longer (AutoGluon's default preset plans 20 ep
 CACHE_EPOCHS = 20  # a head on cached features converges in a few epochs of near-free steps
 CACHE_STEP_S = 0.01  # one optimizer step of a head on cached features (seconds): no backbone runs
 EVAL_SHARE = 0.1  # evaluations inside training take at most this share of its time
+SOUP_K, SOUP_SHARE = 5, 0.15  # a greedy soup of 5 checkpoints where its evaluations cost at most 15% of training
 PROBE_STEPS = 3  # timed optimizer steps per strategy, after one untimed warm-up step
 REPORT_S = 3.0  # writing all_results.json, the plots and report.html, and the interpreter's exit
 MARGIN_SHARE, MARGIN_MIN_S = 0.02, 2.0  # kept free beyond every forecast
@@ -134,6 +135,7 @@ class Plan:
     reserve_s: float = 0.0
     train_s: float = 0.0
     kept: list[str] = field(default_factory=list)
+    averaging: list[str] | None = None  # --average_checkpoints, as set or as the plan chose it
     search: dict[str, Any] | None = None
 
     def table(self) -> str:
@@ -303,7 +305,7 @@ class TimeBudget:
                     self.deadline.elapsed(), self.phases["probe_s"], plan.table(), self.describe(plan))
         picked = next(c for c in plan.candidates if c.applies() and c.name == plan.strategy)
         self.callback = DeadlineCallback(
-            self.deadline, self.reserve_fn(task, finetune_args, picked), picked.step_s,
+            self.deadline, self.reserve_fn(task, plan.averaging, picked), picked.step_s,
             self.eval_seconds(task, picked),
             skip_final_eval=not (args.load_best_model_at_end or finetune_args.average_checkpoints),
             planned_steps=None if self.given & {"max_steps", "num_train_epochs"} else plan.max_steps)
@@ -316,7 +318,8 @@ class TimeBudget:
             if c.applies():
                 per_step = c.batch_size * c.accumulation * world
                 steps_per_epoch = math.ceil(len(task.train_dataset) / per_step)
-                c.epochs_fit = self.train_seconds(task, finetune_args, c) / (c.step_s * steps_per_epoch)
+                c.epochs_fit = (self.train_seconds(task, finetune_args.average_checkpoints, c)
+                                / (c.step_s * steps_per_epoch))
         usable = [c for c in candidates if c.applies()]
         if not usable:
             raise RecipeInputError("--time_budget: no strategy could be measured: "
@@ -336,19 +339,30 @@ class TimeBudget:
         per_step = pick.batch_size * pick.accumulation * world
         plan = Plan(self.deadline.budget_s, pick.name, why, candidates,
                     math.ceil(len(task.train_dataset) / per_step), pick.batch_size, pick.accumulation,
-                    kept=sorted(self.given & PLANNED_OPTIONS))
-        self.fit_length(plan, task, finetune_args, pick, self.train_seconds(task, finetune_args, pick))
+                    kept=sorted(self.given & PLANNED_OPTIONS), averaging=finetune_args.average_checkpoints)
+        if plan.averaging is None and "average_checkpoints" not in self.given and not args.load_best_model_at_end:
+            plan.averaging = self.soup_if_affordable(task, pick)
+        self.fit_length(plan, task, pick, self.train_seconds(task, plan.averaging, pick))
         if "learning_rate" not in self.given and pick.name in STRATEGY_LR:
             plan.learning_rate = STRATEGY_LR[pick.name]
         return plan
 
-    def fit_length(self, plan: Plan, task: Task, finetune_args, pick: Measured, train_s: float) -> None:
+    def soup_if_affordable(self, task: Task, pick: Measured) -> list[str] | None:
+        """A greedy soup of SOUP_K checkpoints (bench/RESULTS.md: it raised test accuracy on every seed) where its
+        evaluations, SOUP_K inside training and up to SOUP_K + 1 after, cost at most SOUP_SHARE of the training."""
+        eval_s = self.eval_seconds(task, pick)
+        if eval_s <= 0:
+            return None
+        soup = ["greedy", str(SOUP_K)]
+        return soup if (2 * SOUP_K + 1) * eval_s <= SOUP_SHARE * self.train_seconds(task, soup, pick) else None
+
+    def fit_length(self, plan: Plan, task: Task, pick: Measured, train_s: float) -> None:
         """max_steps and the evaluation cadence that fit `train_s` seconds of training."""
         eval_s = self.eval_seconds(task, pick)
         max_epochs = CACHE_EPOCHS if pick.name == "cache" else MAX_EPOCHS
         steps = max(1, min(int(train_s / pick.step_s), max_epochs * plan.steps_per_epoch))
         epochs = steps / plan.steps_per_epoch
-        averaging = averaging_choice(finetune_args.average_checkpoints)[1] if finetune_args.average_checkpoints else 0
+        averaging = averaging_choice(plan.averaging)[1] if plan.averaging else 0
         evaluations = 0
         if task.eval_dataset is not None and eval_s > 0:
             evaluations = min(int(EVAL_SHARE * steps * pick.step_s / eval_s), math.ceil(epochs))
@@ -358,13 +372,13 @@ class TimeBudget:
         plan.max_steps, plan.epochs, plan.evaluations, plan.train_s = steps, steps / plan.steps_per_epoch, evaluations, train_s
         # Evaluations at every eval_steps, the last one before the end (the run evaluates the final model anyway).
         plan.eval_steps = max(1, steps // (evaluations + 1)) if evaluations else None
-        plan.reserve_s = self.reserve_fn(task, finetune_args, pick)(eval_s)
+        plan.reserve_s = self.reserve_fn(task, plan.averaging, pick)(eval_s)
 
-    def train_seconds(self, task: Task, finetune_args, measured: Measured) -> float:
+    def train_seconds(self, task: Task, averaging: list[str] | None, measured: Measured) -> float:
         """The seconds left for training steps once the model is loaded, the cache built, and the work after
         training reserved."""
         left = self.deadline.remaining() - measured.load_s - measured.setup_s
-        return left - self.reserve_fn(task, finetune_args, measured)(self.eval_seconds(task, measured))
+        return left - self.reserve_fn(task, averaging, measured)(self.eval_seconds(task, measured))
 
     @staticmethod
     def eval_seconds(task: Task, measured: Measured) -> float:
@@ -372,14 +386,14 @@ class TimeBudget:
             return 0.0
         return len(task.eval_dataset) / measured.eval_rows_per_s
 
-    def reserve_fn(self, task: Task, finetune_args, measured: Measured):
+    def reserve_fn(self, task: Task, averaging: list[str] | None, measured: Measured):
         """eval seconds -> seconds the work after training needs: the final evaluation, the test predictions,
         a greedy soup's evaluations, the save, the report, and a margin."""
         rows_eval = len(task.eval_dataset) if task.eval_dataset is not None else 0
         rows_test = len(task.test_dataset) if task.test_dataset is not None else 0
         passes = 1.0 + (rows_test / rows_eval if rows_eval else 0.0)
-        if finetune_args.average_checkpoints:
-            method, k = averaging_choice(finetune_args.average_checkpoints)
+        if averaging:
+            method, k = averaging_choice(averaging)
             passes += k + 1 if method == "greedy" else 0
         test_only = rows_test / measured.eval_rows_per_s if not rows_eval and measured.eval_rows_per_s else 0.0
         margin = max(MARGIN_MIN_S, MARGIN_SHARE * self.deadline.budget_s)
@@ -392,6 +406,7 @@ class TimeBudget:
             for name, value in STRATEGIES[plan.strategy].items():
                 setattr(finetune_args, name, value)
         self.set_length(plan, args)
+        finetune_args.average_checkpoints = plan.averaging
         if "per_device_train_batch_size" not in self.given:
             args.per_device_train_batch_size = plan.batch_size
             args.gradient_accumulation_steps = plan.accumulation
@@ -419,6 +434,7 @@ class TimeBudget:
     def describe(plan: Plan) -> str:
         evals = f"{plan.evaluations} evaluations (every {plan.eval_steps} steps)" if plan.evaluations else "no evaluation"
         lr = f", learning rate {plan.learning_rate:g}" if plan.learning_rate is not None else ""
+        lr += f", --average_checkpoints {' '.join(plan.averaging)}" if plan.averaging else ""
         kept = f"; kept as set: {', '.join(plan.kept)}" if plan.kept else ""
         return (f"plan: {plan.strategy} ({plan.why}); {plan.max_steps} steps = {plan.epochs:.2f} epochs at batch "
                 f"{plan.batch_size} x {plan.accumulation}{lr}, {evals} during training; {plan.train_s:.0f} s of "
@@ -447,7 +463,7 @@ class TimeBudget:
                        n_trials=trials, timeout=search_s, space=space,
                        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=trial_args.eval_steps))
         self.phases["search_s"] = self.deadline.elapsed() - started
-        self.fit_length(plan, task, finetune_args, pick, self.train_seconds(task, finetune_args, pick))
+        self.fit_length(plan, task, pick, self.train_seconds(task, plan.averaging, pick))
         self.set_length(plan, args)
         if plan.eval_steps and args.eval_strategy == "steps":
             args.eval_steps = plan.eval_steps
@@ -473,7 +489,8 @@ class TimeBudget:
             "planned": {"max_steps": plan.max_steps, "epochs": round(plan.epochs, 3), "batch_size": plan.batch_size,
                         "gradient_accumulation_steps": plan.accumulation, "evaluations": plan.evaluations,
                         "eval_steps": plan.eval_steps, "learning_rate": plan.learning_rate,
-                        "training_s": round(plan.train_s, 1), "reserve_s": round(plan.reserve_s, 1)},
+                        "training_s": round(plan.train_s, 1), "reserve_s": round(plan.reserve_s, 1),
+                        "average_checkpoints": " ".join(plan.averaging) if plan.averaging else None},
             "actual": {"steps": state.global_step if state is not None else 0,
                        "stopped_by_deadline": callback.stopped_at is not None if callback else False,
                        "replanned": [{"at_step": at, "to_steps": to} for at, to in callback.replanned] if callback else [],

@@ -176,11 +176,9 @@ class DeadlineCallback(TrainerCallback):
         """The last step the time left reaches, with the evaluations due on the way and the reserve after it."""
         left = self.deadline.remaining() - self.reserve(self.eval_s())
         step_s = self.mean_step_s(state)
-        steps = int(left / step_s)
-        if args.eval_strategy == "steps" and state.eval_steps and self.eval_s() > 0:
-            due = (state.global_step + steps) // state.eval_steps - state.global_step // state.eval_steps
-            steps = int((left - due * self.eval_s()) / step_s)
-        return state.global_step + max(steps, 1)
+        if args.eval_strategy == "steps" and state.eval_steps:
+            step_s += self.eval_s() / state.eval_steps  # each step's share of the evaluations
+        return state.global_step + max(int(left / step_s), 1)
 
     def replan(self, args, state, lr_scheduler) -> None:
         """End the run where the measured speed says the budget ends, so the schedule decays to its end there."""

@@ -52,12 +52,14 @@ def test_a_full_fine_tune_that_fits_an_epoch_is_picked_and_its_schedule_ends_wit
     candidates = [measured("full", 0.5), measured("lora", 0.3), measured("cache", 0.01, setup_s=20)]
     plan = plan_budget.choose(task(), args, finetune_args, candidates, chosen=[])
     assert plan.strategy == "full" and plan.learning_rate is None  # the configured rate stays
-    # Reserve: 2 s validation + 1 s test + 3 s report + 6 s margin (2% of 300) = 12 s; 288 s / 0.5 s = 576 steps,
-    # less the evaluations' share, which the plan takes out of the steps' time.
-    assert plan.reserve_s == pytest.approx(12.0)
-    assert plan.max_steps == int((288.0 - plan.evaluations * 2.0) / 0.5) and plan.steps_per_epoch == 100
-    assert 0 < plan.evaluations <= 6 and plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
+    # A greedy soup's 11 evaluations of 2 s cost less than 15% of the training: it is on. Reserve: 2 s validation,
+    # 1 s test, six 2 s soups, 3 s report, 6 s margin (2% of 300) = 24 s; 276 s / 0.5 s, less the evaluations.
+    assert plan.averaging == ["greedy", "5"] and plan.evaluations >= 5
+    assert plan.reserve_s == pytest.approx(24.0)
+    assert plan.max_steps == int((276.0 - plan.evaluations * 2.0) / 0.5) and plan.steps_per_epoch == 100
+    assert plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
     plan_budget.apply(plan, args, finetune_args)
+    assert finetune_args.average_checkpoints == ["greedy", "5"]
     # Trainer loops long enough for the run to grow to twice its plan (within 20 epochs); it starts planned.
     assert args.max_steps == 2 * plan.max_steps and args.eval_strategy == "steps" and args.eval_steps == plan.eval_steps
     assert finetune_args.eval_before_training is False
@@ -121,8 +123,16 @@ def test_no_plan_trains_past_the_epoch_cap(tmp_path):
     assert plan.max_steps == MAX_EPOCHS * plan.steps_per_epoch
 
 
+def test_a_greedy_soup_is_planned_only_where_its_evaluations_are_cheap(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0)
+    slow_evaluation = measured("full", 0.5, rows_per_s=20.0)  # 10 s a pass: 110 s of soup, over 15% of training
+    assert plan_budget.choose(task(), args, finetune_args, [slow_evaluation], chosen=[]).averaging is None
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0, given={"average_checkpoints"})
+    assert plan_budget.choose(task(), args, finetune_args, [measured("full", 0.5)], chosen=[]).averaging is None
+
+
 def test_checkpoint_averaging_gets_its_k_evaluations_and_their_reserve(tmp_path):
-    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0)
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=100.0, given={"average_checkpoints"})
     plain = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.5)], chosen=[])
     finetune_args.average_checkpoints = ["greedy", "5"]
     averaged = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.5)], chosen=[])
