@@ -16,6 +16,9 @@ to its exit):
   the plan's order (full, then LoRA, then the cache).
 - averaging: the 180 s budget with and without `--average_checkpoints greedy 5`, 3 seeds. The greedy soup selects on
   validation, so here validation is 10% held out of the 2,000 and dev is the test split.
+- heldout: the 600 s budget as in averaging (10% of the 2,000 held out for validation, dev the test split), with the
+  plan's own choices: it adds the greedy soup where the evaluations are cheap, which a held-out split makes them.
+- default_heldout: the default part with validation held out of the 2,000 and dev as the test split.
 - others: TREC (MiniLM; 10% of train held out for validation, the 500 test questions) and clothing_small (tiny
   ConvNeXt, random init, 64 px) at each budget.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -55,8 +59,9 @@ MARK = "time_budget"
 BUDGETS = (180, 600)
 AG_PYTHON = ROOT / "bench" / ".venv-autogluon" / "bin" / "python"
 QUIET_WAIT = 120.0  # seconds to wait, at most, for other work to leave the cores before each run
-PARTS = ("sst2", "autogluon", "default", "strategies", "averaging", "others")
+PARTS = ("sst2", "autogluon", "default", "strategies", "averaging", "others", "heldout", "default_heldout")
 SEEDS = (42, 43, 44)
+REUSE = False  # --reuse
 
 
 def sst2_sample() -> Path:
@@ -69,12 +74,18 @@ def sst2_flags() -> list[str]:
 
 
 def recipe_run(name: str, script: str, flags: list[str]) -> dict:
+    """One recipe run, alone on the machine; its numbers are kept in WORK/<name>.json, which --reuse reads back
+    instead of running it again (a part cut short continues where it stopped)."""
+    kept = WORK / f"{name}.json"
+    if REUSE and kept.is_file():
+        return json.loads(kept.read_text())
     out = WORK / name
     run = run_for_results(["python", script, *flags, "--output_dir", str(out), "--overwrite_output_dir"], out,
                           "all_results.json", WORK / f"{name}.log", quiet_wait=QUIET_WAIT)
     config = out / "run_config.json"
     run["time_budget"] = json.loads(config.read_text()).get("time_budget") if config.is_file() else None
     run["name"] = name
+    kept.write_text(json.dumps(run, indent=1, default=str) + "\n")
     print(f"{name}: exit {run['code']}, wall {run['wall']:.1f} s, "
           f"eval accuracy {(run['results'] or {}).get('eval_accuracy')}, test accuracy "
           f"{(run['results'] or {}).get('test_accuracy')}", flush=True)
@@ -120,14 +131,30 @@ def part_strategies() -> list[dict]:
 
 
 def part_averaging() -> list[dict]:
-    flags = ["--model_name_or_path", minilm_dir(), "--train_file", str(sst2_sample()), "--validation_split", "0.1",
-             "--test_file", shared("sst2", "dev.tsv"), "--disable_tqdm", "true", "--time_budget", "180s"]
+    flags = [*heldout_flags(), "--time_budget", "180s"]
     runs = []
     for seed in SEEDS:
-        for arm, extra in (("plain", []), ("greedy5", ["--average_checkpoints", "greedy", "5"])):
+        for arm, extra in (("plain", ["--average_checkpoints", "none"]), ("greedy5", ["--average_checkpoints", "greedy", "5"])):
             runs.append(recipe_run(f"averaging_{arm}_seed{seed}", "recipes/sentiment.py",
                                    [*flags, "--seed", str(seed), *extra]))
     return runs
+
+
+def heldout_flags() -> list[str]:
+    """SST-2 as AutoGluon splits it: validation held out of the 2,000 training sentences, dev only for the score."""
+    return ["--model_name_or_path", minilm_dir(), "--train_file", str(sst2_sample()), "--validation_split", "0.1",
+            "--test_file", shared("sst2", "dev.tsv"), "--disable_tqdm", "true"]
+
+
+def part_heldout() -> list[dict]:
+    return [recipe_run("sst2_heldout_600s", "recipes/sentiment.py", [*heldout_flags(), "--time_budget", "600s"])]
+
+
+def part_default_heldout() -> list[dict]:
+    default = recipe_run("sst2_heldout_default", "recipes/sentiment.py", ["--config", SST2_CONFIG, *heldout_flags()])
+    same = recipe_run("sst2_heldout_budget_default_wall", "recipes/sentiment.py",
+                      [*heldout_flags(), "--time_budget", f"{default['wall']:.0f}s"])
+    return [default, same]
 
 
 def part_others() -> list[dict]:
@@ -181,6 +208,16 @@ def plan_cells(run: dict) -> str:
             f"probe {record['phases'].get('probe_s')} s")
 
 
+def autogluon_cells(result: dict) -> str:
+    notes = result.get("notes") or {}
+    trainer = notes.get("trainer") or {}
+    return (f"{notes.get('preset')} preset: max text length {notes.get('max_text_len_used')}, batch "
+            f"{notes.get('batch_size')} ({notes.get('per_gpu_batch_size')} x {trainer.get('accumulate_grad_batches')} "
+            f"accumulation), lr {notes.get('lr')}, {notes.get('fit_rows')} rows fit / {notes.get('holdout_rows')} held "
+            f"out, {result.get('steps')} steps = {notes.get('epochs_reached')} epochs of {notes.get('max_epochs')} "
+            "planned; text augmentation without the WordNet synonym op, which needs a download")
+
+
 def metric(run: dict, key: str) -> str:
     value = (run.get("results") or {}).get(key)
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
@@ -192,27 +229,35 @@ def report() -> list[str]:
              "`bench/runs/time_budget/`, numbers in `bench/results/time_budget/`); every run alone on the machine, one "
              "after another. Wall time is measured outside each process, from its start to its exit.", "", *machine(),
              ""]
-    sst2, ag, default, strategies, averaging, others = (load(p) for p in PARTS)
-    if sst2 or ag:
+    sst2, ag, default, strategies, averaging, others, heldout, default_heldout = (load(p) for p in PARTS)
+    if sst2 or ag or heldout:
         lines += ["### SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
                   "| system | budget (s) | wall (s) | over budget | dev accuracy (872) | plan |", "|---|---:|---:|---:|---:|---|"]
         for run in sst2:
             lines.append(f"| finetune-recipes `--time_budget` | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
                          f"{metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
+        for run in [*(r for r in averaging if r["name"].startswith("averaging_greedy5")), *heldout]:
+            lines.append(f"| finetune-recipes `--time_budget`, 10% held out for validation, dev as test "
+                         f"({run['name']}) | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
+                         f"{metric(run, 'test_accuracy')} | {plan_cells(run)} |")
         for run in ag:
             result = run.get("results") or {}
             limit = result.get("time_limit")
             fit = result.get("fit_s")
-            share = f"{fit / limit - 1:+.1%} (fit)" if fit and limit else "-"
+            share = f"fit {fit / limit - 1:+.1%}, process {run['wall'] / limit - 1:+.1%}" if fit and limit else "-"
             lines.append(f"| AutoGluon {result.get('version', '?')} MultiModalPredictor | {limit} | "
                          f"{run['wall']:.1f} (fit {fit:.1f}) | {share} | {result.get('dev_accuracy', float('nan')):.4f} | "
-                         f"default preset; {result.get('notes', '')} |")
+                         f"{autogluon_cells(result)} |")
         lines.append("")
-    if default:
+    if default or default_heldout:
         lines += ["### The recipe's own default against a budget of its wall time", "",
+                  "Dev is the validation split in the first two rows, the test split in the last two (validation held "
+                  "out of the 2,000).", "",
                   "| run | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
         for run in default:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
+        for run in default_heldout:
+            lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
         lines.append("")
     if strategies:
         lines += ["### Each strategy at the same budget (SST-2, 180 s)", "",
@@ -232,6 +277,10 @@ def report() -> list[str]:
                 steps = (soup.get("results") or {}).get("averaged_steps")
                 lines.append(f"| {seed} | {metric(plain, 'test_accuracy')} | {metric(soup, 'test_accuracy')} | {steps} | "
                              f"{plain['wall']:.0f} / {soup['wall']:.0f} |")
+        means = {arm: [(r["results"] or {}).get("test_accuracy") for r in averaging if f"_{arm}_" in r["name"]]
+                 for arm in ("plain", "greedy5")}
+        if all(means.values()) and None not in means["plain"] + means["greedy5"]:
+            lines.append(f"| mean | {statistics.mean(means['plain']):.4f} | {statistics.mean(means['greedy5']):.4f} | | |")
         lines.append("")
     if others:
         lines += ["### TREC and clothing_small", "",
@@ -247,8 +296,12 @@ def report() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--report_only", action="store_true", help="Rewrite bench/time_budget.md from the results.")
+    parser.add_argument("--report_only", action="store_true", help="Rewrite the RESULTS.md section from the results.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Take each recipe run already measured (bench/runs/time_budget/<run>.json) as it is.")
     options = parser.parse_args()
+    global REUSE
+    REUSE = options.reuse
     RESULTS.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
     if not options.report_only:

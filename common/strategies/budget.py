@@ -348,8 +348,9 @@ class TimeBudget:
         return plan
 
     def soup_if_affordable(self, task: Task, pick: Measured) -> list[str] | None:
-        """A greedy soup of SOUP_K checkpoints (bench/RESULTS.md: it raised test accuracy on every seed) where its
-        evaluations, SOUP_K inside training and up to SOUP_K + 1 after, cost at most SOUP_SHARE of the training."""
+        """A greedy soup of SOUP_K checkpoints (bench/RESULTS.md: +0.7 points of mean test accuracy over 3 seeds on
+        SST-2 at 180 s) where its evaluations, SOUP_K inside training and up to SOUP_K + 1 after, cost at most
+        SOUP_SHARE of the training."""
         eval_s = self.eval_seconds(task, pick)
         if eval_s <= 0:
             return None

@@ -34,22 +34,25 @@ class AveragingArguments:
     average_checkpoints: list[str] | None = field(
         default=None,
         metadata={"help": "Average the weights of the run's evaluated checkpoints into the saved model: 'uniform K' "
-                          "(the last K) or 'greedy K' (the best K, each kept if the validation metric does not drop)."},
+                          "(the last K) or 'greedy K' (the best K, each kept if the validation metric does not drop). "
+                          "'none': no averaging, also where --time_budget would plan a greedy soup."},
     )
 
     def check(self) -> None:
-        if self.average_checkpoints:
-            averaging_choice(self.average_checkpoints)
+        if self.average_checkpoints and averaging_choice(self.average_checkpoints) is None:
+            self.average_checkpoints = None  # 'none', which the user set: a plan leaves it off
 
 
-def averaging_choice(value: list[str] | str) -> tuple[str, int]:
-    """('uniform' | 'greedy', K) from ['greedy', '5'], 'greedy 5' or a YAML list."""
+def averaging_choice(value: list[str] | str) -> tuple[str, int] | None:
+    """('uniform' | 'greedy', K) from ['greedy', '5'], 'greedy 5' or a YAML list; None for 'none'."""
     words = str(value).split() if isinstance(value, str) else [str(v) for v in value]
+    if [w.lower() for w in words] in (["none"], ["off"]):
+        return None
     if len(words) == 1 and words[0] in METHODS:
         words.append("5")
     if len(words) != 2 or words[0] not in METHODS or not words[1].isdigit() or int(words[1]) < 2:
         raise RecipeInputError(f"--average_checkpoints {' '.join(words)}: give a method and a count of at least 2, "
-                               "e.g. --average_checkpoints greedy 5 or uniform 3.")
+                               "e.g. --average_checkpoints greedy 5 or uniform 3, or none.")
     return words[0], int(words[1])
 
 

@@ -81,11 +81,14 @@ def test_a_lower_is_better_metric_ranks_the_lowest_first():
     assert model.weight.item() == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("value", [["greedy"], "uniform 1", ["soup", "5"], ["greedy", "five"]])
+def test_an_averaging_choice_reads_a_method_and_a_count_or_none():
+    assert averaging_choice(["greedy"]) == ("greedy", 5)
+    assert averaging_choice("uniform 3") == ("uniform", 3) and averaging_choice(["greedy", 4]) == ("greedy", 4)
+    assert averaging_choice(["none"]) is None and averaging_choice("off") is None
+
+
+@pytest.mark.parametrize("value", ["uniform 1", ["soup", "5"], ["greedy", "five"]])
 def test_an_averaging_choice_needs_a_method_and_a_count_of_two_or_more(value):
-    if value == ["greedy"]:
-        assert averaging_choice(value) == ("greedy", 5)
-        return
     with pytest.raises(RecipeInputError, match="greedy 5"):
         averaging_choice(value)
 
