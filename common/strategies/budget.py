@@ -8,12 +8,14 @@
    left, otherwise the one that fits the most (full fine-tuning learns most per epoch: bench/RESULTS.md). Then
    the training length (`max_steps`, so that the learning-rate schedule ends when the budget does) and the
    evaluation cadence (at most EVAL_SHARE of the training time, at most one per epoch), after a reserve for the
-   work after training: the final evaluation, the test predictions, averaging, the save and the report.
+   work after training: the final evaluation, the test predictions, averaging, the save and the report. A greedy
+   soup of SOUP_K checkpoints joins the plan where its evaluations cost at most SOUP_SHARE of the training.
 3. The plan is logged as a table, written to run_config.json (`time_budget`) and shown in report.html, with what
    happened beside it: planned and actual steps, and the wall time of each phase.
 4. Every option the user set (in --config or on the command line) is kept; the plan fills in the rest.
-5. `DeadlineCallback` (common.training.deadline) stops training at a step boundary when the time runs short: the
-   plan is a forecast, the deadline the guarantee.
+5. `DeadlineCallback` (common.training.deadline) re-plans the length from the measured speed (Trainer loops for
+   up to GROWTH times the plan) and stops training at a step boundary when the time runs short: the plan is a
+   forecast, the deadline the guarantee.
 
 With `--hpo_trials auto`, SEARCH_SHARE of the time goes to optuna trials of TRIAL_FRACTION of the planned length,
 pruned by successive halving on their evaluations (common.strategies.hpo), and the best settings train for the
