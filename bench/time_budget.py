@@ -202,9 +202,11 @@ def plan_cells(run: dict) -> str:
     planned, actual = record["planned"], record["actual"]
     lr = planned["learning_rate"] or "as configured"
     stopped = " (deadline)" if actual["stopped_by_deadline"] else ""
+    # What the run averaged (all_results.json), also for runs recorded before the plan listed it.
+    averaging = (run.get("results") or {}).get("averaging_method") or planned.get("average_checkpoints") or "none"
     return (f"{record['strategy']}; {planned['max_steps']} steps planned = {planned['epochs']:.2f} epochs, "
             f"{actual['steps']} run{stopped}; batch {planned['batch_size']}, lr {lr}, "
-            f"{planned['evaluations']} evaluations; averaging {planned.get('average_checkpoints') or 'none'}; "
+            f"{planned['evaluations']} evaluations; averaging {averaging}; "
             f"probe {record['phases'].get('probe_s')} s")
 
 
