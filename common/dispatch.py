@@ -55,7 +55,7 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
         else:
             results = train_evaluate_predict(task, args, finetune_args)
         if budget is not None and args.process_index == 0:
-            results["time_budget"] = budget.finish(Path(args.output_dir), budget.callback.state)
+            results["time_budget"] = budget.finish()
         results["main_metric"], results["output_dir"] = task.main_metric, args.output_dir
         several = (finetune_args.cv_folds and finetune_args.cv_fold_index is None) or finetune_args.ensemble_models
         if several and args.process_index == 0:  # a fold job's own run wrote its page already

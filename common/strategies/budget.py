@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import math
 import tempfile
@@ -46,7 +45,6 @@ from common.strategies.hpo import run_hpo
 from common.toolkit.averaging import averaging_choice
 from common.toolkit.feature_cache import find_head
 from common.training.deadline import Deadline, DeadlineCallback, parse_duration
-from common.training.html_report import RUN_CONFIG_FILE, write_html_report
 from common.training.reliability import RUN_RECORD_ATTR
 from common.training.single_run import build_trainer
 from common.training.task import Task
@@ -114,7 +112,6 @@ class Measured:
     accumulation: int = 1
     note: str = ""
     epochs_fit: float = 0.0
-    eval_batch: int = 0
 
     def applies(self) -> bool:
         return self.step_s is not None
@@ -231,7 +228,6 @@ def _probe_once(task: Task, args: TrainingArguments, finetune_args, measured: Me
     start = time.perf_counter()
     trainer.predict(sample, metric_key_prefix="probe")
     measured.eval_rows_per_s = len(sample) / (time.perf_counter() - start)
-    measured.eval_batch = args.per_device_eval_batch_size
     start = time.perf_counter()
     trainer.save_model(str(Path(scratch) / "model"))
     measured.save_s = time.perf_counter() - start
@@ -242,7 +238,7 @@ def _probe_once(task: Task, args: TrainingArguments, finetune_args, measured: Me
     return measured
 
 
-def probe_cache(task: Task, full: Measured, finetune_args) -> Measured:
+def probe_cache(task: Task, full: Measured, finetune_args, eval_batch: int) -> Measured:
     """The cache's cost, from the full model's measured forward speed: one pass over every split, then head
     steps that cost CACHE_STEP_S."""
     measured = Measured("cache", batch_size=full.batch_size, accumulation=full.accumulation, load_s=full.load_s,
@@ -262,7 +258,7 @@ def probe_cache(task: Task, full: Measured, finetune_args) -> Measured:
     rows = sum(len(d) for d in (task.train_dataset, task.eval_dataset, task.test_dataset) if d is not None)
     measured.setup_s = rows / full.eval_rows_per_s
     # Evaluating the head on cached features is one of its steps per eval batch.
-    measured.step_s, measured.eval_rows_per_s = CACHE_STEP_S, full.eval_batch / CACHE_STEP_S
+    measured.step_s, measured.eval_rows_per_s = CACHE_STEP_S, eval_batch / CACHE_STEP_S
     measured.peak_memory_gb = full.peak_memory_gb
     measured.note = f"one forward pass over {rows} rows first ({measured.setup_s:.0f} s)"
     return measured
@@ -278,6 +274,7 @@ class TimeBudget:
         self.phases: dict[str, float] = {}
         self.plan: Plan | None = None
         self.callback: DeadlineCallback | None = None
+        self.written: dict[str, Any] | None = None  # the record run_config.json holds
 
     # -- the plan ------------------------------------------------------------------------------------------------
 
@@ -292,11 +289,12 @@ class TimeBudget:
             name = strategy_of(finetune_args)
             measured = probe(task, args, finetune_args, name, {})
             # The cache is built after the plan: its steps are the head's, priced from the backbone's forward speed.
-            candidates = [probe_cache(task, measured, finetune_args) if name == "cache" else measured]
+            candidates = [probe_cache(task, measured, finetune_args, args.per_device_eval_batch_size)
+                          if name == "cache" else measured]
         else:
             full = probe(task, args, finetune_args, "full", STRATEGIES["full"])
             candidates = [full, probe(task, args, finetune_args, "lora", STRATEGIES["lora"]),
-                          probe_cache(task, full, finetune_args)]
+                          probe_cache(task, full, finetune_args, args.per_device_eval_batch_size)]
         self.phases["probe_s"] = self.deadline.elapsed() - self.phases["before_plan_s"]
         plan = self.choose(task, args, finetune_args, candidates, chosen)
         if args.world_size > 1:  # each process measured its own; all of them must follow one plan
@@ -310,18 +308,19 @@ class TimeBudget:
             self.deadline, self.reserve_fn(task, plan.averaging, picked), picked.step_s,
             self.eval_seconds(task, picked),
             skip_final_eval=not (args.load_best_model_at_end or finetune_args.average_checkpoints),
-            planned_steps=None if self.given & {"max_steps", "num_train_epochs"} else plan.max_steps)
+            planned_steps=None if self.given & {"max_steps", "num_train_epochs"} else plan.max_steps,
+            run_config_entries=self.run_config_entries)
         return dataclasses.replace(task, callbacks=[*task.callbacks, self.callback])
 
     def choose(self, task: Task, args: TrainingArguments, finetune_args, candidates: list[Measured],
                chosen: list[str]) -> Plan:
-        world = max(1, args.world_size)
+        def steps_per_epoch(c: Measured) -> int:
+            return math.ceil(len(task.train_dataset) / (c.batch_size * c.accumulation * max(1, args.world_size)))
+
         for c in candidates:
             if c.applies():
-                per_step = c.batch_size * c.accumulation * world
-                steps_per_epoch = math.ceil(len(task.train_dataset) / per_step)
                 c.epochs_fit = (self.train_seconds(task, finetune_args.average_checkpoints, c)
-                                / (c.step_s * steps_per_epoch))
+                                / (c.step_s * steps_per_epoch(c)))
         usable = [c for c in candidates if c.applies()]
         if not usable:
             raise RecipeInputError("--time_budget: no strategy could be measured: "
@@ -338,9 +337,8 @@ class TimeBudget:
             else:
                 pick = max(usable, key=lambda c: c.epochs_fit)
                 why = f"no strategy fits {MIN_EPOCHS:g} epoch; {pick.name} fits the most ({pick.epochs_fit:.2f})"
-        per_step = pick.batch_size * pick.accumulation * world
-        plan = Plan(self.deadline.budget_s, pick.name, why, candidates,
-                    math.ceil(len(task.train_dataset) / per_step), pick.batch_size, pick.accumulation,
+        plan = Plan(self.deadline.budget_s, pick.name, why, candidates, steps_per_epoch(pick), pick.batch_size,
+                    pick.accumulation,
                     kept=sorted(self.given & PLANNED_OPTIONS), averaging=finetune_args.average_checkpoints)
         if plan.averaging is None and "average_checkpoints" not in self.given and not args.load_best_model_at_end:
             plan.averaging = self.soup_if_affordable(task, pick)
@@ -502,15 +500,14 @@ class TimeBudget:
             "kept_as_set": plan.kept, "search": plan.search,
         }
 
-    def finish(self, out: Path, state) -> dict[str, Any]:
-        """Add the plan and what happened to run_config.json and report.html; return the record."""
-        record = self.record(state)
-        path = out / RUN_CONFIG_FILE
-        if path.is_file():
-            config = json.loads(path.read_text(encoding="utf-8"))
-            config["time_budget"] = record
-            path.write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
-            write_html_report(out)
+    def run_config_entries(self) -> dict[str, Any]:
+        """run_config.json's `time_budget`, taken when the run writes its summary (and report.html shows it)."""
+        self.written = self.record(self.callback.state)
+        return {"time_budget": self.written}
+
+    def finish(self) -> dict[str, Any]:
+        """The record as run_config.json holds it (taken now where the run wrote none), logged."""
+        record = self.written or self.record(self.callback.state)
         logger.info("time budget %.0f s: %d of %d planned steps; phases %s", record["budget_s"],
                     record["actual"]["steps"], record["planned"]["max_steps"], record["phases"])
         return record

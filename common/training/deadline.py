@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import psutil
 from transformers import TrainerCallback
@@ -103,8 +104,11 @@ class DeadlineCallback(TrainerCallback):
     """
 
     def __init__(self, deadline: Deadline, reserve: Callable[[float], float], step_s: float, eval_s: float,
-                 skip_final_eval: bool = False, planned_steps: int | None = None) -> None:
+                 skip_final_eval: bool = False, planned_steps: int | None = None,
+                 run_config_entries: Callable[[], dict[str, Any]] | None = None) -> None:
         self.deadline = deadline
+        if run_config_entries is not None:  # what the run's summary records of the budget (single_run.write_report)
+            self.run_config_entries = run_config_entries
         self.planned_steps = planned_steps
         self.reserve = reserve
         self.steps: deque[float] = deque(maxlen=RECENT_STEPS)

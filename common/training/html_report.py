@@ -127,10 +127,10 @@ def _budget_section(budget: dict) -> dict:
             "links": []}
 
 
-def _sections(out: Path) -> list[dict]:
-    """One per strategy whose results are in the output dir."""
+def _sections(out: Path, config: dict) -> list[dict]:
+    """One per strategy whose results are in the output dir (or, for a time budget, in its run_config.json)."""
     sections = []
-    budget = _read_json(out / RUN_CONFIG_FILE).get("time_budget")
+    budget = config.get("time_budget")
     if budget:
         sections.append(_budget_section(budget))
     if (out / "hpo_results.csv").is_file():
@@ -200,7 +200,7 @@ def write_html_report(out: str | Path, title: str | None = None) -> Path:
         all_options=sorted(config.get("options", {}).items()),
         metric_columns=columns, metrics=metrics,
         baseline=results.get("baseline_description"),
-        figures=figures, errors=errors, sections=_sections(out),
+        figures=figures, errors=errors, sections=_sections(out, config),
     )
     path = out / REPORT_FILE
     path.write_text(page, encoding="utf-8")

@@ -284,17 +284,21 @@ def write_report(trainer, task: Task, results: dict, eval_output: PredictionOutp
     if warning is not None:  # the card travels with the model, so the warning must too (even without a card)
         with open(out / "README.md", "a", encoding="utf-8") as card:
             card.write(warning)
-    write_summary(task, trainer.args, out)
+    # Callbacks that planned the run (the time budget) add what they planned and what happened.
+    entries = {key: value for callback in trainer.callback_handler.callbacks
+               if hasattr(callback, "run_config_entries") for key, value in callback.run_config_entries().items()}
+    write_summary(task, trainer.args, out, entries)
     logger.info("results, plots and model written to %s; open %s", out, out / REPORT_FILE)
 
 
-def write_summary(task: Task, args: TrainingArguments, out: Path) -> None:
-    """run_config.json (the recipe and every option, for `finetune-recipes predict`) and report.html."""
+def write_summary(task: Task, args: TrainingArguments, out: Path, entries: dict[str, Any] | None = None) -> None:
+    """run_config.json (the recipe and every option, for `finetune-recipes predict`, plus `entries`) and
+    report.html."""
     record: RunRecord | None = getattr(args, RUN_RECORD_ATTR, None)
     write_run_config(out, {"recipe": task.name, "pipeline_task": task.pipeline_task, "model_name_or_path": task.model_name,
                            "main_metric": task.main_metric, "input_columns": task.input_columns,
                            "options": record.fingerprint["options"] if record is not None else {},
-                           PIPELINE_CALL_KWARGS: task.pipeline_call_kwargs})
+                           PIPELINE_CALL_KWARGS: task.pipeline_call_kwargs, **(entries or {})})
     write_html_report(out)
 
 
