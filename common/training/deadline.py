@@ -97,17 +97,17 @@ class DeadlineCallback(TrainerCallback):
 
     `step_s` and `eval_s` are the plan's forecasts, used until the run has measured its own. With `planned_steps`,
     Trainer's max_steps is the most the run may grow to, and training starts planned to end at `planned_steps`
-    (its schedule with it). `reserve` is called
-    with the measured (or forecast) seconds of one evaluation pass and returns the seconds the work after training
-    needs. With `skip_final_eval`, the evaluation Trainer adds at the last step is dropped: the run evaluates the
-    final model right after training anyway.
+    (its schedule with it). `reserve` is called with the measured (or forecast) seconds of one evaluation pass and
+    returns the seconds the work after training needs. With `skip_final_eval`, the evaluation Trainer adds at the
+    last step is dropped: the run evaluates the final model right after training anyway. `run_config_entries`
+    returns what the run's run_config.json records of the budget.
     """
 
     def __init__(self, deadline: Deadline, reserve: Callable[[float], float], step_s: float, eval_s: float,
                  skip_final_eval: bool = False, planned_steps: int | None = None,
                  run_config_entries: Callable[[], dict[str, Any]] | None = None) -> None:
         self.deadline = deadline
-        if run_config_entries is not None:  # what the run's summary records of the budget (single_run.write_report)
+        if run_config_entries is not None:  # read by single_run.write_report
             self.run_config_entries = run_config_entries
         self.planned_steps = planned_steps
         self.reserve = reserve
