@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision first, pinned, so nothing else pulls a different build.
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[vision,audio,tracking,postgres,dev]'
+	$(BIN)/pip install -q -e '.[vision,audio,tracking,postgres,export,dev]'
 	touch $(STAMP)
 
 demo: install

@@ -6,6 +6,8 @@
     finetune-recipes run sentiment --config my_config.yaml
     finetune-recipes inspect sentiment --config my_config.yaml
     finetune-recipes predict outputs/sentiment-demo --input reviews.csv --output predictions.csv
+    finetune-recipes export outputs/sentiment-demo --format onnx --quantize int8
+    finetune-recipes predict outputs/sentiment-demo --runtime onnx --input reviews.csv --output predictions.csv
     finetune-recipes hpo-summary --hpo_storage sqlite:///study.db --hpo_study_name my-search
     finetune-recipes cv-merge outputs/my-cv --ensemble soft_vote
 """
@@ -128,7 +130,16 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
     predict(args.output_dir, args.input, args.output, skip_bad_examples=args.skip_bad_examples,
-            batch_size=args.batch_size, input_columns=args.input_columns)
+            batch_size=args.batch_size, input_columns=args.input_columns, runtime=args.runtime,
+            export_dir=args.export_dir)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from common.strategies.export import export
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    export(args.output_dir, args.format, args.quantize, args.output, args.max_metric_drop, args.batch_size,
+           main_of=recipe_main)
 
 
 def cmd_hpo_summary(args: argparse.Namespace) -> None:
@@ -176,7 +187,25 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--skip_bad_examples", type=_flag, default=None,
                          help="skip unreadable inputs instead of failing (default: the run's setting)")
     predict.add_argument("--batch_size", type=int, default=32)
+    predict.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                         help="torch: the PyTorch model; onnx: the model `finetune-recipes export` wrote (ONNX Runtime, "
+                              "or CTranslate2 for translation), read with the same preprocessing")
+    predict.add_argument("--export_dir", default=None,
+                         help="with --runtime onnx: the export to use (default: the one export under OUTPUT_DIR, "
+                              "onnx/ or onnx-int8/)")
     predict.set_defaults(func=cmd_predict)
+    export = commands.add_parser("export", help="export a run's model to ONNX (int8 optional), checked against PyTorch")
+    export.add_argument("output_dir", help="output dir of a run (its run_config.json and model)")
+    export.add_argument("--format", default="onnx", choices=("onnx",),
+                        help="onnx: ONNX Runtime for encoders; translation models go to CTranslate2")
+    export.add_argument("--quantize", default=None, choices=("int8",), help="dynamic int8 quantization of the weights")
+    export.add_argument("--output", default=None,
+                        help="export dir to write (default: OUTPUT_DIR/onnx, or OUTPUT_DIR/onnx-int8); never overwritten")
+    export.add_argument("--max_metric_drop", type=float, default=None,
+                        help="refuse the export (exit 2) when the validation metric drops by more than this many "
+                             "points (default: 1 for int8, 0.1 for fp32)")
+    export.add_argument("--batch_size", type=int, default=32, help="batch size of the parity check's predictions")
+    export.set_defaults(func=cmd_export)
     summary = commands.add_parser("hpo-summary", help="report a shared hyperparameter study and how to retrain its best")
     summary.add_argument("--hpo_storage", required=True, help="the workers' --hpo_storage (URL or journal file)")
     summary.add_argument("--hpo_study_name", required=True, help="the workers' study name")

@@ -17,6 +17,7 @@ from common.strategies.ensembling import EnsembleArguments, check_ensemble_optio
 from common.strategies.hpo import HpoArguments, run_hpo
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
+from common.training.inspection import task_taker
 from common.training.reliability import OutputDirLock, carry_run_record
 from common.training.single_run import log_load_hint, train_evaluate_predict, write_summary
 from common.training.task import Task
@@ -35,6 +36,8 @@ class FinetuneArguments(BudgetArguments, EnsembleArguments, CrossValidationArgum
 def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArguments) -> dict[str, float]:
     """Dispatch on the options. The main process holds output_dir's lock file throughout, and removes it however
     the run ends."""
+    if (take := task_taker()) is not None:  # a tool that wants the prepared Task, not a run (common.training.inspection)
+        return take(task, args, finetune_args)
     if finetune_args.hpo_storage:  # a worker of a shared search: its trials only, and nothing in output_dir to lock
         run_hpo(apply_toolkit(task, args, finetune_args), args, finetune_args)
         return {"main_metric": task.main_metric, "output_dir": args.output_dir}

@@ -56,7 +56,8 @@ def predictor(recipe: str) -> Callable:
 
 def predict(output_dir: str, input_path: str, output: str, **options) -> int:
     """`finetune-recipes predict`: the recorded recipe's predictions on a file of new inputs (rows written);
-    `options` as common.strategies.prediction.predict takes them (skip_bad_examples, batch_size, input_columns)."""
+    `options` as common.strategies.prediction.predict takes them (skip_bad_examples, batch_size, input_columns,
+    runtime, export_dir)."""
     from common.strategies.prediction import predict as predict_with  # torch loads only when predicting
 
     return predict_with(output_dir, input_path, output, predictor, **options)

@@ -57,6 +57,7 @@ from common.data.options import DataArguments
 from common.data.rows import check_disjoint_groups, cv_groups
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.models.runtime import inference_model
 from common.strategies.ensembling import logits_from_scores
 from common.strategies.prediction import PredictRun
 from common.toolkit.finetuning import prepare_model
@@ -624,7 +625,7 @@ def write_answer_files(out_dir: Path, ids: Sequence[str], answers: Sequence[Answ
 
 def member_scores(model_dir: str | Path, rows: Dataset, batch_size: int, device: str) -> np.ndarray:
     """A saved model's `question_scores` for tokenized questions (with INDEX), batched as a run predicts them."""
-    model = AutoModelForQuestionAnswering.from_pretrained(model_dir).to(device).eval()
+    model = inference_model(AutoModelForQuestionAnswering, model_dir, device)
     collate, parts = QuestionCollator(AutoTokenizer.from_pretrained(model_dir)), []
     with torch.inference_mode():
         for start in tqdm(range(0, len(rows), batch_size), desc=f"predict ({Path(model_dir).name})", unit="batch"):
@@ -785,6 +786,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_metrics=AnswerMetrics(questions, options),
         processing_class=tokenizer,
         main_metric="f1",
+        metric_scale=100.0,  # SQuAD scores in percent
         pipeline_task=TASK,
         vote_labels=LabelSpec(ANSWER_SPAN),  # members soft-vote over each question's start and end distributions
         vote_scores=vote_probabilities,

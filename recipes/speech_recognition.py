@@ -24,7 +24,6 @@ from transformers import (
     GenerationConfig,
     Seq2SeqTrainingArguments,
     Wav2Vec2Processor,
-    pipeline,
     set_seed,
 )
 
@@ -49,6 +48,7 @@ from common.data.files import fill_path_template, find_column
 from common.data.rows import cv_groups
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_processor
+from common.models.runtime import inference_pipeline
 from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.audio import AudioAugmentArguments, AudioAugmenter
@@ -288,7 +288,7 @@ def predict_file(run: PredictRun, input_path: str, output: str) -> int:
     """`finetune-recipes predict`: a folder of audio files or a manifest with the run's audio column ->
     predictions.tsv's columns (audio_file, hypothesis), transcribed with the run's generation settings."""
     kept, rate = run.clips(input_path)
-    pipe = pipeline("automatic-speech-recognition", model=str(run.model), device=run.device)
+    pipe = inference_pipeline("automatic-speech-recognition", run.model, run.device)
     hypotheses = []
     for chunk in run.chunks(kept, "clips"):
         outputs = pipe([{"raw": c[SPEECH], "sampling_rate": rate} for _, c in chunk], batch_size=run.batch_size,

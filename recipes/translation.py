@@ -22,7 +22,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     Seq2SeqTrainingArguments,
-    pipeline,
     set_seed,
 )
 
@@ -42,6 +41,7 @@ from common.data.parallel import (
 )
 from common.dispatch import FinetuneArguments, finetune
 from common.models.loading import ModelArguments, load_config, load_model, load_processor
+from common.models.runtime import inference_pipeline
 from common.strategies.prediction import PredictRun
 from common.toolkit.augment import TrainAugmentation
 from common.toolkit.augment.text import text_augmenter
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if s in tokenized and "labels" in tokenized[s].column_names)),
         processing_class=tokenizer,
         main_metric="bleu",
+        metric_scale=100.0,  # sacrebleu scores in percent
         pipeline_task="translation",
         pipeline_options=["trust_remote_code=True"],  # the recipe's pipeline class, saved beside the model
         # Sources cut as tokenize_pairs cut them; generation as Seq2SeqTrainer's (the saved generation config has it too).
@@ -298,7 +299,7 @@ def predict_file(run: PredictRun, input_path: str, output: str) -> int:
                        f"--input {input_path}")
     sources = [line for i, line in enumerate(lines) if i not in bad]
     # The recipe's own pipeline class, imported: no code from the model dir runs.
-    pipe = pipeline("translation", model=str(run.model), pipeline_class=TranslationPipeline, device=run.device)
+    pipe = inference_pipeline("translation", run.model, run.device, pipeline_class=TranslationPipeline)
     hypotheses = []
     for chunk in run.chunks(sources, "sentences"):
         hypotheses += [o["translation_text"] for o in pipe(list(chunk), batch_size=run.batch_size, **run.call_kwargs)]

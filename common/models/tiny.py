@@ -80,10 +80,15 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, special_tokens: Sequ
     return tokenizer
 
 
-def _eos_tokenizer(corpus: Iterable[str], vocab_size: int):
-    """A fast tokenizer (pad 0, </s> 1, unk 2, as T5's) that ends every sequence with </s>, like Marian's and T5's."""
+def _eos_tokenizer(corpus: Iterable[str], vocab_size: int, pad_last: bool = False):
+    """A fast tokenizer that ends every sequence with </s>, like Marian's and T5's: pad 0, </s> 1, unk 2 as T5's,
+    or with `pad_last` </s> 0, unk 1 and pad the last id, as opus-mt's (CTranslate2's Marian converter drops that
+    last token: the decoder starts from its zero embedding)."""
 
-    tokenizer = train_tokenizer(corpus, vocab_size, ["<pad>", "</s>", "<unk>"])
+    specials = ["</s>", "<unk>"] if pad_last else ["<pad>", "</s>", "<unk>"]
+    tokenizer = train_tokenizer(corpus, vocab_size - pad_last, specials)
+    if pad_last:
+        tokenizer.add_special_tokens(["<pad>"])
     tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A $B </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
     )
@@ -92,10 +97,11 @@ def _eos_tokenizer(corpus: Iterable[str], vocab_size: int):
 
 def tiny_marian(path: str | Path, corpus: Iterable[str], vocab_size: int = 2000, d_model: int = 64,
                 layers: int = 2, seed: int = 0) -> str:
-    """A small random MarianMT with one BPE vocabulary trained on `corpus` (both languages), saved to `path`."""
+    """A small random MarianMT with one BPE vocabulary trained on `corpus` (both languages), saved to `path`; its
+    vocabulary is laid out as opus-mt's, so that CTranslate2 converts it as it does those."""
 
     torch.manual_seed(seed)
-    tokenizer = _eos_tokenizer(corpus, vocab_size)
+    tokenizer = _eos_tokenizer(corpus, vocab_size, pad_last=True)
     config = MarianConfig(
         vocab_size=len(tokenizer), d_model=d_model, encoder_layers=layers, decoder_layers=layers,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=2 * d_model,
@@ -104,7 +110,10 @@ def tiny_marian(path: str | Path, corpus: Iterable[str], vocab_size: int = 2000,
         forced_eos_token_id=tokenizer.eos_token_id,
         scale_embedding=True,  # as opus-mt models: unscaled small embeddings drown in the sinusoidal positions
     )
-    MarianMTModel(config).save_pretrained(path)
+    model = MarianMTModel(config)
+    with torch.no_grad():  # as opus-mt's: the decoder starts from <pad>'s embedding, all zeros (padding_idx keeps it)
+        model.get_input_embeddings().weight[tokenizer.pad_token_id].zero_()
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
 

@@ -50,7 +50,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TrainingArguments,
-    pipeline,
 )
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.image_processing_utils import BaseImageProcessor
@@ -59,6 +58,7 @@ from transformers.trainer_utils import PredictionOutput
 
 from common.core.errors import RecipeInputError, nearest
 from common.data.labels import MULTI, PROBLEM_TYPES, REGRESSION, SINGLE, LabelSpec
+from common.models.runtime import inference_pipeline
 from common.training.metrics import (
     first_output,
     predictions_from_scores,
@@ -330,7 +330,7 @@ class Ensemble:
                                    "finetune-recipes predict ENSEMBLE_DIR --input FILE --output FILE.")
         if self._pipelines is None:
             device = 0 if torch.cuda.is_available() else -1
-            self._pipelines = [pipeline(self.pipeline_task, model=m, device=device) for m in self.members]
+            self._pipelines = [inference_pipeline(self.pipeline_task, m, device) for m in self.members]
         extra = self.pipeline_call_kwargs or {}  # None: an ensemble saved before they were recorded
         per_member = []
         for pipe in self._pipelines:

@@ -35,6 +35,7 @@ from common.core.errors import RecipeInputError
 from common.data.audio import decode_audio, input_window, window_problem
 from common.data.files import load_file, require_columns
 from common.data.parallel import read_lines
+from common.models.runtime import EXPORT_CONFIG, ExportConfig, serving
 from common.strategies.ensembling import ENSEMBLE_FILE, Ensemble, load_ensemble
 from common.training.html_report import PIPELINE_CALL_KWARGS, RUN_CONFIG_FILE
 
@@ -162,14 +163,31 @@ class Lazy(Sequence):
         return self.load(self.items[index])
 
 
+def find_export(out: Path, export_dir: str | None) -> Path:
+    """The export dir that --runtime onnx predicts with: the one given, or the one under the output dir."""
+    if export_dir is not None:
+        ExportConfig.load(export_dir)  # a clear error when it is not an export
+        return Path(export_dir)
+    found = sorted(p.parent for p in out.glob(f"*/{EXPORT_CONFIG}"))
+    if not found:
+        raise RecipeInputError(f"{out} holds no export: run `finetune-recipes export {out} --format onnx` first, or "
+                               "give --export_dir.")
+    if len(found) > 1:
+        raise RecipeInputError(f"{out} holds several exports ({', '.join(p.name for p in found)}); choose one with "
+                               "--export_dir.")
+    return found[0]
+
+
 # A recipe's predictions on a file of new inputs: (run, --input, --output) -> rows written.
 Predictor = Callable[[PredictRun, str, str], int]
 
 
 def predict(output_dir: str, input_path: str, output: str, predictor_of: Callable[[str], Predictor],
-            skip_bad_examples: bool | None = None, batch_size: int = 32, input_columns: list[str] | None = None) -> int:
+            skip_bad_examples: bool | None = None, batch_size: int = 32, input_columns: list[str] | None = None,
+            runtime: str = "torch", export_dir: str | None = None) -> int:
     """Predict on every input with the recorded recipe's predictor (`predictor_of(recipe name)`); returns the
-    number of rows written."""
+    number of rows written. `runtime` "onnx" predicts with the export in `export_dir` (default: the one export
+    under output_dir) through the same predictor: the same preprocessing, the same columns."""
     datasets.disable_progress_bars()  # one bar, predict's own
     out = Path(output_dir)
     config_file = out / RUN_CONFIG_FILE
@@ -193,7 +211,15 @@ def predict(output_dir: str, input_path: str, output: str, predictor_of: Callabl
                        "pipeline's defaults, which may preprocess or generate differently from the run (texts cut at "
                        "the tokenizer's maximum length rather than the run's, for one); retrain to record them.",
                        config_file)
+    served = None
+    if runtime == "onnx":
+        if ensemble is not None:
+            raise RecipeInputError(f"{output_dir} holds an ensemble; --runtime onnx predicts with one exported model.")
+        served = find_export(out, export_dir)
+    elif runtime != "torch":
+        raise RecipeInputError(f"--runtime {runtime}: give torch or onnx.")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    rows = predictor(PredictRun(out, config, ensemble, skip, batch_size), input_path, output)
+    with serving(served):
+        rows = predictor(PredictRun(out, config, ensemble, skip, batch_size), input_path, output)
     logger.info("%d predictions written to %s", rows, output)
     return rows

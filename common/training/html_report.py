@@ -4,7 +4,8 @@ The page holds the run's settings (run_config.json), its metrics before and afte
 baseline (all_results.json), the training curves and confusion matrix, the error analysis (errors.csv,
 confused_pairs.csv, errors.png), the augmentation preview, and a section per strategy that ran: hyperparameter
 search (hpo_results.csv), cross-validation (cv_results.json), ensemble (ensemble_results.json) and comparison
-(comparison.json), with links to the reports of their runs. Images are inlined as data URIs; there is no
+(comparison.json), with links to the reports of their runs; and the parity check of each export
+(export_report.json). Images are inlined as data URIs; there is no
 script, and a Content-Security-Policy forbids any, so nothing on the page loads or runs anything. jinja2
 escapes every string taken from the data.
 """
@@ -127,12 +128,33 @@ def _budget_section(budget: dict) -> dict:
             "links": []}
 
 
+def _export_section(exports: dict) -> dict:
+    """finetune-recipes export: each export's parity check on the validation split (export_report.json)."""
+    rows = []
+    for name, report in exports.items():
+        metric = report["main_metric"]
+        rows.append({"export": name, "runtime": f"{report['runtime']} {report['precision']}",
+                     f"{metric} PyTorch": report["torch"][metric], f"{metric} exported": report["exported"][metric],
+                     "drop (points)": report["metric_drop"], "limit": report["max_metric_drop"],
+                     "top-1 agreement": report["top1_agreement"],
+                     "max |logit diff|": report.get("max_abs_logit_diff"),
+                     "rows/s PyTorch": report["torch"]["rows_per_s"], "rows/s exported": report["exported"]["rows_per_s"],
+                     "check": "passed" if report["passed"] else "refused"})
+    return {"anchor": "export", "title": "Export",
+            "lines": [f"The exported model against PyTorch on the {next(iter(exports.values()))['validation_rows']} "
+                      "validation rows (export_report.json); a refused export was not written."],
+            "table": _table(pd.DataFrame(rows)), "image": None, "links": []}
+
+
 def _sections(out: Path, config: dict) -> list[dict]:
     """One per strategy whose results are in the output dir (or, for a time budget, in its run_config.json)."""
     sections = []
     budget = config.get("time_budget")
     if budget:
         sections.append(_budget_section(budget))
+    exports = _read_json(out / "export_report.json")
+    if exports:
+        sections.append(_export_section(exports))
     if (out / "hpo_results.csv").is_file():
         trials = pd.read_csv(out / "hpo_results.csv")
         sections.append({"anchor": "hpo", "title": "Hyperparameter search",

@@ -41,6 +41,8 @@ CELL = 100  # characters of a value shown in an example row
 TOKENIZE_BATCH = 1000
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("finetune_recipes_inspecting", default=False)
+# Set by `taking_task`: what receives the recipe's Task in place of training (common.dispatch.finetune).
+_TAKER: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("finetune_recipes_task_taker", default=None)
 
 
 class InspectionDone(BaseException):  # noqa: N818 - a signal, not an error; BaseException so no `except Exception` eats it
@@ -57,8 +59,26 @@ def inspecting() -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def taking_task(take: Callable[[Any, Any, Any], Any]) -> Iterator[None]:
+    """A dry run for the duration of the block that goes past the data report up to the recipe's `Task`: there
+    `common.dispatch.finetune` returns `take(task, training_args, finetune_args)` instead of training. Tools that
+    need a trained run's data as its recipe prepares it (export's parity check on the validation split) use it;
+    like inspect, nothing is written to the output dir."""
+    token = _TAKER.set(take)
+    try:
+        yield
+    finally:
+        _TAKER.reset(token)
+
+
+def task_taker() -> Callable[[Any, Any, Any], Any] | None:
+    return _TAKER.get()
+
+
 def active() -> bool:
-    return _ACTIVE.get()
+    """A dry run (inspect, or a tool taking the Task): the output dir is not the run's concern."""
+    return _ACTIVE.get() or _TAKER.get() is not None
 
 
 # One part of a split's section, in the recipe's terms: (the split's rows) -> report lines. The recipe picks them

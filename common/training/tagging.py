@@ -26,6 +26,7 @@ from transformers import (
 
 from common.core.errors import RecipeInputError
 from common.data.word_tags import IO, TAGS, TOKENS, tag_scheme
+from common.models.runtime import inference_model
 from common.training.metrics import first_output
 from common.training.trainer import FinetuneTrainer
 
@@ -253,7 +254,7 @@ def word_scores(model_dir: str | Path, sentences: Sequence[Sequence[str]], max_l
     """A saved model's tag probabilities per word of each sentence (words, tags), windowed as the recipe windows
     them; and its tag names."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForTokenClassification.from_pretrained(model_dir).to(device).eval()
+    model = inference_model(AutoModelForTokenClassification, model_dir, device)
     stride = window_stride(tokenizer, max_length, stride)
     encoded = encode_windows({TOKENS: list(sentences)}, tokenizer, model.config.label2id, max_length, stride)
     rows = [{name: encoded[name][i] for name in encoded if name not in (WINDOWS, UNCOVERED)}

@@ -46,6 +46,9 @@ class Task:
     pipeline_task: str
     model_name: str = ""
     greater_is_better: bool = True  # False for error rates such as WER
+    # The main metric's full scale: 1 for fractions (accuracy, F1, WER), 100 for BLEU, chrF and SQuAD's EM and F1.
+    # A point is a hundredth of it (export's --max_metric_drop).
+    metric_scale: float = 1.0
     label_spec: LabelSpec | None = None
     # The labels ensemble members must share and vote over where they are not label_spec's classes of a whole
     # input (a tag per word): a problem type of the recipe's own, soft-voted per position and scored with

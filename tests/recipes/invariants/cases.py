@@ -69,12 +69,14 @@ class Case:
     # (file, the split's gold) -> each metric recomputed from a predictions file or errors.csv, without its prefix
     rescore: Callable[[Path, Any], dict[str, float]]
     gold: dict[str, Any]  # per split: what the re-scorer compares the predictions with
-    # (the run's predictions, predict's) -> asserts they agree
-    same_predictions: Callable[[Path, Path], None]
+    # (the run's predictions, predict's, tolerance=score tolerance) -> asserts they agree; files without scores
+    # compare their labels or texts exactly
+    same_predictions: Callable[..., None]
     validation_predictions: bool = True  # errors.csv lists every validation row
     # Metrics that no written file holds: the loss of a generated or per-token output, the generated length in tokens.
     not_rescored: tuple[str, ...] = ()
     learning_rate: float = 1e-3
+    exportable: bool = True  # `finetune-recipes export` covers its model (else it refuses, exit 2)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -136,9 +138,9 @@ def classification_scores(key: str) -> Callable[[Path, dict[str, str]], dict[str
 
 
 def same_classifications(key: str) -> Callable[[Path, Path], None]:
-    """The same label for every input, and every class score to 1e-5."""
+    """The same label for every input, and every class score to `tolerance` (1e-5 unless given)."""
 
-    def check(run: Path, predicted: Path) -> None:
+    def check(run: Path, predicted: Path, tolerance: float = 1e-5) -> None:
         a, b = _by_input(run, key), _by_input(predicted, key)
         assert sorted(a.index) == sorted(b.index), "predict read other inputs than the run's test split"
         b = b.loc[a.index]
@@ -147,7 +149,7 @@ def same_classifications(key: str) -> Callable[[Path, Path], None]:
         scores = [c for c in a.columns if c.startswith("score")]
         assert scores and list(b.columns[b.columns.str.startswith("score")]) == scores
         gap = np.abs(a[scores].astype(float).to_numpy() - b[scores].astype(float).to_numpy()).max()
-        assert gap <= 1e-5, f"scores differ from the run's by up to {gap:.2g}"
+        assert gap <= tolerance, f"scores differ from the run's by up to {gap:.2g}"
 
     return check
 
@@ -302,7 +304,7 @@ def speech_scores(path: Path, gold: dict[str, str]) -> dict[str, float]:
 def same_texts(key: str, text: str) -> Callable[[Path, Path], None]:
     """The same generated text (translation, transcript) for every input."""
 
-    def check(run: Path, predicted: Path) -> None:
+    def check(run: Path, predicted: Path, tolerance: float = 0.0) -> None:  # texts: no scores
         a, b = (_by_input(p, key)[text].to_dict() for p in (run, predicted))
         assert sorted(a) == sorted(b), "predict read other inputs than the run's test split"
         differ = [k for k in a if a[k] != b[k]]
@@ -327,6 +329,7 @@ def speech_recognition(root: Path, models: Models) -> Case:
         predictions="predictions.tsv", predict_input=str(root / "test.csv"),
         rescore=speech_scores, gold=gold,
         same_predictions=same_texts("audio_file", "hypothesis"), not_rescored=("loss",), learning_rate=3e-3,
+        exportable=False,  # an encoder-decoder over audio features: export refuses it
     )
 
 
@@ -402,7 +405,7 @@ def entity_scores(path: Path, gold_file: Path) -> dict[str, float]:
     return result
 
 
-def same_tags(run: Path, predicted: Path) -> None:
+def same_tags(run: Path, predicted: Path, tolerance: float = 0.0) -> None:  # tags: no scores
     """The same words, each with the same predicted tag (the last field of a CoNLL line)."""
     a, b = _conll(run), _conll(predicted)
     assert [[w[0] for w in s] for s in a] == [[w[0] for w in s] for s in b], "predict read other sentences"
@@ -471,7 +474,7 @@ def answer_scores(path: Path, gold: dict[str, list[str]]) -> dict[str, float]:
     return {"exact_match": 100 * float(np.mean(exact)), "f1": 100 * float(np.mean(f1))}
 
 
-def same_answers(run: Path, predicted: Path) -> None:
+def same_answers(run: Path, predicted: Path, tolerance: float = 0.0) -> None:  # answers: no scores
     """The same answer to every question (predictions.json: id -> answer)."""
     a, b = (json.loads(p.read_text(encoding="utf-8")) for p in (run, predicted))
     assert sorted(a) == sorted(b), "predict answered other questions than the run's test split"

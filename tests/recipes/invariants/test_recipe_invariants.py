@@ -7,6 +7,8 @@ written by `cases.py`), so that a recipe that breaks any of them fails here:
 - coverage: under 2-process DDP, each epoch trains every train row, the processes never the same one (the padding
   that evens out the last batches aside, and counted);
 - predict parity: `finetune-recipes predict` on the run's test input writes the run's own predictions;
+- export parity: the fp32 export passes its check on the validation split, and predict with --runtime onnx
+  writes predict's PyTorch rows, scores to 1e-4;
 - counts: for every split, the rows read = the rows used + every row skipped or filtered, in all_results.json.
 
 One main run per recipe (2 epochs, --do_predict, a checkpoint inside the second epoch) serves all but coverage,
@@ -197,6 +199,32 @@ def test_predict_on_the_test_input_writes_the_runs_own_predictions(runs, recipe,
     except SystemExit as exit:
         pytest.fail(f"finetune-recipes predict exited {exit.code}: {capsys.readouterr().err.strip()[-400:]}")
     case.same_predictions(out / case.predictions, written)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_fp32_export_predicts_the_rows_pytorch_predicts(runs, recipe, tmp_path, capsys):
+    """`finetune-recipes export OUTPUT_DIR` (fp32) passes its parity check on the validation split, and predict
+    with --runtime onnx writes the same labels or texts as --runtime torch, scores to 1e-4."""
+    case, out = runs.case(recipe), runs.main(recipe)
+    export_dir = tmp_path / "export"
+    if not case.exportable:
+        with pytest.raises(SystemExit) as refused:
+            cli.main(["export", str(out), "--output", str(export_dir)])
+        assert refused.value.code == 2 and "export covers" in capsys.readouterr().err
+        assert not export_dir.exists()
+        return
+    written = {runtime: tmp_path / runtime / case.predictions for runtime in ("torch", "onnx")}
+    try:
+        cli.main(["export", str(out), "--output", str(export_dir)])
+        for runtime, path in written.items():
+            cli.main(["predict", str(out), "--runtime", runtime, "--export_dir", str(export_dir),
+                      "--input", case.predict_input, "--output", str(path)])
+    except SystemExit as exit:
+        pytest.fail(f"finetune-recipes exited {exit.code}: {capsys.readouterr().err.strip()[-600:]}")
+    report = json.loads((export_dir / "export_report.json").read_text())
+    assert report["passed"] and report["metric_drop"] <= 0.1 and report["validation_rows"] > 0
+    assert report["top1_agreement"] == 1.0
+    case.same_predictions(written["torch"], written["onnx"], tolerance=1e-4)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
