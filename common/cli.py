@@ -6,6 +6,7 @@
     finetune-recipes run sentiment --config my_config.yaml
     finetune-recipes inspect sentiment --config my_config.yaml
     finetune-recipes predict outputs/sentiment-demo --input reviews.csv --output predictions.csv
+    finetune-recipes label-issues outputs/my-cv
     finetune-recipes export outputs/sentiment-demo --format onnx --quantize int8
     finetune-recipes predict outputs/sentiment-demo --runtime onnx --input reviews.csv --output predictions.csv
     finetune-recipes hpo-summary --hpo_storage sqlite:///study.db --hpo_study_name my-search
@@ -134,6 +135,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
             export_dir=args.export_dir)
 
 
+def cmd_label_issues(args: argparse.Namespace) -> None:
+    from common.strategies.label_issues import label_issues_command
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    table = label_issues_command(args.output_dir)
+    print(table.head(args.show).to_string(index=False, max_colwidth=80))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from common.strategies.export import export
 
@@ -194,6 +203,11 @@ def main(argv: list[str] | None = None) -> None:
                          help="with --runtime onnx: the export to use (default: the one export under OUTPUT_DIR, "
                               "onnx/ or onnx-int8/)")
     predict.set_defaults(func=cmd_predict)
+    issues = commands.add_parser("label-issues", help="rank the train rows whose label is most likely wrong, from a "
+                                 "--cv_folds run's out-of-fold predictions (cleanlab)")
+    issues.add_argument("output_dir", help="output dir of a --cv_folds K run (its oof_predictions.parquet)")
+    issues.add_argument("--show", type=int, default=20, help="rows to print (label_issues.csv has every flagged row)")
+    issues.set_defaults(func=cmd_label_issues)
     export = commands.add_parser("export", help="export a run's model to ONNX (int8 optional), checked against PyTorch")
     export.add_argument("output_dir", help="output dir of a run (its run_config.json and model)")
     export.add_argument("--format", default="onnx", choices=("onnx",),

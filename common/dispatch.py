@@ -15,6 +15,7 @@ from common.strategies.budget import BudgetArguments, TimeBudget
 from common.strategies.cross_validation import CrossValidationArguments, run_cross_validation
 from common.strategies.ensembling import EnsembleArguments, check_ensemble_options, run_ensemble
 from common.strategies.hpo import HpoArguments, run_hpo
+from common.strategies.label_issues import LabelIssueArguments, run_label_issues
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
 from common.training.inspection import task_taker
@@ -25,7 +26,7 @@ from common.training.trainer import TrainingLoopArguments
 
 
 @dataclass
-class FinetuneArguments(BudgetArguments, EnsembleArguments, CrossValidationArguments, HpoArguments,
+class FinetuneArguments(BudgetArguments, LabelIssueArguments, EnsembleArguments, CrossValidationArguments, HpoArguments,
                         TrainingLoopArguments, TextAugmentArguments, ToolkitArguments):
     """The fine-tuning toolkit and strategies: every recipe gets these options (bases listed last-first, so
     --help shows freezing first)."""
@@ -53,6 +54,8 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
             carry_run_record(searched, args)
         if finetune_args.cv_folds:
             results = run_cross_validation(task, args, finetune_args)
+            if finetune_args.find_label_issues or finetune_args.drop_label_issues:
+                results.update(run_label_issues(task, args, finetune_args))
         elif finetune_args.ensemble_models:
             results = run_ensemble(task, args, finetune_args, members=finetune_args.ensemble_models)
         else:

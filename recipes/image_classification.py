@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stratify=stratify,
         groups=groups,
         source_rows=source_rows,
+        train_inputs={"image": [image_name(v, i) for i, v in enumerate(splits["train"][column])]},
         augmentation=augmentation,
         compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
         callbacks=callbacks,

@@ -214,6 +214,7 @@ def main(
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
         groups=groups,
         source_rows=source_rows,
+        train_inputs={c: splits["train"][c] for c in text_columns},
         augmentation=augmentation,
         data_results=add_counts(skipped, duplicates, truncated),
     )

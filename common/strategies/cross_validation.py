@@ -192,7 +192,7 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: CrossVali
 
     results = {}
     if main:
-        oof_metrics = (write_oof_predictions(spec, oof_scores, labels, fold_of, out, source_rows)
+        oof_metrics = (write_oof_predictions(spec, oof_scores, labels, fold_of, out, source_rows, task.train_inputs)
                        if spec is not None else {})
         results = write_cv_results(task.main_metric, per_fold, oof_metrics, out)
     if finetune_args.ensemble:
@@ -361,11 +361,12 @@ def oof_class_names(spec) -> list:
 
 
 def write_oof_predictions(spec, scores: np.ndarray, labels: np.ndarray, fold_of: np.ndarray, out: Path,
-                          rows: np.ndarray) -> dict[str, float]:
-    """oof_predictions.parquet: row (in the train file), fold, label, prediction, label_id, per-class scores;
-    returns the pooled metrics. `label` and `prediction` are in the same terms, class names."""
+                          rows: np.ndarray, inputs: dict[str, list] | None = None) -> dict[str, float]:
+    """oof_predictions.parquet: row (in the train file), the inputs (`Task.train_inputs`, as input_<column>), fold,
+    label, prediction, label_id, per-class scores; returns the pooled metrics. `label` and `prediction` are in the
+    same terms, class names."""
 
-    table = pd.DataFrame({"row": rows, "fold": fold_of})
+    table = pd.DataFrame({"row": rows, **{f"input_{k}": list(v) for k, v in (inputs or {}).items()}, "fold": fold_of})
     if spec.problem_type == REGRESSION:
         table["label"] = np.asarray(labels, dtype=np.float64).reshape(-1)
         table["prediction"] = scores.reshape(-1)

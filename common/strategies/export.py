@@ -256,7 +256,7 @@ def _finetune_defaults():
     return TrainingLoopArguments()
 
 
-def _predict(task: Task, args: TrainingArguments, model: PreTrainedModel) -> tuple[Any, float]:
+def timed_predictions(task: Task, args: TrainingArguments, model: PreTrainedModel) -> tuple[Any, float]:
     """The trainer's predictions on the validation split with `model`, and its rows per second."""
     trainer = build_trainer(task, args, _finetune_defaults(), model=model, model_init=None, train_dataset=None)
     started = time.perf_counter()
@@ -271,8 +271,8 @@ def _sequences(predictions: np.ndarray, pad: int | None) -> list[tuple]:
 def parity(task: Task, args: TrainingArguments, model: PreTrainedModel, exported: PreTrainedModel) -> dict[str, Any]:
     """Both models' predictions on the validation split: metrics, rows/s, logit difference, top-1 agreement."""
     metric = f"eval_{task.main_metric}"
-    reference, reference_speed = _predict(task, args, model)
-    candidate, candidate_speed = _predict(task, args, exported)
+    reference, reference_speed = timed_predictions(task, args, model)
+    candidate, candidate_speed = timed_predictions(task, args, exported)
     if metric not in reference.metrics or metric not in candidate.metrics:
         raise RecipeInputError(f"the validation split has no labels to score {task.main_metric}; cannot check the export.")
     report: dict[str, Any] = {"main_metric": task.main_metric, "validation_rows": len(task.eval_dataset)}

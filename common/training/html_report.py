@@ -146,12 +146,30 @@ def _export_section(exports: dict) -> dict:
             "table": _table(pd.DataFrame(rows)), "image": None, "links": []}
 
 
+def _label_issues_section(out: Path) -> dict:
+    """label_issues.csv (the top rows) and, after --drop_label_issues, the runs with and without them."""
+    table = pd.read_csv(out / "label_issues.csv", keep_default_na=False)
+    lines = [f"{len(table)} train rows flagged by confident learning on the out-of-fold probabilities, worst first "
+             "(label_issues.csv); the data files are unchanged."]
+    comparison = _read_json(out / "label_issues_results.json")
+    if comparison:
+        metric = comparison["main_metric"]
+        lines += [f"{run} ({result['train_rows']} train rows): validation {metric} {result.get('eval_' + metric)}"
+                  for run, result in comparison["runs"].items()]
+        lines.append(f"Dropped {len(comparison['dropped_rows'])} of the {comparison['flagged']} flagged rows.")
+    return {"anchor": "label-issues", "title": "Label issues", "lines": lines, "table": _table(table, 20),
+            "image": _data_uri(out / "label_issues.png"), "links": _links(out, "*/" + REPORT_FILE)
+            if comparison else []}
+
+
 def _sections(out: Path, config: dict) -> list[dict]:
     """One per strategy whose results are in the output dir (or, for a time budget, in its run_config.json)."""
     sections = []
     budget = config.get("time_budget")
     if budget:
         sections.append(_budget_section(budget))
+    if (out / "label_issues.csv").is_file():
+        sections.append(_label_issues_section(out))
     exports = _read_json(out / "export_report.json")
     if exports:
         sections.append(_export_section(exports))
