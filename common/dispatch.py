@@ -15,7 +15,7 @@ from common.strategies.budget import BudgetArguments, TimeBudget
 from common.strategies.cross_validation import CrossValidationArguments, run_cross_validation
 from common.strategies.ensembling import EnsembleArguments, check_ensemble_options, run_ensemble
 from common.strategies.hpo import HpoArguments, run_hpo
-from common.strategies.label_issues import LabelIssueArguments, run_label_issues
+from common.strategies.label_issues import LabelIssueArguments, check_label_issue_options, run_label_issues
 from common.toolkit.augment.text import TextAugmentArguments
 from common.toolkit.finetuning import ToolkitArguments, apply_toolkit
 from common.training.inspection import task_taker
@@ -44,6 +44,7 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
         return {"main_metric": task.main_metric, "output_dir": args.output_dir}
     with OutputDirLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
         check_ensemble_options(task, finetune_args)
+        check_label_issue_options(task, finetune_args)
         budget = TimeBudget(finetune_args, args) if finetune_args.time_budget else None
         if budget is not None:  # the plan sets toolkit options, so it comes before the toolkit is applied
             task = budget.make_plan(task, args, finetune_args)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from transformers import (
@@ -43,6 +44,9 @@ ONNX, CT2 = "onnx", "ctranslate2"
 # Keys a model takes as targets: given one, Trainer asks the model for a loss, which an exported graph does not
 # compute (the parity check compares predictions and metrics, never losses).
 TARGET_KEYS = ("labels", "start_positions", "end_positions")
+MASK = "attention_mask"
+ONNX_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+               "tensor(bool)": np.bool_}
 
 _SERVING: contextvars.ContextVar[Path | None] = contextvars.ContextVar("finetune_recipes_serving", default=None)
 
@@ -74,20 +78,35 @@ class ExportConfig:
 class OnnxForward:
     """A model's forward on an ONNX Runtime session: tensors in, the model's own ModelOutput class out."""
 
-    def __init__(self, path: Path, config: ExportConfig):
+    def __init__(self, path: Path, config: ExportConfig, signature: inspect.Signature):
         import onnxruntime
+
+        self.__signature__ = signature  # Trainer and pipelines pass on what it names
+        self.named = {n for n, p in signature.parameters.items() if p.kind is not p.VAR_KEYWORD}
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        # The graph's dtype per input: a pipeline may pass an int32 mask where the model was traced with int64.
+        self.dtypes = {i.name: ONNX_DTYPES.get(i.type) for i in self.session.get_inputs()}
         self.outputs = config.outputs
         module, name = config.output_class.split(":")
         self.output_class = getattr(importlib.import_module(module), name)
 
     def __call__(self, **kwargs: Any):
-        missing = [name for name in self.inputs if kwargs.get(name) is None]
+        given = {k: v for k, v in kwargs.items()
+                 if isinstance(v, torch.Tensor) and k in self.named and k not in TARGET_KEYS}
+        ignored = sorted(set(given) - set(self.inputs))
+        if ignored:  # a graph that ignored an input the PyTorch model uses would answer differently, silently
+            raise RecipeInputError(f"the exported model takes {', '.join(self.inputs)}, not {', '.join(ignored)}, "
+                                   "which this call passes; export the run again.")
+        if MASK in self.inputs and MASK not in given:  # no mask: every position counts, as the model takes None
+            given[MASK] = torch.ones(given[self.inputs[0]].shape[:2], dtype=torch.long)
+        missing = [name for name in self.inputs if name not in given]
         if missing:
             raise RecipeInputError(f"the exported model takes {', '.join(self.inputs)}; this call lacks {', '.join(missing)}.")
-        values = self.session.run(self.outputs, {name: kwargs[name].detach().cpu().numpy() for name in self.inputs})
+        feeds = {name: given[name].detach().cpu().numpy() for name in self.inputs}
+        feeds = {name: value.astype(self.dtypes[name] or value.dtype, copy=False) for name, value in feeds.items()}
+        values = self.session.run(self.outputs, feeds)
         outputs = {name: torch.from_numpy(value) for name, value in zip(self.outputs, values)}
         if any(kwargs.get(key) is not None for key in TARGET_KEYS):
             outputs = {"loss": torch.tensor(float("nan")), **outputs}
@@ -116,15 +135,15 @@ class Ct2Generate:
                            self.model.config.pad_token_id)
         # transformers counts the decoder start in max_length, and with forced_eos_token_id ends on that token.
         longest = config.get("max_new_tokens") or (config.get("max_length") or 20) - 1
-        if config.get("forced_eos_token_id") is not None:
-            longest -= 1
+        forced_end = config.get("forced_eos_token_id") is not None
+        longest -= forced_end
         results = self.translator.translate_batch(
             sources, beam_size=config.get("num_beams") or 1, max_decoding_length=longest,
             min_decoding_length=max((config.get("min_length") or 0) - 1, 0),
             length_penalty=config.get("length_penalty", 1.0), repetition_penalty=config.get("repetition_penalty", 1.0),
             no_repeat_ngram_size=config.get("no_repeat_ngram_size") or 0, return_end_token=True)
         rows = [[start, *self.tokenizer.convert_tokens_to_ids(r.hypotheses[0])] for r in results]
-        rows = [row if row[-1] == end else [*row, end] for row in rows]
+        rows = [[*row, end] if forced_end and row[-1] != end else row for row in rows]
         out = torch.full((len(rows), max(map(len, rows))), pad, dtype=torch.long)
         for i, row in enumerate(rows):
             out[i, :len(row)] = torch.tensor(row)
@@ -151,9 +170,7 @@ def exported_model(export_dir: str | Path) -> PreTrainedModel:
     config = ExportConfig.load(export_dir)
     model = skeleton(export_dir)
     if config.runtime == ONNX:
-        forward = OnnxForward(export_dir / ONNX_FILE, config)
-        forward.__signature__ = inspect.signature(model.forward)  # Trainer and pipelines pass on what it names
-        model.forward = forward
+        model.forward = OnnxForward(export_dir / ONNX_FILE, config, inspect.signature(model.forward))
     else:
         model.generate = Ct2Generate(export_dir / CT2_DIR, model, AutoTokenizer.from_pretrained(export_dir))
     return model
@@ -199,15 +216,15 @@ def _task_class(task: str) -> type:
 
 def _components(impl: type, directory: Path) -> dict[str, Any]:
     """The preprocessing that pipeline() loads beside a model given by path, loaded for one given as an object:
-    each component that the pipeline class takes and the directory holds."""
+    each component the pipeline class takes, where the directory holds it (pipeline()'s own soft loading)."""
     found: dict[str, Any] = {}
-    if (directory / "tokenizer_config.json").is_file() and impl._load_tokenizer is not False:
-        found["tokenizer"] = AutoTokenizer.from_pretrained(directory)
-    preprocessor = directory / "preprocessor_config.json"
-    if preprocessor.is_file():
-        kinds = json.loads(preprocessor.read_text(encoding="utf-8"))
-        if "image_processor_type" in kinds and impl._load_image_processor is not False:
-            found["image_processor"] = AutoImageProcessor.from_pretrained(directory)
-        if "feature_extractor_type" in kinds and impl._load_feature_extractor is not False:
-            found["feature_extractor"] = AutoFeatureExtractor.from_pretrained(directory)
+    for flag, name, auto in (("_load_tokenizer", "tokenizer", AutoTokenizer),
+                             ("_load_image_processor", "image_processor", AutoImageProcessor),
+                             ("_load_feature_extractor", "feature_extractor", AutoFeatureExtractor)):
+        if getattr(impl, flag) is False:
+            continue
+        try:
+            found[name] = auto.from_pretrained(directory)
+        except (OSError, ValueError, KeyError, TypeError):  # not among the saved preprocessing
+            continue
     return found

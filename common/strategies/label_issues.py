@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from common.core.errors import RecipeInputError
+from common.data.labels import SINGLE
 from common.training.html_report import write_html_report
 from common.training.reporting import write_json
 from common.training.single_run import train_evaluate_predict
@@ -66,6 +67,17 @@ class LabelIssueArguments:
                                    "`finetune-recipes cv-merge OUTPUT_DIR`, then `finetune-recipes label-issues OUTPUT_DIR`.")
 
 
+def check_label_issue_options(task, finetune_args: LabelIssueArguments) -> None:
+    """Refuse label issues for a task without single-label classes before anything trains."""
+    if not (finetune_args.find_label_issues or finetune_args.drop_label_issues):
+        return
+    spec = task.label_spec
+    if spec is None or spec.problem_type != SINGLE:
+        kind = "texts, tags or spans, not a class per row" if spec is None else spec.problem_type
+        raise RecipeInputError(f"--find_label_issues: the {task.name} recipe's labels are {kind}; label issues are "
+                               "found among classes of one label per row (single-label classification).")
+
+
 def drop_count(value: str, flagged: int, train_rows: int) -> int:
     """How many flagged rows --drop_label_issues drops: N, a FRACTION (0-1) of the train rows, or all flagged."""
     text = str(value).strip().lower()
@@ -83,8 +95,8 @@ def drop_count(value: str, flagged: int, train_rows: int) -> int:
                            "rows (e.g. 0.05), or all.")
 
 
-def find_label_issues(out: Path) -> pd.DataFrame:
-    """label_issues.csv from the out-of-fold predictions in `out`: cleanlab's flagged rows, worst first."""
+def find_label_issues(out: Path, write: bool = True) -> pd.DataFrame:
+    """cleanlab's flagged rows of the out-of-fold predictions in `out`, worst first (written to label_issues.csv)."""
     from cleanlab.filter import find_label_issues as flag
     from cleanlab.rank import get_label_quality_scores
 
@@ -113,6 +125,8 @@ def find_label_issues(out: Path) -> pd.DataFrame:
     table = table.sort_values(["flagged", "label_quality"], ascending=[False, True], kind="stable")
     table = table[table["flagged"]].drop(columns="flagged").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
+    if not write:
+        return table
     table.to_csv(out / LABEL_ISSUES_FILE, index=False)
     logger.info("label issues: %d of %d train rows flagged (%s); worst: %s", len(table), len(oof), LABEL_ISSUES_FILE,
                 "; ".join(f"row {r.row} given {r.given_label!r}, suggested {r.suggested_label!r}"
@@ -137,14 +151,17 @@ def draw_grid(out: Path, table: pd.DataFrame) -> None:
 
 def run_label_issues(task, args, finetune_args: LabelIssueArguments) -> dict[str, Any]:
     """After a CV run: label_issues.csv; with --drop_label_issues, the train split with and without the flagged rows."""
-    out = Path(args.output_dir)
-    table = find_label_issues(out) if args.process_index == 0 else None
-    if table is not None:
+    out, main = Path(args.output_dir), args.process_index == 0
+    # The main process wrote the out-of-fold predictions; under DDP the others read them after it, so that every
+    # process drops the same rows.
+    with args.main_process_first(desc="label issues"):
+        table = find_label_issues(out, write=main)
+    if main:
         draw_grid(out, table)
-    results: dict[str, Any] = {"label_issues_flagged": None if table is None else len(table)}
+    results: dict[str, Any] = {"label_issues_flagged": len(table)}
     if finetune_args.drop_label_issues is None:
         return results
-    flagged_rows = table["row"].to_numpy() if table is not None else np.array([], dtype=np.int64)
+    flagged_rows = table["row"].to_numpy()
     source_rows = np.arange(len(task.train_dataset)) if task.source_rows is None else np.asarray(task.source_rows)
     dropped = flagged_rows[:drop_count(finetune_args.drop_label_issues, len(flagged_rows), len(source_rows))]
     keep = np.flatnonzero(~np.isin(source_rows, dropped))
@@ -159,7 +176,7 @@ def run_label_issues(task, args, finetune_args: LabelIssueArguments) -> dict[str
     summary = {"dropped_rows": dropped.tolist(), "flagged": int(len(flagged_rows)), "main_metric": task.main_metric,
                "runs": {name: {k: v for k, v in run.items() if k == "train_rows" or k.startswith(("eval_", "test_"))}
                         for name, run in runs.items()}}
-    if args.process_index == 0:
+    if main:
         write_json(out / RESULTS_FILE, summary)
         logger.info("--drop_label_issues: %s %s on all %d train rows, %s without the %d dropped", metric,
                     runs["all_rows"].get(metric), runs["all_rows"]["train_rows"], runs["cleaned"].get(metric), len(dropped))

@@ -233,3 +233,25 @@ def test_bad_input_errors(fsdd, tiny_ctc, tiny_whisper, tiny_bert, tmp_path, mon
         dry_run(monkeypatch, argv)
     task = dry_run(monkeypatch, [*argv, "--max_duration_s", "3"])
     assert len(task.train_dataset) == 6
+
+
+def test_a_ctc_model_exports_to_onnx_and_transcribes_as_pytorch_does(fsdd, tiny_ctc, tmp_path):
+    """CTC is an encoder: the ONNX export's frame-wise ids agree with PyTorch's on the validation clips, and
+    predict with --runtime onnx writes PyTorch's transcripts."""
+    from common import cli
+
+    out = tmp_path / "ctc"
+    data = manifest(fsdd, tmp_path / "m.csv", {"train": 16, "validation": 6, "test": 6})
+    speech_recognition.main(["--model_name_or_path", tiny_ctc, "--train_file", data, "--split_column", "split",
+                             *fast_args(out, num_train_epochs=1, learning_rate=3e-3)])
+    cli.main(["export", str(out), "--output", str(tmp_path / "onnx")])
+    report = json.loads((tmp_path / "onnx" / "export_report.json").read_text())
+    assert report["passed"] and report["top1_agreement"] == 1.0 and report["validation_rows"] == 6
+    clips = pd.read_csv(data)
+    clips[clips["split"] == "test"].to_csv(tmp_path / "test.csv", index=False)
+    written = {}
+    for runtime in ("torch", "onnx"):
+        written[runtime] = tmp_path / f"{runtime}.tsv"
+        cli.main(["predict", str(out), "--runtime", runtime, "--export_dir", str(tmp_path / "onnx"),
+                  "--input", str(tmp_path / "test.csv"), "--output", str(written[runtime])])
+    assert written["torch"].read_text() == written["onnx"].read_text()

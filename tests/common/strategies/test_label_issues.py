@@ -119,3 +119,16 @@ def test_drop_counts_and_misuse_fail_clearly(tmp_path):
         find_label_issues(tmp_path / "missing")
     assert not (tmp_path / "o").exists()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), ["oof_predictions.parquet"])
+
+
+def test_labels_that_are_not_single_classes_are_refused_before_training(tmp_path):
+    from common.models.tiny import tiny_bert
+
+    rows = [{"text": f"review number {i}", "label": i / 10} for i in range(20)]
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "run"
+    with pytest.raises(RecipeInputError, match="labels are regression; label issues are found among classes"):
+        text_classification.main(["--model_name_or_path", tiny_bert(tmp_path / "bert"), "--train_file",
+                                  str(tmp_path / "train.csv"), "--cv_folds", "2", "--find_label_issues", "true",
+                                  *fast_args(out)])
+    assert not any(out.glob("fold_*")) and not (out / "config.json").exists()

@@ -77,6 +77,7 @@ class Case:
     not_rescored: tuple[str, ...] = ()
     learning_rate: float = 1e-3
     exportable: bool = True  # `finetune-recipes export` covers its model (else it refuses, exit 2)
+    single_label: bool = False  # one class per row: label issues are found (else refused before training)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -192,7 +193,7 @@ def _text_case(root: Path, bert: str, classes: dict[str, list[str]], label: Call
         rows={**sizes, "train": sizes["train"] + 1}, train_rows=sizes["train"], batch_size=4,
         predictions="predictions.csv", predict_input=str(root / "test.csv"),
         rescore=classification_scores("text"), gold=gold,
-        same_predictions=same_classifications("text"),
+        same_predictions=same_classifications("text"), single_label=True,
     )
 
 
@@ -233,7 +234,7 @@ def image_classification(root: Path, models: Models) -> Case:
         train_rows=sizes["train"] * len(colours), batch_size=6,
         predictions="predictions.csv", predict_input=str(root / "test"),
         rescore=classification_scores("image"), gold=gold,
-        same_predictions=same_classifications("image"),
+        same_predictions=same_classifications("image"), single_label=True,
     )
 
 
@@ -280,7 +281,7 @@ def audio_classification(root: Path, models: Models) -> Case:
         rows={**sizes, "train": sizes["train"] + 2}, train_rows=sizes["train"], batch_size=4,
         predictions="predictions.csv", predict_input=str(root / "test.csv"),
         rescore=classification_scores("audio_file"), gold=gold,
-        same_predictions=same_classifications("audio_file"),
+        same_predictions=same_classifications("audio_file"), single_label=True,
     )
 
 

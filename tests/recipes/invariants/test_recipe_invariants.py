@@ -9,6 +9,8 @@ written by `cases.py`), so that a recipe that breaks any of them fails here:
 - predict parity: `finetune-recipes predict` on the run's test input writes the run's own predictions;
 - export parity: the fp32 export passes its check on the validation split, and predict with --runtime onnx
   writes predict's PyTorch rows, scores to 1e-4;
+- label issues: where each row has one class, every judged train row carries its input and given label into
+  oof_predictions.parquet and label_issues.csv; elsewhere --find_label_issues is refused before training;
 - counts: for every split, the rows read = the rows used + every row skipped or filtered, in all_results.json.
 
 One main run per recipe (2 epochs, --do_predict, a checkpoint inside the second epoch) serves all but coverage,
@@ -20,17 +22,20 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from cases import CASES, Case, Models, read_table
 from conftest import ROOT, fast_args, subprocess_env
 from helpers import assert_same_run
 
 from common import cli
+from common.core.errors import RecipeInputError
 from recipes import RECIPES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -225,6 +230,38 @@ def test_the_fp32_export_predicts_the_rows_pytorch_predicts(runs, recipe, tmp_pa
     assert report["passed"] and report["metric_drop"] <= 0.1 and report["validation_rows"] > 0
     assert report["top1_agreement"] == 1.0
     case.same_predictions(written["torch"], written["onnx"], tolerance=1e-4)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_label_issues_quote_each_judged_train_row_or_are_refused_before_training(runs, recipe, tmp_path):
+    """--cv_folds 2 --find_label_issues: each out-of-fold row holds the input of a train row (its text or its file)
+    with that row's label, and label_issues.csv flags only such rows; a recipe without one class per row refuses
+    the option before any fold trains."""
+    case = runs.case(recipe)
+    out = tmp_path / "cv"
+    argv = [*case.args, *fast_args(out, per_device_train_batch_size=case.batch_size, learning_rate=case.learning_rate,
+                                   skip_bad_examples="true", max_bad_fraction=0.2, eval_strategy="no",
+                                   save_strategy="no", eval_before_training="false", do_predict="false"),
+            "--cv_folds", "2", "--find_label_issues", "true"]
+    if not case.single_label:
+        with pytest.raises(RecipeInputError, match="label issues are found among classes of one label per row"):
+            run_recipe(recipe, argv)
+        assert not any(out.glob("fold_*"))
+        return
+    run_recipe(recipe, argv)
+    oof = pd.read_parquet(out / "oof_predictions.parquet")
+    inputs = [c for c in oof.columns if c.startswith("input_")]
+    assert len(inputs) == 1 and len(oof) == case.train_rows and oof["row"].is_unique
+    gold = case.gold["train"]
+    keys = [value if value in gold else os.path.realpath(value) for value in oof[inputs[0]]]
+    assert all(key in gold for key in keys), "an out-of-fold row's input is no train row's"
+    issues = pd.read_csv(out / "label_issues.csv", keep_default_na=False)
+    assert list(issues.columns) == ["rank", "row", inputs[0].removeprefix("input_"), "given_label",
+                                    "suggested_label", "label_quality"]
+    by_row = oof.set_index("row")
+    for issue in issues.itertuples(index=False):
+        assert str(by_row.loc[issue.row, "label"]) == str(issue.given_label)
+        assert by_row.loc[issue.row, inputs[0]] == issue[2]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
