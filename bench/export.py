@@ -21,7 +21,6 @@ Writes bench/results/export/<part>.json and the section of bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -43,9 +42,9 @@ from harness import (  # noqa: E402
     data,
     machine,
     minilm_dir,
+    run_parts,
     shared,
     stratified_tsv_sample,
-    write_section,
 )
 
 WORK = ROOT / "bench" / "runs" / "export"
@@ -292,16 +291,7 @@ def render(results: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for part in args.parts:
-        result = globals()[f"part_{part}"]()
-        (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result)[:600], flush=True)
-    results = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in PARTS if (RESULTS / f"{p}.json").is_file()}
-    write_section(MARK, render(results))
+    run_parts(__doc__.splitlines()[0], PARTS, RESULTS, MARK, lambda part: globals()[f"part_{part}"](), render)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,23 @@ def write_section(mark: str, lines: list[str]) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+
+
+def run_parts(description: str, parts: tuple[str, ...], results: Path, mark: str, run: Callable[[str], dict],
+              render: Callable[[dict], list[str]]) -> None:
+    """A standalone benchmark's command line: `--parts` (default: all), each part's `run(part)` saved to
+    results/<part>.json, then its RESULTS.md section rendered from every part saved so far."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--parts", nargs="+", choices=parts, default=list(parts))
+    results.mkdir(parents=True, exist_ok=True)
+    for part in parser.parse_args().parts:
+        result = run(part)
+        (results / f"{part}.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result)[:800], flush=True)
+    saved = {p: json.loads((results / f"{p}.json").read_text()) for p in parts if (results / f"{p}.json").is_file()}
+    write_section(mark, render(saved))
 
 
 def stratified_tsv_sample(source: Path, out: Path, rows: int, seed: int = 0, label_column: str = "label") -> Path:

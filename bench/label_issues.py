@@ -20,7 +20,6 @@ Writes bench/results/label_issues/<part>.json and the section of bench/RESULTS.m
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -34,7 +33,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, SST2_CONFIG, data, machine, minilm_dir, shared, stratified_tsv_sample, write_section  # noqa: E402
+from harness import ROOT, SST2_CONFIG, data, machine, minilm_dir, run_parts, shared, stratified_tsv_sample  # noqa: E402
 
 WORK = ROOT / "bench" / "runs" / "label_issues"
 RESULTS = ROOT / "bench" / "results" / "label_issues"
@@ -155,16 +154,7 @@ def render(results: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for part in args.parts:
-        result = globals()[f"part_{part}"]()
-        (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result)[:800], flush=True)
-    results = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in PARTS if (RESULTS / f"{p}.json").is_file()}
-    write_section(MARK, render(results))
+    run_parts(__doc__.splitlines()[0], PARTS, RESULTS, MARK, lambda part: globals()[f"part_{part}"](), render)
 
 
 if __name__ == "__main__":

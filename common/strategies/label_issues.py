@@ -29,6 +29,7 @@ import pandas as pd
 from common.core.errors import RecipeInputError
 from common.data.labels import SINGLE
 from common.training.html_report import write_html_report
+from common.training.reliability import carry_run_record
 from common.training.reporting import write_json
 from common.training.single_run import train_evaluate_predict
 
@@ -171,6 +172,7 @@ def run_label_issues(task, args, finetune_args: LabelIssueArguments) -> dict[str
         subset = dataclasses.replace(task, train_dataset=task.train_dataset.select(rows), train_inputs=inputs or None,
                                      source_rows=source_rows[rows].tolist(), stratify=None, groups=None)
         run_args = dataclasses.replace(args, output_dir=str(out / name), do_train=True, resume_from_checkpoint=None)
+        carry_run_record(args, run_args)  # its run_config.json records the options: predict and export read them
         runs[name] = {"train_rows": int(len(rows)), **train_evaluate_predict(subset, run_args, finetune_args)}
     metric = f"eval_{task.main_metric}"
     summary = {"dropped_rows": dropped.tolist(), "flagged": int(len(flagged_rows)), "main_metric": task.main_metric,

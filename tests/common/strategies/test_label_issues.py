@@ -86,8 +86,9 @@ def test_dropping_the_flagged_rows_trains_both_runs_on_the_same_validation_split
     assert runs["all_rows"]["train_rows"] == 128
     assert runs["cleaned"]["train_rows"] == 128 - len(issues)
     assert runs["all_rows"]["eval_samples"] == runs["cleaned"]["eval_samples"] == 32
-    for name in ("all_rows", "cleaned"):
+    for name in ("all_rows", "cleaned"):  # complete runs: predict and export read their run_config.json
         assert (out / name / "config.json").is_file()
+        assert json.loads((out / name / "run_config.json").read_text())["options"]["cv_folds"] == 4
     page = (out / "report.html").read_text()
     assert "Label issues" in page and "label_issues.csv" in page
 
