@@ -19,7 +19,7 @@ import torch
 import yaml
 from transformers import HfArgumentParser
 
-from common.core.errors import RecipeInputError, nearest
+from common.core.errors import RecipeInputError, UnknownOption, nearest
 
 # Extra spellings accepted for TrainingArguments fields, on the command line and in YAML.
 ALIASES = {"label_smoothing": "label_smoothing_factor", "epochs": "num_train_epochs", "num_beams": "generation_num_beams"}
@@ -214,7 +214,7 @@ def parse_args(
     if config_path:
         for key, value in read_yaml(config_path).items():
             if key not in dests or key == "config":
-                raise RecipeInputError(f"unknown key '{key}' in {config_path}{nearest(key, dests)}.")
+                raise UnknownOption(key, f"unknown key '{key}' in {config_path}{nearest(key, dests)}.")
             values[dests[key]] = value
             from_config[dests[key]] = config_path
     given = {dests.get(token[2:].split("=")[0]) for token in argv if token.startswith("--")}

@@ -11,6 +11,14 @@ class RecipeInputError(ValueError):
     """Bad input (file, column, value or option). The message says what is wrong and how to fix it."""
 
 
+class UnknownOption(RecipeInputError):
+    """A --config file names an option the recipe does not have (`key`)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 class TrainingStopped(RuntimeError):
     """Training stopped before its end on purpose; the message says why and how to go on."""
 

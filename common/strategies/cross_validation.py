@@ -266,6 +266,7 @@ def train_fold_job(task, args: TrainingArguments, finetune_args, splits, source_
     write_json(fold_dir / FOLD_RECORD, {
         "fold": k, "folds": len(splits), "record": record, "train_rows": len(task.train_dataset),
         "source_rows": np.asarray(source_rows)[held_rows].tolist(), "main_metric": task.main_metric,
+        "inputs": {c: [values[i] for i in held_rows] for c, values in (task.train_inputs or {}).items()},
         "pipeline_task": task.pipeline_task, "seed": args.seed,
         # Label values as the data holds them (ints stay ints), so the merged oof labels read as a single run's.
         "label_spec": {**dataclasses.asdict(spec), "values": None if spec.values is None else
@@ -311,12 +312,16 @@ def merge_folds(output_dir: str, method: str | None = None) -> dict[str, float]:
         oof_scores = np.zeros((n, *arrays[0]["held_scores"].shape[1:]), dtype=np.float64)
         labels = np.zeros((n, *arrays[0]["held_labels"].shape[1:]), dtype=arrays[0]["held_labels"].dtype)
         fold_of, rows = np.full(n, -1), np.zeros(n, dtype=np.int64)
+        inputs: dict[str, list] = {c: [None] * n for c in first.get("inputs", {})}
         for i, fold in enumerate(arrays):
             held = fold["held_rows"]
             oof_scores[held], labels[held], fold_of[held] = fold["held_scores"], fold["held_labels"], i
             rows[held] = found[i]["source_rows"]
-        results.update(write_cv_results(first["main_metric"], per_fold,
-                                        write_oof_predictions(spec, oof_scores, labels, fold_of, out, rows), out))
+            for column, values in found[i].get("inputs", {}).items():
+                for row, value in zip(held, values):
+                    inputs[column][row] = value
+        oof_metrics = write_oof_predictions(spec, oof_scores, labels, fold_of, out, rows, inputs or None)
+        results.update(write_cv_results(first["main_metric"], per_fold, oof_metrics, out))
     else:
         results.update(write_cv_results(first["main_metric"], per_fold, {}, out))
     if method:

@@ -35,7 +35,7 @@ import transformers
 import yaml
 from transformers import AutoConfig, PreTrainedModel, TrainingArguments
 
-from common.core.errors import RecipeInputError
+from common.core.errors import RecipeInputError, UnknownOption
 from common.models.runtime import (
     CT2,
     CT2_DIR,
@@ -133,6 +133,9 @@ def _check_run_dir(out: Path) -> dict[str, Any]:
         raise RecipeInputError(f"{out} holds an ensemble; export each member's output dir on its own.")
     if not (out / "config.json").is_file():
         raise RecipeInputError(f"{out} holds no model (config.json): export the output dir of a finished run.")
+    if not any(out.glob("*.safetensors")) and not any(out.glob("pytorch_model*.bin")):
+        raise RecipeInputError(f"{out} holds a config.json but no weights (model.safetensors): export the output dir "
+                               "of a finished run, with its model.")
     return json.loads(config_file.read_text(encoding="utf-8"))
 
 
@@ -146,10 +149,17 @@ def prepared_task(out: Path, run_config: dict[str, Any], scratch: Path, batch_si
     options = {k: v for k, v in options.items() if v is not None}
     scratch.mkdir(parents=True)
     config_file = scratch.parent / "run.yaml"
-    config_file.write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
     taken: list = []
-    with taking_task(lambda task, args, _: taken.append((task, args))):
-        main_of(run_config["recipe"])(["--config", str(config_file)])
+    while not taken:
+        config_file.write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
+        try:
+            with taking_task(lambda task, args, _: taken.append((task, args))):
+                main_of(run_config["recipe"])(["--config", str(config_file)])
+        except UnknownOption as unknown:  # a run of an earlier version: an option since renamed or removed
+            logger.warning("%s records option %s=%r, which the recipe no longer has: left out", RUN_CONFIG_FILE,
+                           unknown.key, options.pop(unknown.key))
+            continue
+        break
     if not taken:
         raise RecipeInputError(f"the {run_config['recipe']} recipe ended before building its task; cannot check the export.")
     task, args = taken[0]
