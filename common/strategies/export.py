@@ -52,6 +52,7 @@ from common.training.inspection import taking_task
 from common.training.reporting import write_json
 from common.training.single_run import build_trainer
 from common.training.task import Task
+from common.training.trainer import TrainingLoopArguments
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ EXPORT_REPORT = "export_report.json"
 FORMATS = ("onnx",)
 QUANTIZATIONS = ("int8",)
 DEFAULT_MAX_DROP = {"fp32": 0.1, "int8": 1.0}  # points of the main metric
+PREDICTING = TrainingLoopArguments()  # the training-loop options shape training only; prediction runs without them
 
 
 def export(output_dir: str, fmt: str = "onnx", quantize: str | None = None, output: str | None = None,
@@ -175,7 +177,7 @@ def _architecture(out: Path) -> type[PreTrainedModel]:
 
 def _example_batch(task: Task, args: TrainingArguments, model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """A batch of the validation split as the trainer collates it, with the inputs the model's forward takes."""
-    trainer = build_trainer(task, args, _finetune_defaults(), model=model, model_init=None)
+    trainer = build_trainer(task, args, PREDICTING, model=model, model_init=None)
     batch = next(iter(trainer.get_eval_dataloader(task.eval_dataset)))
     accepted = inspect.signature(model.forward).parameters
     inputs = {k: v for k, v in batch.items() if k in accepted and k not in TARGET_KEYS and isinstance(v, torch.Tensor)}
@@ -276,15 +278,9 @@ def _fine_tuned_marian_loader():
     return FineTunedMarianLoader()
 
 
-def _finetune_defaults():
-    from common.training.trainer import TrainingLoopArguments
-
-    return TrainingLoopArguments()
-
-
 def timed_predictions(task: Task, args: TrainingArguments, model: PreTrainedModel) -> tuple[Any, float]:
     """The trainer's predictions on the validation split with `model`, and its rows per second."""
-    trainer = build_trainer(task, args, _finetune_defaults(), model=model, model_init=None, train_dataset=None)
+    trainer = build_trainer(task, args, PREDICTING, model=model, model_init=None, train_dataset=None)
     started = time.perf_counter()
     output = trainer.predict(task.eval_dataset, metric_key_prefix="eval")
     return output, len(task.eval_dataset) / (time.perf_counter() - started)
