@@ -181,9 +181,11 @@ def _example_batch(task: Task, args: TrainingArguments, model: PreTrainedModel) 
     batch = next(iter(trainer.get_eval_dataloader(task.eval_dataset)))
     accepted = inspect.signature(model.forward).parameters
     inputs = {k: v for k, v in batch.items() if k in accepted and k not in TARGET_KEYS and isinstance(v, torch.Tensor)}
-    if MASK in accepted and MASK not in inputs:  # pipelines pass one where the collator does not (wav2vec2)
-        first = inputs[model.main_input_name]
-        inputs[MASK] = torch.ones(first.shape[:2], dtype=torch.long)
+    first = inputs[model.main_input_name]
+    if MASK in accepted and MASK not in inputs and first.dim() == 2:
+        # A sequence model's pipeline passes a mask where the collator does not (wav2vec2). An image model's forward
+        # may name one too (ViT), but nothing passes it one.
+        inputs[MASK] = torch.ones(first.shape, dtype=torch.long)
     return inputs
 
 
@@ -198,7 +200,10 @@ def _export_onnx(model: PreTrainedModel, task: Task, args: TrainingArguments, st
     names = [k for k in outputs if k != "loss"]
     target = staging / ONNX_FILE
     fp32 = staging / "fp32.onnx" if precision != "fp32" else target
-    dims = {name: {axis: Dim.AUTO for axis in range(value.dim())} for name, value in batch.items()}
+    # The batch is free, and so is the length of a sequence (token ids, masks, waveforms); images and spectrograms
+    # come at the fixed size their processor gives them, which position embeddings may depend on (ViT).
+    dims = {name: {axis: Dim.AUTO for axis in range(min(value.dim(), 2 if value.dim() == 2 else 1))}
+            for name, value in batch.items()}
     with _quiet():
         torch.onnx.export(model, (), str(fp32), kwargs=batch, input_names=list(batch), output_names=names,
                           dynamic_shapes=dims, dynamo=True, external_data=False)
