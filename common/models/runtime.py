@@ -17,7 +17,7 @@ import importlib
 import inspect
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class ExportConfig:
     output_class: str  # module:qualname of the ModelOutput its forward returns (ONNX)
     inputs: list[str] = field(default_factory=list)  # the graph's inputs, as the model's forward names them
     outputs: list[str] = field(default_factory=list)  # the graph's outputs, in the ModelOutput's order
-    source: str = ""  # the run's output dir
 
     def save(self, directory: Path) -> None:
         (directory / EXPORT_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -72,7 +71,8 @@ class ExportConfig:
         if not path.is_file():
             raise RecipeInputError(f"{directory} holds no {EXPORT_CONFIG}: give an export dir written by "
                                    "`finetune-recipes export`.")
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})  # an earlier version's extras left out
 
 
 class OnnxForward:
