@@ -27,6 +27,8 @@ from pathlib import Path
 from common.core.errors import RecipeInputError, nearest, run_main
 from recipes import CONFIGS_DIR, RECIPES, RECIPES_DIR, available, predict
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def config_names() -> dict[str, Path]:
     """'recipe/config' -> path, for every shipped config."""
@@ -102,7 +104,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
                                    "cannot stop it before training. Copy the recipe again, or add the call.")
     _check_recipe(args.recipe)
     # The report goes to stdout; the recipe's log to stderr (setup_run's basicConfig is then a no-op).
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr)
     with inspecting():  # setup_run then leaves the output dir alone: nothing is written, nothing resumed
         try:
             _start(args.recipe, args.args)
@@ -128,8 +130,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     compare(recipe_main(args.recipe), args.args, Path(args.recipe).stem)
 
 
+def _log_info() -> None:
+    """The commands that work on an output dir log what they do, as a run does."""
+    logging.basicConfig(format=LOG_FORMAT, datefmt="%H:%M:%S", level=logging.INFO)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    _log_info()
     predict(args.output_dir, args.input, args.output, skip_bad_examples=args.skip_bad_examples,
             batch_size=args.batch_size, input_columns=args.input_columns, runtime=args.runtime,
             export_dir=args.export_dir)
@@ -138,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_label_issues(args: argparse.Namespace) -> None:
     from common.strategies.label_issues import label_issues_command
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    _log_info()
     table = label_issues_command(args.output_dir)
     print(table.head(args.show).to_string(index=False, max_colwidth=80))
 
@@ -146,7 +153,7 @@ def cmd_label_issues(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from common.strategies.export import export
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    _log_info()
     export(args.output_dir, args.format, args.quantize, args.output, args.max_metric_drop, args.batch_size,
            main_of=recipe_main)
 
@@ -160,7 +167,7 @@ def cmd_hpo_summary(args: argparse.Namespace) -> None:
 def cmd_cv_merge(args: argparse.Namespace) -> None:
     from common.strategies.cross_validation import merge_folds
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    _log_info()
     merge_folds(args.output_dir, args.ensemble)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import transformers
 import yaml
-from transformers import AutoConfig, PreTrainedModel, TrainingArguments
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainingArguments
 
 from common.core.errors import RecipeInputError, UnknownOption
 from common.models.runtime import (
@@ -80,8 +80,9 @@ def export(output_dir: str, fmt: str = "onnx", quantize: str | None = None, outp
     if export_dir.exists() and any(export_dir.iterdir()):
         raise RecipeInputError(f"{export_dir} already exists; remove it or give --output (export never overwrites).")
 
-    architecture = _architecture(out)
-    if AutoConfig.from_pretrained(out).is_encoder_decoder and architecture.main_input_name != "input_ids":
+    config = AutoConfig.from_pretrained(out)
+    architecture = _architecture(config, out)
+    if config.is_encoder_decoder and architecture.main_input_name != "input_ids":
         raise RecipeInputError(
             f"{out} holds a {architecture.__name__}, an encoder-decoder over {architecture.main_input_name}: export "
             "covers encoders (ONNX Runtime) and text-to-text encoder-decoders (CTranslate2), not this one. Serve it "
@@ -100,7 +101,7 @@ def export(output_dir: str, fmt: str = "onnx", quantize: str | None = None, outp
         if runtime == ONNX:
             _export_onnx(model, task, args, staging, precision)
         else:
-            _export_ct2(out, staging, precision)
+            _export_ct2(out, model.config, staging, precision)
         # What loads the model without its weights: its config, preprocessing, pipeline class and the run's record.
         model.config.save_pretrained(staging)
         if model.can_generate():
@@ -145,31 +146,29 @@ def prepared_task(out: Path, run_config: dict[str, Any], scratch: Path, batch_si
                   main_of: Callable[[str], Callable]) -> tuple[Task, TrainingArguments]:
     """The run's Task as its recipe prepares it from the recorded options, the model and tokenizer read from `out`;
     and its training arguments, set to predict in batches of `batch_size`. Nothing is trained or written to `out`."""
-    options = {k: v for k, v in run_config["options"].items() if v is not None}
-    options.update(model_name_or_path=str(out), config_name=None, tokenizer_name=None, output_dir=str(scratch),
-                   overwrite_output_dir=True, per_device_eval_batch_size=batch_size, report_to="none")
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {**run_config["options"], "model_name_or_path": str(out), "config_name": None, "tokenizer_name": None,
+               "output_dir": str(scratch), "overwrite_output_dir": True, "per_device_eval_batch_size": batch_size,
+               "report_to": "none"}
+    options = {k: v for k, v in options.items() if v is not None}  # None: the recipe's default
     scratch.mkdir(parents=True)
     config_file = scratch.parent / "run.yaml"
     taken: list = []
-    while not taken:
+    while True:
         config_file.write_text(yaml.safe_dump(options, sort_keys=False), encoding="utf-8")
         try:
             with taking_task(lambda task, args, _: taken.append((task, args))):
                 main_of(run_config["recipe"])(["--config", str(config_file)])
+            break
         except UnknownOption as unknown:  # a run of an earlier version: an option since renamed or removed
             logger.warning("%s records option %s=%r, which the recipe no longer has: left out", RUN_CONFIG_FILE,
                            unknown.key, options.pop(unknown.key))
-            continue
-        break
     if not taken:
         raise RecipeInputError(f"the {run_config['recipe']} recipe ended before building its task; cannot check the export.")
     task, args = taken[0]
     return task, replace(args, report_to=[], prediction_loss_only=False, disable_tqdm=True)
 
 
-def _architecture(out: Path) -> type[PreTrainedModel]:
-    config = AutoConfig.from_pretrained(out)
+def _architecture(config: PretrainedConfig, out: Path) -> type[PreTrainedModel]:
     if not config.architectures or not hasattr(transformers, config.architectures[0]):
         raise RecipeInputError(f"{out}/config.json names no transformers architecture; cannot tell what to export.")
     return getattr(transformers, config.architectures[0])
@@ -202,8 +201,7 @@ def _export_onnx(model: PreTrainedModel, task: Task, args: TrainingArguments, st
     fp32 = staging / "fp32.onnx" if precision != "fp32" else target
     # The batch is free, and so is the length of a sequence (token ids, masks, waveforms); images and spectrograms
     # come at the fixed size their processor gives them, which position embeddings may depend on (ViT).
-    dims = {name: {axis: Dim.AUTO for axis in range(min(value.dim(), 2 if value.dim() == 2 else 1))}
-            for name, value in batch.items()}
+    dims = {name: {axis: Dim.AUTO for axis in range(2 if value.dim() == 2 else 1)} for name, value in batch.items()}
     with _quiet():
         torch.onnx.export(model, (), str(fp32), kwargs=batch, input_names=list(batch), output_names=names,
                           dynamic_shapes=dims, dynamo=True, external_data=False)
@@ -235,11 +233,10 @@ def _quiet():
             each.setLevel(level)
 
 
-def _export_ct2(out: Path, staging: Path, precision: str) -> None:
+def _export_ct2(out: Path, config: PretrainedConfig, staging: Path, precision: str) -> None:
     import ctranslate2
     from ctranslate2.converters import transformers as ct2_transformers
 
-    config = AutoConfig.from_pretrained(out)
     loaders = ct2_transformers._MODEL_LOADERS
     name = type(config).__name__
     if name not in loaders:
