@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stratify=stratify,
         groups=groups,
         source_rows=source_rows,
-        train_inputs={"audio_file": files["train"]},
+        train_inputs=lambda: {"audio_file": files["train"]},
         augmentation=augmentation,
         data_results=counts,
     )

@@ -165,7 +165,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     stratify = list(splits["train"]["labels"])  # read before set_transform, which would decode every image
     predicted = predicted_split(splits)
     test_names = [image_name(v, i) for i, v in enumerate(splits[predicted][column])] if predicted else None
-    train_names = [image_name(v, i) for i, v in enumerate(splits["train"][column])]
     raw_eval = splits["validation"].select_columns([column]) if "validation" in splits else None  # files, not pixels
     transform = train_transform(augment_args.image_augment, augment_args.image_augment_params, geometry)
     inputs = ImageInputs(processor, column, data_args.max_image_side, decode_side(transform, geometry))
@@ -214,7 +213,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         stratify=stratify,
         groups=groups,
         source_rows=source_rows,
-        train_inputs={"image": train_names},
+        # The files, not pixels: the split without the transform set above.
+        train_inputs=partial(lambda train: {"image": [image_name(v, i) for i, v in enumerate(train[column])]},
+                             splits["train"].with_format(None)),
         augmentation=augmentation,
         compute_loss_func=SoftTargetLoss(training_args.label_smoothing_factor) if mixer else None,
         callbacks=callbacks,

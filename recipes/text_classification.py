@@ -214,7 +214,7 @@ def main(
         stratify=tokenized["train"]["labels"] if spec.problem_type == SINGLE else None,
         groups=groups,
         source_rows=source_rows,
-        train_inputs={c: splits["train"][c] for c in text_columns},
+        train_inputs=partial(lambda train: {c: train[c] for c in text_columns}, splits["train"]),
         augmentation=augmentation,
         data_results=add_counts(skipped, duplicates, truncated),
     )

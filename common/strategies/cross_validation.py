@@ -192,7 +192,8 @@ def run_cross_validation(task, args: TrainingArguments, finetune_args: CrossVali
 
     results = {}
     if main:
-        oof_metrics = (write_oof_predictions(spec, oof_scores, labels, fold_of, out, source_rows, task.train_inputs)
+        inputs = task.train_inputs() if task.train_inputs is not None else None
+        oof_metrics = (write_oof_predictions(spec, oof_scores, labels, fold_of, out, source_rows, inputs)
                        if spec is not None else {})
         results = write_cv_results(task.main_metric, per_fold, oof_metrics, out)
     if finetune_args.ensemble:
@@ -266,7 +267,8 @@ def train_fold_job(task, args: TrainingArguments, finetune_args, splits, source_
     write_json(fold_dir / FOLD_RECORD, {
         "fold": k, "folds": len(splits), "record": record, "train_rows": len(task.train_dataset),
         "source_rows": np.asarray(source_rows)[held_rows].tolist(), "main_metric": task.main_metric,
-        "inputs": {c: [values[i] for i in held_rows] for c, values in (task.train_inputs or {}).items()},
+        "inputs": {c: [values[i] for i in held_rows] for c, values in
+                   (task.train_inputs() if task.train_inputs is not None else {}).items()},
         "pipeline_task": task.pipeline_task, "seed": args.seed,
         # Label values as the data holds them (ints stay ints), so the merged oof labels read as a single run's.
         "label_spec": {**dataclasses.asdict(spec), "values": None if spec.values is None else

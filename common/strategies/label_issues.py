@@ -168,8 +168,7 @@ def run_label_issues(task, args, finetune_args: LabelIssueArguments) -> dict[str
     keep = np.flatnonzero(~np.isin(source_rows, dropped))
     runs = {}
     for name, rows in (("all_rows", np.arange(len(source_rows))), ("cleaned", keep)):
-        inputs = {k: [v[i] for i in rows] for k, v in (task.train_inputs or {}).items()}
-        subset = dataclasses.replace(task, train_dataset=task.train_dataset.select(rows), train_inputs=inputs or None,
+        subset = dataclasses.replace(task, train_dataset=task.train_dataset.select(rows), train_inputs=None,
                                      source_rows=source_rows[rows].tolist(), stratify=None, groups=None)
         run_args = dataclasses.replace(args, output_dir=str(out / name), do_train=True, resume_from_checkpoint=None)
         carry_run_record(args, run_args)  # its run_config.json records the options: predict and export read them

@@ -66,10 +66,10 @@ class Task:
     # Per train row, its 0-based data row in the train file as loaded (`common.data.rows.number_rows`):
     # the `row` of oof_predictions.parquet. None: rows are numbered as the train split holds them.
     source_rows: list[int] | None = None
-    # The train split's inputs as the user gave them (texts; image or audio file paths): column -> one value per
-    # train row, in train_dataset's order. Written beside the out-of-fold predictions, so the rows that label issues
-    # flag can be read. None: rows are named by their file row alone.
-    train_inputs: dict[str, list] | None = None
+    # The train split's inputs as the user gave them (texts; image or audio file paths): () -> column -> one value
+    # per train row, in train_dataset's order. Called only when the out-of-fold predictions are written (so that the
+    # rows label issues flag can be read), never by a plain run. None: rows are named by their file row alone.
+    train_inputs: Callable[[], dict[str, list]] | None = None
     # On-the-fly augmentation of the train split (each CV fold's too); eval and test data stay as they are.
     augmentation: TrainWrapper | None = None
     # Trainer's compute_loss_func: (outputs, labels, num_items_in_batch) -> loss, e.g. for MixUp soft targets.
