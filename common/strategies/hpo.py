@@ -276,26 +276,29 @@ def study_name(finetune_args: HpoArguments, args: TrainingArguments) -> str:
 def join_study(study, space: dict, key: str, direction: str, args: TrainingArguments, where: str) -> None:
     """Record the study's search space, objective and the first worker's command, or refuse a worker whose
     command searches another space or objective than the study's."""
-    attrs = study.user_attrs
     mine = {"space": json.loads(json.dumps(space)), "objective": key, "direction": direction}
-    if "space" in attrs:
-        differences = [f"{name}: study {attrs['space'].get(name, 'not searched')}, this command "
-                       f"{mine['space'].get(name, 'not searched')}"
-                       for name in sorted(set(attrs["space"]) | set(mine["space"]))
-                       if attrs["space"].get(name) != mine["space"].get(name)]
-        if attrs.get("objective") != key:
-            differences.append(f"objective: study {attrs.get('objective')}, this command {key}")
-        if differences:
-            raise RecipeInputError(f"study '{study.study_name}' in {where} searches another "
-                                   f"space than this command: {'; '.join(differences)}. Use the study's hpo_space, or "
-                                   "another --hpo_study_name.")
-        return
-    record = getattr(args, RUN_RECORD_ATTR, None)
-    for name, value in {**mine, "output_dir": str(Path(args.output_dir).resolve()),
-                        "command": record.command if record is not None else None,
-                        # hpo-summary writes the best trial's config from them: best.yaml (write_best_config)
-                        "options": plain_value(record.options) if record is not None else None}.items():
-        study.set_user_attr(name, value)
+    if "space" not in study.user_attrs:
+        record = getattr(args, RUN_RECORD_ATTR, None)
+        # "space" is written last: a worker that sees it sees the whole record. Workers started together may both
+        # find none and both write; the comparison below reads the study back, so the one overwritten is refused.
+        for name, value in {"objective": key, "direction": direction,
+                            "output_dir": str(Path(args.output_dir).resolve()),
+                            "command": record.command if record is not None else None,
+                            # hpo-summary writes the best trial's config from them: best.yaml (write_best_config)
+                            "options": plain_value(record.options) if record is not None else None,
+                            "space": mine["space"]}.items():
+            study.set_user_attr(name, value)
+    attrs = study.user_attrs
+    differences = [f"{name}: study {attrs['space'].get(name, 'not searched')}, this command "
+                   f"{mine['space'].get(name, 'not searched')}"
+                   for name in sorted(set(attrs["space"]) | set(mine["space"]))
+                   if attrs["space"].get(name) != mine["space"].get(name)]
+    if attrs.get("objective") != key:
+        differences.append(f"objective: study {attrs.get('objective')}, this command {key}")
+    if differences:
+        raise RecipeInputError(f"study '{study.study_name}' in {where} searches another "
+                               f"space than this command: {'; '.join(differences)}. Use the study's hpo_space, or "
+                               "another --hpo_study_name.")
 
 
 def suggest(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:

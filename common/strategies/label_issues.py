@@ -117,7 +117,9 @@ def find_label_issues(out: Path, write: bool = True) -> pd.DataFrame:
         raise RecipeInputError(f"{path}: classes {[score_columns[i].removeprefix('score_') for i in missing]} have no "
                                "train row; confident learning needs every class among the given labels.")
     quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
-    flagged = flag(labels, probabilities, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a multiprocessing pool from this process, whose torch and gloo threads
+    # can leave a lock held in the child, which then hangs; one process takes milliseconds at this size.
+    flagged = flag(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     names = [c.removeprefix("score_") for c in score_columns]
     inputs = [c for c in oof.columns if c.startswith("input_")]
     table = pd.DataFrame({"row": oof["row"], **{c.removeprefix("input_"): oof[c] for c in inputs},
