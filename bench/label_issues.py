@@ -15,6 +15,9 @@ Parts:
   clothing_small is left out: its tiny ConvNeXt starts from random weights and reaches test accuracy 0.32 after
   20 epochs (bench/time_budget.py), so its out-of-fold probabilities are wrong for most rows, flipped or not,
   and a row's label quality would measure the model's error rather than the label's.
+- epochs: the detection of the noise part with the folds trained for 1, 2 and 5 epochs instead of the config's 3,
+  and with the out-of-fold probabilities of those three runs averaged (an ensemble of the runs): whether a
+  shorter run (which memorizes fewer flipped labels) or a longer one, or several, ranks the flipped rows higher.
 - real: the top 20 flagged rows of sms_spam (SMSSpamCollection as distributed) and of TREC train (coarse
   labels), MiniLM, 3 folds of 1 epoch (learning rate 1e-4), max length 64; 10% of each file is held out for
   validation (the recipe's default), so 90% of its rows are judged.
@@ -42,7 +45,8 @@ from harness import ROOT, SST2_CONFIG, data, machine, minilm_dir, run_parts, sha
 WORK = ROOT / "bench" / "runs" / "label_issues"
 RESULTS = ROOT / "bench" / "results" / "label_issues"
 MARK = "label_issues"
-PARTS = ("noise", "real")
+PARTS = ("noise", "epochs", "real")
+EPOCHS = (1, 2, 5)
 NOISE, SEED, TOP = 0.10, 0, 200
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
 QUIET = ["--disable_tqdm", "true", "--report_to", "none", "--save_strategy", "no", "--overwrite_output_dir"]
@@ -88,8 +92,7 @@ def part_noise() -> dict:
     issues = pd.read_csv(cv / "label_issues.csv")
     oof = pd.read_parquet(cv / "oof_predictions.parquet")
     flipped_set, flagged = set(flipped), set(issues["row"])
-    by_quality = oof.assign(quality=oof.apply(lambda r: r[f"score_{r['label']}"], axis=1)).sort_values("quality")
-    top = set(by_quality["row"][:TOP])
+    top = lowest_quality_rows(oof)
     # The noisy file less its 200 lowest-quality rows, trained as --drop_label_issues 200 trains its cleaned run.
     fewer = WORK / "sst2_train_2000_noisy_less200.tsv"
     table = pd.read_csv(noisy, sep="\t", keep_default_na=False, quoting=3)
@@ -111,6 +114,30 @@ def part_noise() -> dict:
             "recovered_share": (cleaned_acc - noisy_acc) / cost if cost > 0 else None,
             "recovered_share_less200": (less200_acc - noisy_acc) / cost if cost > 0 else None,
             "wall_s": {"cv_and_both_runs": cv_wall, "clean": ceiling_wall}}
+
+
+def lowest_quality_rows(oof: pd.DataFrame) -> set[int]:
+    """The TOP rows whose given label has the lowest out-of-fold probability (cleanlab's self-confidence)."""
+    quality = oof.apply(lambda r: r[f"score_{r['label']}"], axis=1)
+    return set(oof.assign(quality=quality).sort_values("quality")["row"][:TOP])
+
+
+def part_epochs() -> dict:
+    _, noisy, flipped = noisy_sample()
+    common = ["--config", SST2_CONFIG, "--model_name_or_path", minilm_dir(), "--validation_file",
+              shared("sst2", "dev.tsv"), "--do_predict", "false", "--train_file", str(noisy), "--cv_folds", "5",
+              "--find_label_issues", "true"]
+    runs, found = {}, {}
+    for epochs in EPOCHS:
+        out, wall = run(f"sst2_noisy_cv5_epochs{epochs}", [*common, "--num_train_epochs", str(epochs)])
+        runs[epochs] = pd.read_parquet(out / "oof_predictions.parquet").sort_values("row").reset_index(drop=True)
+        found[str(epochs)] = {"precision_at_200": len(lowest_quality_rows(runs[epochs]) & set(flipped)) / TOP,
+                              "flagged": len(pd.read_csv(out / "label_issues.csv")), "wall_s": wall}
+    scores = [c for c in runs[EPOCHS[0]].columns if c.startswith("score_")]
+    averaged = runs[EPOCHS[0]].copy()
+    averaged[scores] = sum(runs[e][scores].to_numpy() for e in EPOCHS) / len(EPOCHS)
+    found["averaged"] = {"precision_at_200": len(lowest_quality_rows(averaged) & set(flipped)) / TOP}
+    return found
 
 
 def part_real() -> dict:
@@ -153,6 +180,23 @@ def render(results: dict) -> list[str]:
                          f"{(acc['clean'] - acc['noisy']) * 100:.1f} points the noise cost; dropping the 200 lowest "
                          f"label-quality rows, {noise['recovered_share_less200']:.0%}.")
         lines.append("")
+    epochs = results.get("epochs")
+    if epochs:
+        lines += ["### The folds' training length (same noisy 2,000, 5 folds)", "",
+                  "| folds trained for | rows flagged | precision among the 200 lowest (chance 0.10) | wall (s) |",
+                  "|---|---:|---:|---:|"]
+        for key, found in epochs.items():
+            if key == "averaged":
+                continue
+            lines.append(f"| {key} epoch{'' if key == '1' else 's'} | {found['flagged']} | {found['precision_at_200']:.3f} | {found['wall_s']:.0f} |")
+        if noise:
+            lines.append(f"| 3 epochs (the config's; the noise part above) | {noise['flagged']} | "
+                         f"{noise['precision_at_200']:.3f} | |")
+        lines += [f"| the probabilities of the {', '.join(k for k in epochs if k != 'averaged')}-epoch runs averaged | | "
+                  f"{epochs['averaged']['precision_at_200']:.3f} | |", "",
+                  "Neither a shorter nor a longer run, nor an average of three, ranks the flipped rows markedly higher: "
+                  "the ranking is as good as the classifier, which reaches about 0.82 dev accuracy on the noisy labels.",
+                  ""]
     real = results.get("real")
     if real:
         for name, found in real.items():
