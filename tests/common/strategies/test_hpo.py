@@ -19,7 +19,7 @@ import yaml
 from conftest import ROOT, fast_args, subprocess_env
 
 from common.core.errors import RecipeInputError
-from common.strategies.hpo import DEFAULT_SPACE, hpo_summary, open_storage, parse_space
+from common.strategies.hpo import DEFAULT_SPACE, hpo_summary, join_study, open_storage, parse_space
 from recipes import text_classification
 
 
@@ -293,3 +293,20 @@ def test_the_printed_retrain_uses_best_yaml_and_trains_the_best_trials_settings(
     assert not (out / "best" / "hpo_results.csv").exists()  # no second search
     assert f"--config {out / 'best.yaml'} --output_dir {out / 'best'}" in capsys.readouterr().out
     assert "hpo_trials" not in yaml.safe_load((out / "best.yaml").read_text())
+
+
+def test_the_study_record_is_complete_once_its_space_is_visible_and_a_rival_space_is_refused(tmp_path):
+    import types
+
+    import optuna
+
+    study = optuna.create_study(study_name="race", direction="maximize")
+    written, set_attr = [], study.set_user_attr
+    study.set_user_attr = lambda name, value: (written.append(name), set_attr(name, value))
+    args = types.SimpleNamespace(output_dir=str(tmp_path))
+    join_study(study, DEFAULT_SPACE, "eval_accuracy", "maximize", args, "memory")
+    # A worker started at the same moment checks the study once it sees a space: everything else is there by then.
+    assert written[-1] == "space" and {"objective", "direction"} <= set(written[:-1])
+    rival = {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
+    with pytest.raises(RecipeInputError, match="searches another space"):
+        join_study(study, rival, "eval_accuracy", "maximize", args, "memory")
