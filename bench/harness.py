@@ -279,13 +279,13 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 10.0
 
 
 def run_for_results(cmd: list[str], out: Path, results_file: str, log: Path, quiet_wait: float = 0.0,
-                    threads: int | None = None) -> dict:
+                    threads: int | None = None, keep_weights: bool = False) -> dict:
     """Launch one run into a fresh `out` (from ROOT) and read its results JSON: launch_measured's numbers plus
     cmd, load, waited and results.
 
     With `quiet_wait`, first wait up to that many seconds for the other work on the machine to leave the run's
     cores free (wait_for_quiet, undisturbed_limit); `threads` pins the run's intra-op threads (child_env). `load` is the 1-minute load average when the run starts. The weights the run saved are
-    deleted after it (a comparison reads the metrics only)."""
+    deleted after it (a comparison reads the metrics only) unless `keep_weights`."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
@@ -295,7 +295,7 @@ def run_for_results(cmd: list[str], out: Path, results_file: str, log: Path, qui
     run = launch_measured(cmd, log, threads)
     found = out / results_file
     results = json.loads(found.read_text()) if run["code"] == 0 and found.is_file() else None
-    for weights in [*out.glob("*.safetensors"), *out.glob("*.bin")]:
+    for weights in [] if keep_weights else [*out.glob("*.safetensors"), *out.glob("*.bin")]:
         weights.unlink()
     return {"cmd": shlex.join(cmd), **run, "load": load, "waited": waited, "threads": threads, "results": results}
 

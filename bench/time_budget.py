@@ -19,6 +19,10 @@ to its exit):
 - heldout: the 600 s budget as in averaging (10% of the 2,000 held out for validation, dev the test split), with the
   plan's own choices: it adds the greedy soup where the evaluations are cheap, which a held-out split makes them.
 - default_heldout: the default part with validation held out of the 2,000 and dev as the test split.
+- seed_soup: the shipped sst2_minilm.yaml three times on the same sample with seeds 1, 2, 3, then the uniform
+  average of the three fine-tuned weights (a model soup of independent fine-tunes from one pretrained model,
+  Wortsman et al. 2022), scored on dev by `finetune-recipes predict` like each member: whether a long budget is
+  better spent on several short runs souped together than on one long run.
 - others: TREC (MiniLM; 10% of train held out for validation, the 500 test questions) and clothing_small (tiny
   ConvNeXt, random init, 64 px) at each budget.
 
@@ -59,8 +63,9 @@ MARK = "time_budget"
 BUDGETS = (180, 600)
 AG_PYTHON = ROOT / "bench" / ".venv-autogluon" / "bin" / "python"
 QUIET_WAIT = 120.0  # seconds to wait, at most, for other work to leave the cores before each run
-PARTS = ("sst2", "autogluon", "default", "strategies", "averaging", "others", "heldout", "default_heldout")
+PARTS = ("sst2", "autogluon", "default", "strategies", "averaging", "others", "heldout", "default_heldout", "seed_soup")
 SEEDS = (42, 43, 44)
+SOUP_SEEDS = (1, 2, 3)
 REUSE = False  # --reuse
 
 
@@ -73,7 +78,7 @@ def sst2_flags() -> list[str]:
             "--validation_file", shared("sst2", "dev.tsv"), "--disable_tqdm", "true"]
 
 
-def recipe_run(name: str, script: str, flags: list[str]) -> dict:
+def recipe_run(name: str, script: str, flags: list[str], keep_weights: bool = False) -> dict:
     """One recipe run, alone on the machine; its numbers are kept in WORK/<name>.json, which --reuse reads back
     instead of running it again (a part cut short continues where it stopped)."""
     kept = WORK / f"{name}.json"
@@ -81,7 +86,8 @@ def recipe_run(name: str, script: str, flags: list[str]) -> dict:
         return json.loads(kept.read_text())
     out = WORK / name
     run = run_for_results(["python", script, *flags, "--output_dir", str(out), "--overwrite_output_dir"], out,
-                          "all_results.json", WORK / f"{name}.log", quiet_wait=QUIET_WAIT)
+                          "all_results.json", WORK / f"{name}.log", quiet_wait=QUIET_WAIT,
+                          keep_weights=keep_weights)
     config = out / "run_config.json"
     run["time_budget"] = json.loads(config.read_text()).get("time_budget") if config.is_file() else None
     run["name"] = name
@@ -138,6 +144,49 @@ def part_averaging() -> list[dict]:
             runs.append(recipe_run(f"averaging_{arm}_seed{seed}", "recipes/sentiment.py",
                                    [*flags, "--seed", str(seed), *extra]))
     return runs
+
+
+def dev_accuracy(run_dir: Path) -> float:
+    """Accuracy of `finetune-recipes predict` on all 872 dev sentences, against their labels (0/1, the class ids)."""
+    import pandas as pd
+    from transformers import AutoConfig
+
+    output = run_dir / "dev_predictions.csv"
+    output.unlink(missing_ok=True)  # predict refuses to overwrite a file
+    subprocess.run([sys.executable, "-m", "common.cli", "predict", str(run_dir), "--input", shared("sst2", "dev.tsv"),
+                    "--output", str(output)], cwd=ROOT, check=True, capture_output=True)
+    label2id = {str(name): i for name, i in AutoConfig.from_pretrained(run_dir).label2id.items()}
+    predicted = pd.read_csv(output)["prediction"].astype(str).map(label2id)
+    given = pd.read_csv(shared("sst2", "dev.tsv"), sep="\t", quoting=3, keep_default_na=False)["label"]
+    return float((predicted.to_numpy() == given.to_numpy()).mean())
+
+
+def part_seed_soup() -> list[dict]:
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    from common.toolkit.averaging import load_mean, snapshot
+
+    runs = [recipe_run(f"seed_soup_seed{seed}", "recipes/sentiment.py",
+                       ["--config", SST2_CONFIG, *sst2_flags(), "--seed", str(seed), "--do_predict", "false"],
+                       keep_weights=True)
+            for seed in SOUP_SEEDS]
+    members = [WORK / run["name"] for run in runs]
+    soup_dir = WORK / "seed_soup"
+    # The members share the tokenizer and run_config.json (which predict reads); what describes one member's run
+    # (its metrics, predictions, model card) is left behind.
+    shutil.rmtree(soup_dir, ignore_errors=True)
+    shutil.copytree(members[0], soup_dir, ignore=shutil.ignore_patterns(
+        "all_results.json", "trainer_state.json", "*.csv", "*.png", "*.html", "README.md", "*.safetensors"))
+    soup = AutoModelForSequenceClassification.from_pretrained(members[0])
+    load_mean(soup, [snapshot(AutoModelForSequenceClassification.from_pretrained(m)) for m in members])
+    soup.save_pretrained(soup_dir)
+    for run, member in zip(runs, members):
+        run["predict_dev_accuracy"] = dev_accuracy(member)  # re-scored as the soup is: must equal eval_accuracy
+    return [*runs, {"name": "seed_soup", "members": [run["name"] for run in runs],
+                    "wall": sum(run["wall"] for run in runs), "predict_dev_accuracy": dev_accuracy(soup_dir),
+                    "machine": machine()}]  # this part may be measured on another host than the others
 
 
 def heldout_flags() -> list[str]:
@@ -231,7 +280,7 @@ def report() -> list[str]:
              "`bench/runs/time_budget/`, numbers in `bench/results/time_budget/`); every run alone on the machine, one "
              "after another. Wall time is measured outside each process, from its start to its exit.", "", *machine(),
              ""]
-    sst2, ag, default, strategies, averaging, others, heldout, default_heldout = (load(p) for p in PARTS)
+    sst2, ag, default, strategies, averaging, others, heldout, default_heldout, seed_soup = (load(p) for p in PARTS)
     if sst2 or ag or heldout:
         lines += ["### SST-2, 2,000 sentences, MiniLM: the budget against AutoGluon at the same time limit", "",
                   "| system | budget (s) | wall (s) | over budget | dev accuracy (872) | plan |", "|---|---:|---:|---:|---:|---|"]
@@ -292,6 +341,18 @@ def report() -> list[str]:
             lines.append(f"| {run['name']} | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
                          f"{metric(run, 'eval_accuracy')} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
         lines.append("")
+    if seed_soup:
+        lines += ["### Three seeded runs of the default, and their weights averaged (SST-2, no budget)", "",
+                  "Each member is the shipped sst2_minilm.yaml (3 epochs); the soup is the uniform average of their "
+                  "weights. Dev accuracy (872) from `finetune-recipes predict`; each member's also as its run reported it.",
+                  "", "| model | wall (s) | dev accuracy (predict) | dev accuracy (run's report) |", "|---|---:|---:|---:|"]
+        for run in seed_soup:
+            reported = metric(run, "eval_accuracy") if "results" in run else ""
+            lines.append(f"| {run['name']} | {run['wall']:.0f} | {run['predict_dev_accuracy']:.4f} | {reported} |")
+        lines.append("")
+        measured_on = seed_soup[-1].get("machine")
+        if measured_on:
+            lines += ["Measured on: " + "; ".join(line.removeprefix("- ") for line in measured_on), ""]
     return [*lines, f"<!-- /{MARK} -->"]
 
 
