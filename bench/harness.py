@@ -295,8 +295,9 @@ def run_for_results(cmd: list[str], out: Path, results_file: str, log: Path, qui
     run = launch_measured(cmd, log, threads)
     found = out / results_file
     results = json.loads(found.read_text()) if run["code"] == 0 and found.is_file() else None
-    for weights in [] if keep_weights else [*out.glob("*.safetensors"), *out.glob("*.bin")]:
-        weights.unlink()
+    if not keep_weights:
+        for weights in [*out.glob("*.safetensors"), *out.glob("*.bin")]:
+            weights.unlink()
     return {"cmd": shlex.join(cmd), **run, "load": load, "waited": waited, "threads": threads, "results": results}
 
 
@@ -461,6 +462,12 @@ def machine() -> list[str]:
         f"datasets {datasets.__version__}",
         f"- {platform.platform()}",
     ]
+
+
+def measured_on(lines: list[str] | None) -> list[str]:
+    """A part's own machine() lines, kept with its results, as one line under its table: a section rewritten by a
+    later part heads itself with the machine of that write, which need not be the one that measured this part."""
+    return ["Measured on: " + "; ".join(line.removeprefix("- ") for line in lines), ""] if lines else []
 
 
 def load_line(load_start: tuple[float, ...], load_end: tuple[float, ...]) -> str:

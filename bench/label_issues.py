@@ -40,7 +40,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ROOT, SST2_CONFIG, data, machine, minilm_dir, run_parts, shared, stratified_tsv_sample  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    SST2_CONFIG,
+    data,
+    machine,
+    measured_on,
+    minilm_dir,
+    run_parts,
+    shared,
+    stratified_tsv_sample,
+)
 
 WORK = ROOT / "bench" / "runs" / "label_issues"
 RESULTS = ROOT / "bench" / "results" / "label_issues"
@@ -123,7 +133,8 @@ def lowest_quality_rows(oof: pd.DataFrame) -> set[int]:
 
 
 def part_epochs() -> dict:
-    _, noisy, flipped = noisy_sample()
+    _, noisy, flipped_rows = noisy_sample()
+    flipped = set(flipped_rows)
     common = ["--config", SST2_CONFIG, "--model_name_or_path", minilm_dir(), "--validation_file",
               shared("sst2", "dev.tsv"), "--do_predict", "false", "--train_file", str(noisy), "--cv_folds", "5",
               "--find_label_issues", "true"]
@@ -131,12 +142,12 @@ def part_epochs() -> dict:
     for epochs in EPOCHS:
         out, wall = run(f"sst2_noisy_cv5_epochs{epochs}", [*common, "--num_train_epochs", str(epochs)])
         runs[epochs] = pd.read_parquet(out / "oof_predictions.parquet").sort_values("row").reset_index(drop=True)
-        found[str(epochs)] = {"precision_at_200": len(lowest_quality_rows(runs[epochs]) & set(flipped)) / TOP,
+        found[str(epochs)] = {"precision_at_200": len(lowest_quality_rows(runs[epochs]) & flipped) / TOP,
                               "flagged": len(pd.read_csv(out / "label_issues.csv")), "wall_s": wall}
     scores = [c for c in runs[EPOCHS[0]].columns if c.startswith("score_")]
     averaged = runs[EPOCHS[0]].copy()
     averaged[scores] = sum(runs[e][scores].to_numpy() for e in EPOCHS) / len(EPOCHS)
-    found["averaged"] = {"precision_at_200": len(lowest_quality_rows(averaged) & set(flipped)) / TOP}
+    found["averaged"] = {"precision_at_200": len(lowest_quality_rows(averaged) & flipped) / TOP}
     found["machine"] = machine()  # this part may be measured on another host than the others
     return found
 
@@ -197,8 +208,7 @@ def render(results: dict) -> list[str]:
                   f"{epochs['averaged']['precision_at_200']:.3f} | |", "",
                   "Neither a shorter nor a longer run, nor an average of three, ranks the flipped rows markedly higher: "
                   "the ranking is as good as the classifier, which reaches about 0.82 dev accuracy on the noisy labels.",
-                  "", *(["Measured on: " + "; ".join(line.removeprefix("- ") for line in epochs["machine"]), ""]
-                        if "machine" in epochs else [])]
+                  "", *measured_on(epochs.get("machine"))]
     real = results.get("real")
     if real:
         for name, found in real.items():

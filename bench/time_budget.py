@@ -49,6 +49,7 @@ from harness import (  # noqa: E402
     TREC_DATA,
     data,
     machine,
+    measured_on,
     minilm_dir,
     run_for_results,
     shared,
@@ -146,7 +147,7 @@ def part_averaging() -> list[dict]:
     return runs
 
 
-def dev_accuracy(run_dir: Path) -> float:
+def dev_accuracy(run_dir: Path, dev_labels: list[int]) -> float:
     """Accuracy of `finetune-recipes predict` on all 872 dev sentences, against their labels (0/1, the class ids)."""
     import pandas as pd
     from transformers import AutoConfig
@@ -156,14 +157,14 @@ def dev_accuracy(run_dir: Path) -> float:
     subprocess.run([sys.executable, "-m", "common.cli", "predict", str(run_dir), "--input", shared("sst2", "dev.tsv"),
                     "--output", str(output)], cwd=ROOT, check=True, capture_output=True)
     label2id = {str(name): i for name, i in AutoConfig.from_pretrained(run_dir).label2id.items()}
-    predicted = pd.read_csv(output)["prediction"].astype(str).map(label2id)
-    given = pd.read_csv(shared("sst2", "dev.tsv"), sep="\t", quoting=3, keep_default_na=False)["label"]
-    return float((predicted.to_numpy() == given.to_numpy()).mean())
+    predicted = pd.read_csv(output)["prediction"].astype(str).map(label2id).tolist()
+    return sum(p == g for p, g in zip(predicted, dev_labels, strict=True)) / len(dev_labels)
 
 
 def part_seed_soup() -> list[dict]:
     import shutil
 
+    import pandas as pd
     from transformers import AutoModelForSequenceClassification
 
     from common.toolkit.averaging import load_mean, snapshot
@@ -179,13 +180,14 @@ def part_seed_soup() -> list[dict]:
     shutil.rmtree(soup_dir, ignore_errors=True)
     shutil.copytree(members[0], soup_dir, ignore=shutil.ignore_patterns(
         "all_results.json", "trainer_state.json", "*.csv", "*.png", "*.html", "README.md", "*.safetensors"))
-    soup = AutoModelForSequenceClassification.from_pretrained(members[0])
-    load_mean(soup, [snapshot(AutoModelForSequenceClassification.from_pretrained(m)) for m in members])
-    soup.save_pretrained(soup_dir)
+    models = [AutoModelForSequenceClassification.from_pretrained(member) for member in members]
+    load_mean(models[0], [snapshot(model) for model in models])  # the first member becomes the soup
+    models[0].save_pretrained(soup_dir)
+    dev_labels = pd.read_csv(shared("sst2", "dev.tsv"), sep="\t", quoting=3, keep_default_na=False)["label"].tolist()
     for run, member in zip(runs, members):
-        run["predict_dev_accuracy"] = dev_accuracy(member)  # re-scored as the soup is: must equal eval_accuracy
+        run["predict_dev_accuracy"] = dev_accuracy(member, dev_labels)  # re-scored as the soup is: = eval_accuracy
     return [*runs, {"name": "seed_soup", "members": [run["name"] for run in runs],
-                    "wall": sum(run["wall"] for run in runs), "predict_dev_accuracy": dev_accuracy(soup_dir),
+                    "wall": sum(run["wall"] for run in runs), "predict_dev_accuracy": dev_accuracy(soup_dir, dev_labels),
                     "machine": machine()}]  # this part may be measured on another host than the others
 
 
@@ -349,10 +351,7 @@ def report() -> list[str]:
         for run in seed_soup:
             reported = metric(run, "eval_accuracy") if "results" in run else ""
             lines.append(f"| {run['name']} | {run['wall']:.0f} | {run['predict_dev_accuracy']:.4f} | {reported} |")
-        lines.append("")
-        measured_on = seed_soup[-1].get("machine")
-        if measured_on:
-            lines += ["Measured on: " + "; ".join(line.removeprefix("- ") for line in measured_on), ""]
+        lines += ["", *measured_on(seed_soup[-1].get("machine"))]
     return [*lines, f"<!-- /{MARK} -->"]
 
 
