@@ -41,6 +41,7 @@ from harness import (  # noqa: E402
     SST2_CONFIG,
     data,
     machine,
+    measured_on,
     minilm_dir,
     run_parts,
     shared,
@@ -132,7 +133,8 @@ def classifier_part(part: str, script: str, flags: list[str]) -> dict:
     return {"part": part, "rows": rows, "validation_rows": len(task.eval_dataset), "threads": torch.get_num_threads(),
             "checks": {p: {k: e[1].get(k) for k in ("metric_drop", "max_metric_drop", "top1_agreement",
                                                     "max_abs_logit_diff", "passed")} for p, e in exports.items()},
-            "model_bytes": {p: (e[0] / "model.onnx").stat().st_size for p, e in exports.items()}}
+            "model_bytes": {p: (e[0] / "model.onnx").stat().st_size for p, e in exports.items()},
+            "machine": machine()}  # a part rerun alone may be measured on another host than the others
 
 
 def op_profile(model_file: Path, texts: list[str], tokenizer) -> dict:
@@ -270,7 +272,7 @@ def render(results: dict[str, dict]) -> list[str]:
             lines.append(f"\nExport check ({precision}): drop {check['metric_drop']} points (limit "
                          f"{check['max_metric_drop']}), top-1 agreement {check['top1_agreement']:.4f}, largest logit "
                          f"difference {check['max_abs_logit_diff']:.2g}: {'passed' if check['passed'] else 'refused'}.")
-        lines.append("")
+        lines += ["", *measured_on(result.get("machine"))]
     if "translation" in results:
         result = results["translation"]
         lines += ["### Tiny Marian on Multi30k: the 1,000 test_2016_flickr sentences, greedy", "",
