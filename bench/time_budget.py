@@ -254,8 +254,14 @@ def plan_cells(run: dict) -> str:
     lr = planned["learning_rate"] or "as configured"
     stopped = " (deadline)" if actual["stopped_by_deadline"] else ""
     # What the run averaged (all_results.json), also for runs recorded before the plan listed it.
-    averaging = (run.get("results") or {}).get("averaging_method") or planned.get("average_checkpoints") or "none"
-    return (f"{record['strategy']}; {planned['max_steps']} steps planned = {planned['epochs']:.2f} epochs, "
+    results = run.get("results") or {}
+    averaging = results.get("averaging_method") or planned.get("average_checkpoints") or "none"
+    if results.get("averaged_seeds"):
+        averaging += f" (seeds {', '.join(map(str, results['averaged_seeds']))} kept)"
+    earlier = actual.get("seeded_runs_before_the_last") or []
+    runs = (f"{len(earlier) + 1} seeded runs: " + ", ".join(f"{r['steps']}" for r in earlier)
+            + " steps, then the last: ") if earlier else ""
+    return (f"{record['strategy']}; {runs}{planned['max_steps']} steps planned = {planned['epochs']:.2f} epochs, "
             f"{actual['steps']} run{stopped}; batch {planned['batch_size']}, lr {lr}, "
             f"{planned['evaluations']} evaluations; averaging {averaging}; "
             f"probe {record['phases'].get('probe_s')} s")

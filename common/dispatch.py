@@ -53,6 +53,8 @@ def finetune(task: Task, args: TrainingArguments, finetune_args: FinetuneArgumen
             best = budget.search(task, args, finetune_args) if budget is not None else run_hpo(task, args, finetune_args)
             args, searched = dataclasses.replace(args, **best), args
             carry_run_record(searched, args)
+        if budget is not None:
+            budget.train_seeded_runs(task, args, finetune_args)
         if finetune_args.cv_folds:
             results = run_cross_validation(task, args, finetune_args)
             if finetune_args.find_label_issues or finetune_args.drop_label_issues:

@@ -109,11 +109,15 @@ class CheckpointAveraging(TrainerCallback):
             del self.kept[:-self.k]
 
     def finish_training(self, trainer) -> dict[str, Any]:
+        return self.average(trainer, trainer.state.global_step, "steps")
+
+    def average(self, trainer, final_key: int, unit: str) -> dict[str, Any]:
+        """Put the average into the trainer's model; the final weights, `final_key`, are a candidate too. The record
+        names the averaged candidates' keys `averaged_<unit>`."""
         self.finishing = True
         model = trainer.model
-        step = trainer.state.global_step
-        if not any(kept[0] == step for kept in self.kept):  # the final weights are a candidate too
-            self.keep(step, self.score(trainer) if self.method == "greedy" else None, snapshot(model))
+        if not any(kept[0] == final_key for kept in self.kept):
+            self.keep(final_key, self.score(trainer) if self.method == "greedy" else None, snapshot(model))
         if self.method == "uniform":
             chosen = self.kept
         else:
@@ -123,13 +127,13 @@ class CheckpointAveraging(TrainerCallback):
                 score = self.score(trainer)
                 if self.better(score) >= self.better(best):
                     chosen, best = [*chosen, candidate], score
-                logger.info("greedy soup: with step %d %s %.4f -> %s", candidate[0], self.metric, score,
+                logger.info("greedy soup: with %s %d %s %.4f -> %s", unit[:-1], candidate[0], self.metric, score,
                             "kept" if chosen[-1] is candidate else "left out")
         load_mean(model, [c[2] for c in chosen])
-        steps = sorted(c[0] for c in chosen)
-        logger.info("--average_checkpoints %s %d: averaged the weights of steps %s", self.method, self.k, steps)
+        keys = sorted(c[0] for c in chosen)
+        logger.info("%s %d: averaged the weights of %s %s", self.method, self.k, unit, keys)
         self.kept.clear()
-        return {"averaging_method": f"{self.method} {self.k}", "averaged_steps": steps}
+        return {"averaging_method": f"{self.method} {self.k}", f"averaged_{unit}": keys}
 
     def score(self, trainer) -> float:
         metrics = trainer.evaluate(metric_key_prefix=PREFIX)
@@ -138,3 +142,31 @@ class CheckpointAveraging(TrainerCallback):
             raise RecipeInputError(f"--average_checkpoints {self.method}: the evaluation gives no {self.metric} "
                                    f"({', '.join(metrics)}).")
         return metrics[key]
+
+
+class SeedSoup(CheckpointAveraging):
+    """A greedy soup of whole runs: the final weights of runs that differ only in their seed (the head's initial
+    weights and the data order), each scored on the validation split. The runs trained before the last one are
+    added with `add_run`; the last run's own evaluations are not candidates. Runs fine-tuned from one pretrained
+    checkpoint average well ("Model soups", 2022; bench/RESULTS.md); the greedy pass leaves out any run whose
+    weights would lower the score, such as runs of a model trained from random weights."""
+
+    def __init__(self, k: int, metric: str, greater_is_better: bool = True) -> None:
+        super().__init__("greedy", k, metric, greater_is_better)
+        self.runs: list[tuple[int, float | None, dict[str, torch.Tensor]]] = []  # (seed, score, weights)
+
+    def add_run(self, seed: int, trainer) -> float:
+        score = self.score(trainer)
+        self.runs.append((seed, score, snapshot(trainer.model)))
+        logger.info("seeded run %d of %d (seed %d): %s %.4f", len(self.runs), self.k, seed, self.metric, score)
+        return score
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.kept, self.finishing = list(self.runs), False
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        pass
+
+    def finish_training(self, trainer) -> dict[str, Any]:
+        record = self.average(trainer, trainer.args.seed, "seeds")
+        return {**record, "averaging_method": f"greedy soup of {len(self.runs) + 1} seeded runs"}

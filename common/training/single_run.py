@@ -158,6 +158,17 @@ def build_trainer(task: Task, args: TrainingArguments, finetune_args: TrainingLo
     return task.trainer_class(**kwargs)
 
 
+def fresh_model(task: Task, args: TrainingArguments):
+    """The task's model, built after seeding as Trainer seeds for model_init (its new weights, such as a head,
+    follow args.seed). A run builds it once and hands it to the trainer: given model_init, Trainer would build it
+    in __init__ and again in train(), loading the checkpoint twice."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)
+    return task.model_init()
+
+
 def save_final_model(trainer, output_dir: str | Path, save: Callable[[Any, Path], None] | None = None) -> None:
     """The fine-tuned model, ready for `pipeline(model=output_dir)`.
 
@@ -189,13 +200,7 @@ def train_evaluate_predict(
 ) -> dict[str, float]:
     """One fine-tuning run: metrics before training, train, save, evaluate, predict, report. `test_prefix` names
     the metrics of `task.test_dataset` (a cross-validation fold's is its held-out fold, not the test split)."""
-    # The model is built once, here, and handed to the trainer: given model_init, Trainer would build it in
-    # __init__ and again in train(), loading the checkpoint twice. The seed is Trainer's own for model_init.
-    if args.full_determinism:
-        enable_full_determinism(args.seed)
-    else:
-        set_seed(args.seed)
-    trainer = build_trainer(task, args, finetune_args, model=task.model_init(), model_init=None)
+    trainer = build_trainer(task, args, finetune_args, model=fresh_model(task, args), model_init=None)
     main = trainer.is_world_process_zero()
     out = Path(args.output_dir)
     results: dict[str, float] = {}

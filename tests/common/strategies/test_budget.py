@@ -7,15 +7,18 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from transformers import TrainingArguments
+from torch import nn
+from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from common.strategies import budget
 from common.strategies.budget import MAX_EPOCHS, STRATEGY_LR, Measured, TimeBudget
+from common.toolkit.averaging import SeedSoup
 from common.training import deadline as deadline_module
 from common.training.deadline import Deadline
 from common.training.reliability import RUN_RECORD_ATTR, RunRecord
 from common.training.task import Task
 from tests.conftest import fast_args
+from tests.recipes.invariants.cases import read_table
 
 
 class FakeClock:
@@ -55,6 +58,7 @@ def test_a_full_fine_tune_that_fits_an_epoch_is_picked_and_its_schedule_ends_wit
     # A greedy soup's 11 evaluations of 2 s cost less than 15% of the training: it is on. Reserve: 2 s validation,
     # 1 s test, six 2 s soups, 3 s report, 6 s margin (2% of 300) = 24 s; 276 s / 0.5 s, less the evaluations.
     assert plan.averaging == ["greedy", "5"] and plan.evaluations >= 5
+    assert plan.runs == 1  # 5.5 epochs: two runs of 3 do not fit
     assert plan.reserve_s == pytest.approx(24.0)
     assert plan.max_steps == int((276.0 - plan.evaluations * 2.0) / 0.5) and plan.steps_per_epoch == 100
     assert plan.eval_steps == plan.max_steps // (plan.evaluations + 1)
@@ -123,6 +127,79 @@ def test_no_plan_trains_past_the_epoch_cap(tmp_path):
     assert plan.max_steps == MAX_EPOCHS * plan.steps_per_epoch
 
 
+def test_a_budget_that_fits_several_short_runs_trains_seeded_runs_and_averages_them(tmp_path):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0)
+    plan = plan_budget.choose(task(), args, finetune_args, [measured("full", 0.25)], chosen=[])
+    # 5 or 4 runs would train fewer than 3 epochs each. 3 runs: reserve 2 s validation, 1 s test, a soup's four 2 s
+    # passes, 3 s report, 6 s margin = 20 s; the two runs before the last each score once (2 s); (280 - 4) / 3 s
+    # per run = 368 steps of 0.25 s, with no evaluation inside: the candidates are the runs' final weights.
+    assert plan.runs == 3 and plan.soup() == ["greedy", "3"] and plan.averaging is None
+    assert plan.reserve_s == pytest.approx(20.0)
+    assert plan.max_steps == 368 and plan.epochs >= budget.RUN_EPOCHS
+    assert plan.evaluations == 0 and plan.eval_steps is None
+    plan_budget.apply(plan, args, finetune_args)
+    assert args.eval_strategy == "no" and finetune_args.average_checkpoints is None
+
+
+class SimulatedTrainer:
+    """Steps of `step_s` seconds on the planner's fake clock, run through the callbacks as Trainer runs them;
+    evaluations of `eval_s` seconds."""
+
+    def __init__(self, clock, step_s: float, eval_s: float, task: Task, args: TrainingArguments, model) -> None:
+        self.clock, self.step_s, self.eval_s, self.args, self.model = clock, step_s, eval_s, args, model
+        self.callbacks = task.callbacks
+        self.state = TrainerState(max_steps=args.max_steps)
+
+    def train(self) -> None:
+        control = TrainerControl()
+        for callback in self.callbacks:
+            callback.on_train_begin(self.args, self.state, control, lr_scheduler=None)
+        while self.state.global_step < self.state.max_steps and not control.should_training_stop:
+            self.clock.now += self.step_s
+            self.state.global_step += 1
+            for callback in self.callbacks:
+                callback.on_step_end(self.args, self.state, control, lr_scheduler=None)
+        for callback in self.callbacks:
+            callback.on_train_end(self.args, self.state, control)
+
+    def evaluate(self, metric_key_prefix: str) -> dict[str, float]:
+        self.clock.now += self.eval_s
+        return {f"{metric_key_prefix}_accuracy": 0.8}
+
+
+@pytest.mark.parametrize("step_s, trained", [(0.25, [43, 44]), (0.5, [43])])
+def test_each_seeded_run_keeps_its_share_and_its_measured_speed_plans_the_runs_after_it(tmp_path, monkeypatch, step_s,
+                                                                                        trained):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0)
+    the_task = task()
+    plan_budget.plan = plan = plan_budget.choose(the_task, args, finetune_args, [measured("full", 0.25)], chosen=[])
+    assert plan.runs == 3 and plan.max_steps == 368
+    plan_budget.seed_soup = SeedSoup(plan.runs, "accuracy")
+    clock = plan_budget.deadline.clock
+    monkeypatch.setattr(budget, "fresh_model", lambda task, args: nn.Linear(1, 1))
+    monkeypatch.setattr(budget, "build_trainer", lambda task, args, finetune_args, model, model_init: SimulatedTrainer(
+        clock, step_s, 2.0, task, args, model))
+    plan_budget.train_seeded_runs(the_task, args, finetune_args)
+    runs = plan_budget.seeded_runs
+    assert [run["seed"] for run in runs] == trained and len(plan_budget.seed_soup.runs) == len(trained)
+    # The first run's share: 368 steps of the forecast 0.25 s and its 2 s score, 94 s. At twice the forecast
+    # speed it stops by its own deadline inside its share; then 2 runs of 3 epochs at 0.5 s no longer fit in the
+    # time left, and the last run (the run's own seed) gets all of it.
+    first = runs[0]
+    assert first["seconds"] <= 94.0 and first["stopped_by_deadline"] == (step_s > 0.25)
+    assert first["step_s"] == pytest.approx(step_s)
+    assert plan.max_steps * step_s <= plan_budget.deadline.remaining() - plan.reserve_s
+    assert plan.max_steps >= 3 * plan.steps_per_epoch and args.max_steps >= plan.max_steps
+
+
+@pytest.mark.parametrize("given, strategy", [({"num_train_epochs"}, "full"), ({"average_checkpoints"}, "full"),
+                                             (set(), "lora")])
+def test_seeded_runs_are_planned_only_for_a_full_fine_tune_whose_length_and_averaging_are_free(tmp_path, given, strategy):
+    plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0, given=given)
+    plan = plan_budget.choose(task(), args, finetune_args, [measured(strategy, 0.25)], chosen=[])
+    assert plan.runs == 1
+
+
 def test_a_greedy_soup_is_planned_only_where_its_evaluations_are_cheap(tmp_path):
     plan_budget, args, finetune_args = planner(tmp_path, budget_s=300.0)
     slow_evaluation = measured("full", 0.5, rows_per_s=20.0)  # 10 s a pass: 110 s of soup, over 15% of training
@@ -164,21 +241,53 @@ def test_a_budgeted_run_records_its_plan_beside_what_happened(tiny_bert, test_da
     assert "Time budget" in (out / "report.html").read_text()
 
 
-def test_a_budgeted_run_plans_its_steps_so_the_learning_rate_decays_to_the_end(tiny_bert, test_data, tmp_path,
-                                                                               monkeypatch, one_thread):
+def budgeted_spam_run(tiny_bert: str, test_data, out, monkeypatch, *flags: str) -> dict:
+    """text_classification on 64 sms_spam rows (8 steps an epoch) with a 10-minute budget counted from now."""
     from recipes import text_classification
 
     start = deadline_module.time.time()
     monkeypatch.setattr(deadline_module, "process_start", lambda: start)
-    monkeypatch.setattr(budget, "MAX_EPOCHS", 3)  # the cap ends the plan: 3 epochs of 8 steps
-    out = tmp_path / "run"
-    results = text_classification.main([
+    return text_classification.main([
         "--model_name_or_path", tiny_bert, "--train_file", str(test_data / "sms_spam/train.tsv"),
         "--validation_file", str(test_data / "sms_spam/dev.tsv"), "--max_train_samples", "64",
         "--time_budget", "10m", "--output_dir", str(out), "--per_device_train_batch_size", "8",
-        "--logging_steps", "1", "--disable_tqdm", "true"])
+        "--disable_tqdm", "true", *flags])
+
+
+def test_a_budgeted_run_plans_its_steps_so_the_learning_rate_decays_to_the_end(tiny_bert, test_data, tmp_path,
+                                                                               monkeypatch, one_thread):
+    monkeypatch.setattr(budget, "MAX_EPOCHS", 3)  # the cap ends the plan: 3 epochs of 8 steps
+    monkeypatch.setattr(budget, "MAX_RUNS", 1)  # one run, not several averaged
+    out = tmp_path / "run"
+    results = budgeted_spam_run(tiny_bert, test_data, out, monkeypatch, "--logging_steps", "1")
     record = results["time_budget"]
     assert record["planned"]["max_steps"] == record["actual"]["steps"] == 24
     state = json.loads((out / "trainer_state.json").read_text())
     rates = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     assert rates[-1] < 0.05 * max(rates)  # linear decay reached its end at the planned last step
+
+
+def test_a_budgeted_run_trains_its_seeded_runs_and_saves_their_soup(tiny_bert, test_data, tmp_path, monkeypatch,
+                                                                     one_thread):
+    monkeypatch.setattr(budget, "MAX_EPOCHS", 2)  # each run: 2 epochs of 8 steps
+    monkeypatch.setattr(budget, "RUN_EPOCHS", 1)
+    monkeypatch.setattr(budget, "MAX_RUNS", 2)
+    out = tmp_path / "run"
+    results = budgeted_spam_run(tiny_bert, test_data, out, monkeypatch, "--learning_rate", "1e-3")
+    record = results["time_budget"]
+    assert record["planned"]["seeded_runs"] == 2
+    [first] = record["actual"]["seeded_runs_before_the_last"]
+    assert first["seed"] == 43 and first["steps"] == 16 and 0.0 <= first["score"] <= 1.0
+    assert record["actual"]["steps"] == 16 and record["actual"]["evaluations_in_training"] == 0
+    assert results["averaging_method"] == "greedy soup of 2 seeded runs"
+    assert results["averaged_seeds"] in ([42], [43], [42, 43])
+    assert "2 seeded runs planned" in (out / "report.html").read_text()
+    # The saved model is the soup: the pipeline predicts each validation row as the run did, which scores what the
+    # run reported.
+    from transformers import pipeline
+
+    written = read_table(out / "predictions.csv")
+    predicted = [p["label"] for p in pipeline("text-classification", model=str(out))(written["sentence"].tolist())]
+    assert predicted == written["prediction"].astype(str).tolist()
+    gold = read_table(test_data / "sms_spam/dev.tsv")["label"].astype(str).tolist()
+    assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) == pytest.approx(results["eval_accuracy"])

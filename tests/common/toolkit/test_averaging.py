@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from common.core.errors import RecipeInputError
-from common.toolkit.averaging import CheckpointAveraging, averaging_choice
+from common.toolkit.averaging import CheckpointAveraging, SeedSoup, averaging_choice
 
 
 class FakeTrainer:
@@ -61,6 +61,24 @@ def test_greedy_keeps_a_checkpoint_only_when_the_metric_does_not_drop():
     assert model.weight.item() == pytest.approx(2.0)
     assert result["averaged_steps"] == [2, 4]
     assert result["averaging_method"] == "greedy 4"
+
+
+def test_a_seed_soup_averages_whole_runs_leaving_out_a_run_that_lowers_the_score():
+    model = one_weight()
+    soup = SeedSoup(3, "accuracy")
+    for seed, weight in ((43, 1.5), (44, 9.0)):  # the runs trained before the last, scored against the target 2.0
+        model.weight.data.fill_(weight)
+        soup.add_run(seed, FakeTrainer(model, step=10, target=2.0))
+    # The last run starts, evaluates inside its loop (not candidates: only whole runs are) and ends at 2.5.
+    evaluated(soup, model, [2.0, 2.0], target=2.0)
+    model.weight.data.fill_(2.5)
+    trainer = FakeTrainer(model, step=10, target=2.0)
+    trainer.args = SimpleNamespace(seed=42)
+    result = soup.finish_training(trainer)
+    # Best first: 2.5 (seed 42); with 1.5 the soup is 2.0, kept; with 9.0 it would move to 4.33, left out.
+    assert model.weight.item() == pytest.approx(2.0)
+    assert result["averaged_seeds"] == [42, 43]
+    assert result["averaging_method"] == "greedy soup of 3 seeded runs"
 
 
 def test_greedy_with_the_final_weights_best_keeps_them_first():

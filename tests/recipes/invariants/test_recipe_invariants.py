@@ -152,13 +152,16 @@ def rescoring_problems(case: Case, out: Path) -> list[str]:
 def test_a_budgeted_run_probes_plans_and_trains_its_plan(runs, recipe, tmp_path, monkeypatch):
     """--time_budget on every recipe: each strategy is probed (or named not applicable, with the reason), the
     run trains the planned steps of the strategy it picked (a budget far longer than the run: no deadline stop),
-    records the plan in run_config.json, and its reported metrics re-score from what it wrote."""
+    here two seeded runs whose weights a greedy soup averages, records the plan in run_config.json, and its
+    reported metrics re-score from what it wrote."""
     from common.strategies import budget
     from common.training import deadline
 
     start = deadline.time.time()
     monkeypatch.setattr(deadline, "process_start", lambda: start)  # the budget counts from here, not pytest's start
     monkeypatch.setattr(budget, "MAX_EPOCHS", 2)  # plans of two epochs, as the main run trains
+    monkeypatch.setattr(budget, "RUN_EPOCHS", 1)
+    monkeypatch.setattr(budget, "MAX_RUNS", 2)
     case, out = runs.case(recipe), tmp_path / "budgeted"
     argv = [*case.args, "--time_budget", "30m", *fast_args(
         out, per_device_train_batch_size=case.batch_size, learning_rate=case.learning_rate, skip_bad_examples="true",
@@ -174,6 +177,10 @@ def test_a_budgeted_run_probes_plans_and_trains_its_plan(runs, recipe, tmp_path,
     assert candidates[record["strategy"]]["step_s"] > 0 and candidates["full"]["step_s"] > 0
     assert record["planned"]["max_steps"] == record["actual"]["steps"] == 2 * case.steps_per_epoch
     assert not record["actual"]["stopped_by_deadline"]
+    assert record["strategy"] == "full" and record["planned"]["seeded_runs"] == 2
+    [first] = record["actual"]["seeded_runs_before_the_last"]
+    assert first["seed"] == 1 and first["steps"] == 2 * case.steps_per_epoch  # fast_args' seed 0, then 1
+    assert results["averaged_seeds"] in ([0], [1], [0, 1])
     problems = rescoring_problems(case, out)
     assert not problems, f"{recipe}: " + "; ".join(problems)
 
