@@ -49,7 +49,6 @@ from harness import (  # noqa: E402
     TREC_DATA,
     data,
     machine,
-    measured_on,
     minilm_dir,
     run_for_results,
     shared,
@@ -91,7 +90,7 @@ def recipe_run(name: str, script: str, flags: list[str], keep_weights: bool = Fa
                           keep_weights=keep_weights)
     config = out / "run_config.json"
     run["time_budget"] = json.loads(config.read_text()).get("time_budget") if config.is_file() else None
-    run["name"] = name
+    run["name"], run["machine"] = name, machine()
     kept.write_text(json.dumps(run, indent=1, default=str) + "\n")
     print(f"{name}: exit {run['code']}, wall {run['wall']:.1f} s, "
           f"eval accuracy {(run['results'] or {}).get('eval_accuracy')}, test accuracy "
@@ -119,7 +118,8 @@ def part_autogluon() -> list[dict]:
         wall = time.perf_counter() - start
         (WORK / f"autogluon_{budget}s.log").write_text(done.stdout + done.stderr)
         result = json.loads(out.read_text()) if done.returncode == 0 and out.is_file() else None
-        runs.append({"name": f"autogluon_{budget}s", "code": done.returncode, "wall": wall, "results": result})
+        runs.append({"name": f"autogluon_{budget}s", "code": done.returncode, "wall": wall, "results": result,
+                     "machine": machine()})
         print(f"autogluon {budget}s: exit {done.returncode}, process wall {wall:.1f} s, {result}", flush=True)
     return runs
 
@@ -188,7 +188,7 @@ def part_seed_soup() -> list[dict]:
         run["predict_dev_accuracy"] = dev_accuracy(member, dev_labels)  # re-scored as the soup is: = eval_accuracy
     return [*runs, {"name": "seed_soup", "members": [run["name"] for run in runs],
                     "wall": sum(run["wall"] for run in runs), "predict_dev_accuracy": dev_accuracy(soup_dir, dev_labels),
-                    "machine": machine()}]  # this part may be measured on another host than the others
+                    "machine": machine()}]
 
 
 def heldout_flags() -> list[str]:
@@ -282,6 +282,17 @@ def metric(run: dict, key: str) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
+def other_hosts(runs: list[dict]) -> list[str]:
+    """Lines naming the runs of a table measured on another host than the section's header (parts are rerun
+    one at a time; each run records its machine)."""
+    here, hosts = machine(), {}
+    for run in runs:
+        if run.get("machine") and run["machine"] != here:
+            hosts.setdefault(tuple(run["machine"]), []).append(run["name"])
+    return [line for host, names in hosts.items()
+            for line in (f"{', '.join(names)} measured on: " + "; ".join(h.removeprefix("- ") for h in host), "")]
+
+
 def report() -> list[str]:
     lines = [f"<!-- {MARK} -->", "## Time budget: `--time_budget` against AutoGluon at the same time limit", "",
              f"Written {datetime.datetime.now():%Y-%m-%d %H:%M} by `python bench/time_budget.py` (runs and logs in "
@@ -307,7 +318,8 @@ def report() -> list[str]:
             lines.append(f"| AutoGluon {result.get('version', '?')} MultiModalPredictor | {limit} | "
                          f"{run['wall']:.1f} (fit {fit:.1f}) | {share} | {result.get('dev_accuracy', float('nan')):.4f} | "
                          f"{autogluon_cells(result)} |")
-        lines.append("")
+        greedy = [r for r in averaging if r["name"].startswith("averaging_greedy5")]
+        lines += ["", *other_hosts([*sst2, *greedy, *heldout, *ag])]
     if default or default_heldout:
         lines += ["### The recipe's own default against a budget of its wall time", "",
                   "Dev is the validation split in the first two rows, the test split in the last two (validation held "
@@ -317,13 +329,14 @@ def report() -> list[str]:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
         for run in default_heldout:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
-        lines.append("")
+        lines += ["", *other_hosts([*default, *default_heldout])]
     if strategies:
         lines += ["### Each strategy at the same budget (SST-2, 180 s)", "",
                   "| strategy | wall (s) | dev accuracy (872) | plan |", "|---|---:|---:|---|"]
-        for run in [*(r for r in sst2 if r["name"] == "sst2_180s"), *strategies]:
+        compared = [*(r for r in sst2 if r["name"] == "sst2_180s"), *strategies]
+        for run in compared:
             lines.append(f"| {run['name']} | {run['wall']:.1f} | {metric(run, 'eval_accuracy')} | {plan_cells(run)} |")
-        lines.append("")
+        lines += ["", *other_hosts(compared)]
     if averaging:
         lines += ["### Checkpoint averaging: `--average_checkpoints greedy 5` on and off (180 s budget, 3 seeds)", "",
                   "Validation is 10% held out of the 2,000 sentences (the soup selects on it); dev (872) is the test split.", "",
@@ -340,7 +353,7 @@ def report() -> list[str]:
                  for arm in ("plain", "greedy5")}
         if all(means.values()) and None not in means["plain"] + means["greedy5"]:
             lines.append(f"| mean | {statistics.mean(means['plain']):.4f} | {statistics.mean(means['greedy5']):.4f} | | |")
-        lines.append("")
+        lines += ["", *other_hosts(averaging)]
     if others:
         lines += ["### TREC and clothing_small", "",
                   "| run | budget (s) | wall (s) | over budget | validation accuracy | test accuracy | plan |",
@@ -348,7 +361,7 @@ def report() -> list[str]:
         for run in others:
             lines.append(f"| {run['name']} | {budget_of(run):.0f} | {run['wall']:.1f} | {over(run)} | "
                          f"{metric(run, 'eval_accuracy')} | {metric(run, 'test_accuracy')} | {plan_cells(run)} |")
-        lines.append("")
+        lines += ["", *other_hosts(others)]
     if seed_soup:
         lines += ["### Three seeded runs of the default, and their weights averaged (SST-2, no budget)", "",
                   "Each member is the shipped sst2_minilm.yaml (3 epochs); the soup is the uniform average of their "
@@ -357,7 +370,7 @@ def report() -> list[str]:
         for run in seed_soup:
             reported = metric(run, "eval_accuracy") if "results" in run else ""
             lines.append(f"| {run['name']} | {run['wall']:.0f} | {run['predict_dev_accuracy']:.4f} | {reported} |")
-        lines += ["", *measured_on(seed_soup[-1].get("machine"))]
+        lines += ["", *other_hosts(seed_soup)]
     return [*lines, f"<!-- /{MARK} -->"]
 
 

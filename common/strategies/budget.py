@@ -11,9 +11,9 @@
    work after training: the final evaluation, the test predictions, averaging, the save and the report. A greedy
    soup of SOUP_K checkpoints joins the plan where its evaluations cost at most SOUP_SHARE of the training. Where
    a full fine-tune fits at least 2 x RUN_EPOCHS epochs, the time goes to several shorter runs instead (up to
-   MAX_RUNS, each of at least RUN_EPOCHS epochs, seeds seed, seed+1, ...), whose final weights are averaged by a
-   greedy soup (common.toolkit.averaging.SeedSoup): on SST-2 three 3-epoch runs averaged beat one run of 17
-   epochs (bench/RESULTS.md).
+   MAX_RUNS, each of at least RUN_EPOCHS epochs, seeds seed, seed+1, ...), whose final weights are averaged
+   (common.toolkit.averaging.SeedSoup): on SST-2 three 3-epoch runs averaged beat one run of 17 epochs
+   (bench/RESULTS.md).
 3. The plan is logged as a table, written to run_config.json (`time_budget`) and shown in report.html, with what
    happened beside it: planned and actual steps, and the wall time of each phase.
 4. Every option the user set (in --config or on the command line) is kept; the plan fills in the rest.
@@ -143,10 +143,11 @@ class Plan:
     kept: list[str] = field(default_factory=list)
     averaging: list[str] | None = None  # --average_checkpoints, as set or as the plan chose it
     search: dict[str, Any] | None = None
-    runs: int = 1  # seeded runs of max_steps each, their final weights averaged by a greedy soup
+    runs: int = 1  # seeded runs of max_steps each, their final weights averaged (SeedSoup)
 
     def soup(self) -> list[str] | None:
-        """The averaging after training, as --average_checkpoints spells it: the seeded runs' soup or the plan's."""
+        """The averaging after training, as --average_checkpoints spells it: the seeded runs' soup (whose uniform
+        average, and greedy pass where that fails, cost what a greedy soup of as many costs) or the plan's."""
         return ["greedy", str(self.runs)] if self.runs > 1 else self.averaging
 
     def table(self) -> str:
@@ -485,7 +486,7 @@ class TimeBudget:
         lr = f", learning rate {plan.learning_rate:g}" if plan.learning_rate is not None else ""
         lr += f", --average_checkpoints {' '.join(plan.averaging)}" if plan.averaging else ""
         kept = f"; kept as set: {', '.join(plan.kept)}" if plan.kept else ""
-        runs = f"{plan.runs} seeded runs averaged by a greedy soup, each " if plan.runs > 1 else ""
+        runs = f"{plan.runs} seeded runs averaged, each " if plan.runs > 1 else ""
         return (f"plan: {plan.strategy} ({plan.why}); {runs}{plan.max_steps} steps = {plan.epochs:.2f} epochs at batch "
                 f"{plan.batch_size} x {plan.accumulation}{lr}, {evals} during training; {plan.train_s:.0f} s of "
                 f"training, {plan.reserve_s:.0f} s reserved after it{kept}")

@@ -145,11 +145,14 @@ class CheckpointAveraging(TrainerCallback):
 
 
 class SeedSoup(CheckpointAveraging):
-    """A greedy soup of whole runs: the final weights of runs that differ only in their seed (the head's initial
-    weights and the data order), each scored on the validation split. The runs trained before the last one are
-    added with `add_run`; the last run's own evaluations are not candidates. Runs fine-tuned from one pretrained
-    checkpoint average well ("Model soups", 2022; bench/RESULTS.md); the greedy pass leaves out any run whose
-    weights would lower the score, such as runs of a model trained from random weights."""
+    """A soup of whole runs: the final weights of runs that differ only in their seed (the head's initial weights
+    and the data order), each scored on the validation split. The runs trained before the last one are added with
+    `add_run`; the last run's own evaluations are not candidates.
+
+    The soup is the uniform average of every run: runs fine-tuned from one pretrained checkpoint average well
+    ("Model soups", 2022; bench/RESULTS.md), and a greedy pass on a small validation split would leave runs out on
+    its noise. A uniform soup that scores below the worst of its runs shows weights that do not average (runs from
+    random weights land in different basins): then the greedy soup, which keeps only what does not lower the score."""
 
     def __init__(self, k: int, metric: str, greater_is_better: bool = True) -> None:
         super().__init__("greedy", k, metric, greater_is_better)
@@ -162,11 +165,24 @@ class SeedSoup(CheckpointAveraging):
         return score
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.kept, self.finishing = list(self.runs), False
+        self.kept, self.finishing = [], False
 
     def on_evaluate(self, args, state, control, **kwargs):
         pass
 
     def finish_training(self, trainer) -> dict[str, Any]:
+        self.finishing = True
+        runs = [*self.runs, (trainer.args.seed, self.score(trainer), snapshot(trainer.model))]
+        load_mean(trainer.model, [run[2] for run in runs])
+        uniform = self.score(trainer)
+        worst = min((run[1] for run in runs), key=self.better)
+        seeds = sorted(run[0] for run in runs)
+        if self.better(uniform) >= self.better(worst):
+            logger.info("seeded runs %s averaged: %s %.4f (runs %s)", seeds, self.metric, uniform,
+                        ", ".join(f"{run[1]:.4f}" for run in runs))
+            return {"averaging_method": f"uniform soup of {len(runs)} seeded runs", "averaged_seeds": seeds}
+        logger.warning("the uniform soup of seeded runs %s scores %s %.4f, below its worst run (%.4f): their weights "
+                       "do not average; a greedy soup instead", seeds, self.metric, uniform, worst)
+        self.kept = sorted(runs, key=lambda run: self.better(run[1]), reverse=True)
         record = self.average(trainer, trainer.args.seed, "seeds")
-        return {**record, "averaging_method": f"greedy soup of {len(self.runs) + 1} seeded runs"}
+        return {**record, "averaging_method": f"greedy soup of {len(runs)} seeded runs"}

@@ -121,8 +121,8 @@ def _budget_section(budget: dict) -> dict:
                                                     for k, v in phases.items()) + "."]
     earlier = actual.get("seeded_runs_before_the_last") or []
     if planned.get("seeded_runs", 1) > 1:
-        lines.insert(2, f"{planned['seeded_runs']} seeded runs planned, their final weights averaged by a greedy "
-                        "soup; the steps above are the last run's. Before it: " + ", ".join(
+        lines.insert(2, f"{planned['seeded_runs']} seeded runs planned, their final weights averaged; the steps "
+                        "above are the last run's. Before it: " + ", ".join(
                             f"seed {r['seed']}: {r['steps']} steps, score {r['score']:.4f}" for r in earlier) + ".")
     if budget.get("kept_as_set"):
         lines.append(f"Kept as set: {', '.join(budget['kept_as_set'])}.")

@@ -279,8 +279,10 @@ def test_a_budgeted_run_trains_its_seeded_runs_and_saves_their_soup(tiny_bert, t
     [first] = record["actual"]["seeded_runs_before_the_last"]
     assert first["seed"] == 43 and first["steps"] == 16 and 0.0 <= first["score"] <= 1.0
     assert record["actual"]["steps"] == 16 and record["actual"]["evaluations_in_training"] == 0
-    assert results["averaging_method"] == "greedy soup of 2 seeded runs"
-    assert results["averaged_seeds"] in ([42], [43], [42, 43])
+    # Uniform, or greedy where the uniform soup scores below its worst run.
+    assert (results["averaging_method"], results["averaged_seeds"]) in (
+        ("uniform soup of 2 seeded runs", [42, 43]), *(("greedy soup of 2 seeded runs", seeds)
+                                                      for seeds in ([42], [43], [42, 43])))
     assert "2 seeded runs planned" in (out / "report.html").read_text()
     # The saved model is the soup: the pipeline predicts each validation row as the run did, which scores what the
     # run reported.

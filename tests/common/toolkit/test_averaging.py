@@ -63,22 +63,45 @@ def test_greedy_keeps_a_checkpoint_only_when_the_metric_does_not_drop():
     assert result["averaging_method"] == "greedy 4"
 
 
-def test_a_seed_soup_averages_whole_runs_leaving_out_a_run_that_lowers_the_score():
-    model = one_weight()
-    soup = SeedSoup(3, "accuracy")
-    for seed, weight in ((43, 1.5), (44, 9.0)):  # the runs trained before the last, scored against the target 2.0
+class TwoBasins(FakeTrainer):
+    """Scores the weight's closeness to the nearer of two good weights, 1.0 and 3.0: the average of a run in each
+    basin lands between them, worse than either run, as runs trained from random weights do."""
+
+    def evaluate(self, metric_key_prefix: str) -> dict[str, float]:
+        self.evaluations += 1
+        weight = self.model.weight.item()
+        return {f"{metric_key_prefix}_accuracy": -min(abs(weight - 1.0), abs(weight - 3.0))}
+
+
+def seed_soup_of(model: nn.Module, trainer_class, weights: dict[int, float], target: float = 2.0) -> dict:
+    """A SeedSoup of runs with these final weights by seed, the last one the run's own (its evaluations inside
+    training are not candidates); the soup's record."""
+    soup = SeedSoup(len(weights), "accuracy")
+    *earlier, (last_seed, last_weight) = weights.items()
+    for seed, weight in earlier:
         model.weight.data.fill_(weight)
-        soup.add_run(seed, FakeTrainer(model, step=10, target=2.0))
-    # The last run starts, evaluates inside its loop (not candidates: only whole runs are) and ends at 2.5.
-    evaluated(soup, model, [2.0, 2.0], target=2.0)
-    model.weight.data.fill_(2.5)
-    trainer = FakeTrainer(model, step=10, target=2.0)
-    trainer.args = SimpleNamespace(seed=42)
-    result = soup.finish_training(trainer)
-    # Best first: 2.5 (seed 42); with 1.5 the soup is 2.0, kept; with 9.0 it would move to 4.33, left out.
-    assert model.weight.item() == pytest.approx(2.0)
-    assert result["averaged_seeds"] == [42, 43]
-    assert result["averaging_method"] == "greedy soup of 3 seeded runs"
+        soup.add_run(seed, trainer_class(model, step=10, target=target))
+    evaluated(soup, model, [target, target], target=target)
+    model.weight.data.fill_(last_weight)
+    trainer = trainer_class(model, step=10, target=target)
+    trainer.args = SimpleNamespace(seed=last_seed)
+    return soup.finish_training(trainer)
+
+
+def test_a_seed_soup_is_the_uniform_average_of_every_run():
+    model = one_weight()
+    result = seed_soup_of(model, FakeTrainer, {43: 1.5, 44: 2.5, 42: 2.2})
+    assert model.weight.item() == pytest.approx((1.5 + 2.5 + 2.2) / 3)
+    assert result == {"averaging_method": "uniform soup of 3 seeded runs", "averaged_seeds": [42, 43, 44]}
+
+
+def test_a_seed_soup_scoring_below_its_worst_run_falls_back_to_the_greedy_soup():
+    model = one_weight()
+    # Runs at 1.0 and 3.0 score 0, at 1.1 -0.1; their mean, 1.7, scores -0.7. Greedy from 1.0 (seed 43): adding
+    # 3.0 (mean 2.0, -1.0) or 1.1 (mean 1.05, -0.05) lowers the score, so seed 43 alone is kept.
+    result = seed_soup_of(model, TwoBasins, {43: 1.0, 44: 3.0, 42: 1.1})
+    assert model.weight.item() == pytest.approx(1.0)
+    assert result["averaged_seeds"] == [43] and result["averaging_method"] == "greedy soup of 3 seeded runs"
 
 
 def test_greedy_with_the_final_weights_best_keeps_them_first():

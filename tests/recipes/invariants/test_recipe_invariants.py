@@ -152,7 +152,7 @@ def rescoring_problems(case: Case, out: Path) -> list[str]:
 def test_a_budgeted_run_probes_plans_and_trains_its_plan(runs, recipe, tmp_path, monkeypatch):
     """--time_budget on every recipe: each strategy is probed (or named not applicable, with the reason), the
     run trains the planned steps of the strategy it picked (a budget far longer than the run: no deadline stop),
-    here two seeded runs whose weights a greedy soup averages, records the plan in run_config.json, and its
+    here two seeded runs whose weights are averaged, records the plan in run_config.json, and its
     reported metrics re-score from what it wrote."""
     from common.strategies import budget
     from common.training import deadline
@@ -180,6 +180,7 @@ def test_a_budgeted_run_probes_plans_and_trains_its_plan(runs, recipe, tmp_path,
     assert record["strategy"] == "full" and record["planned"]["seeded_runs"] == 2
     [first] = record["actual"]["seeded_runs_before_the_last"]
     assert first["seed"] == 1 and first["steps"] == 2 * case.steps_per_epoch  # fast_args' seed 0, then 1
+    assert results["averaging_method"].endswith("soup of 2 seeded runs")
     assert results["averaged_seeds"] in ([0], [1], [0, 1])
     problems = rescoring_problems(case, out)
     assert not problems, f"{recipe}: " + "; ".join(problems)
