@@ -311,10 +311,7 @@ class TimeBudget:
             candidates = [full, probe(task, args, finetune_args, "lora", STRATEGIES["lora"]),
                           probe_cache(task, full, finetune_args, args.per_device_eval_batch_size)]
         self.phases["probe_s"] = self.deadline.elapsed() - self.phases["before_plan_s"]
-        plan = self.choose(task, args, finetune_args, candidates, chosen)
-        if args.world_size > 1:  # each process measured its own; all of them must follow one plan
-            plan = broadcast_object_list([plan])[0]
-        self.plan = plan
+        self.plan = plan = agreed(self.choose(task, args, finetune_args, candidates, chosen), args)
         self.apply(plan, args, finetune_args)
         logger.info("time budget %.0f s: plan after %.0f s (probe %.0f s)\n%s\n%s", plan.budget_s,
                     self.deadline.elapsed(), self.phases["probe_s"], plan.table(), self.describe(plan))
@@ -505,8 +502,8 @@ class TimeBudget:
         eval_s = self.eval_seconds(task, speed)
         others = [c for c in task.callbacks if c is not self.callback and c is not self.seed_soup]
         began = self.deadline.elapsed()
-        while fitted := self.runs_that_fit(plan, task, speed, plan.runs - len(self.seeded_runs),
-                                           done=len(self.seeded_runs)):
+        while fitted := agreed(self.runs_that_fit(plan, task, speed, plan.runs - len(self.seeded_runs),
+                                                  done=len(self.seeded_runs)), args):
             run_s = (fitted.train_s - (fitted.runs - 1) * (speed.load_s + eval_s)) / fitted.runs
             started = self.deadline.elapsed()
             run_end = Deadline(started + speed.load_s + run_s + eval_s, self.deadline.start, self.deadline.clock)
@@ -530,6 +527,7 @@ class TimeBudget:
             gc.collect()
         self.phases["seeded_runs_s"] = self.deadline.elapsed() - began
         self.fit_length(plan, task, speed, self.train_seconds(task, plan.soup(), speed), runs=1)
+        self.plan = plan = agreed(plan, args)
         self.set_length(plan, args)
         if self.callback is not None:
             self.callback.step_forecast = speed.step_s
@@ -560,6 +558,7 @@ class TimeBudget:
                        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=trial_args.eval_steps))
         self.phases["search_s"] = self.deadline.elapsed() - started
         self.fit_length(plan, task, pick, self.train_seconds(task, plan.averaging, pick))
+        self.plan = plan = agreed(plan, args)
         self.set_length(plan, args)
         if plan.eval_steps and args.eval_strategy == "steps":
             args.eval_steps = plan.eval_steps
@@ -608,6 +607,12 @@ class TimeBudget:
         logger.info("time budget %.0f s: %d of %d planned steps; phases %s", record["budget_s"],
                     record["actual"]["steps"], record["planned"]["max_steps"], record["phases"])
         return record
+
+
+def agreed(plan: Plan | None, args: TrainingArguments) -> Plan | None:
+    """The main process's plan on every process of a DDP run: each process measures and plans from its own clock,
+    and a run whose processes planned different lengths would leave one waiting on a collective at the end."""
+    return broadcast_object_list([plan])[0] if args.world_size > 1 else plan
 
 
 # Options the plan sets when the user did not: listed in the record as kept when the user did.

@@ -4,6 +4,9 @@ plan beside what happened."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +20,7 @@ from common.training import deadline as deadline_module
 from common.training.deadline import Deadline
 from common.training.reliability import RUN_RECORD_ATTR, RunRecord
 from common.training.task import Task
-from tests.conftest import fast_args
+from tests.conftest import ROOT, fast_args, subprocess_env
 from tests.recipes.invariants.cases import read_table
 
 
@@ -293,3 +296,25 @@ def test_a_budgeted_run_trains_its_seeded_runs_and_saves_their_soup(tiny_bert, t
     assert predicted == written["prediction"].astype(str).tolist()
     gold = read_table(test_data / "sms_spam/dev.tsv")["label"].astype(str).tolist()
     assert sum(p == g for p, g in zip(predicted, gold)) / len(gold) == pytest.approx(results["eval_accuracy"])
+
+
+@pytest.mark.slow
+def test_a_budgeted_two_process_run_trains_its_seeded_runs_in_step(tiny_bert, test_data, tmp_path):
+    """Under DDP every process plans from its own clock; they follow the main process's plan for each seeded run
+    and for the last, so none is left waiting on a collective the others have left."""
+    out = tmp_path / "ddp"
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch",
+                "--config_file", str(ROOT / "accelerate_configs/cpu_ddp.yaml")]
+    result = subprocess.run([
+        *launcher, "recipes/text_classification.py", "--model_name_or_path", tiny_bert,
+        "--train_file", str(test_data / "sms_spam/train.tsv"), "--validation_file", str(test_data / "sms_spam/dev.tsv"),
+        "--max_train_samples", "64", "--time_budget", "5m", "--output_dir", str(out),
+        "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--disable_tqdm", "true"],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "run_config.json").read_text())["time_budget"]
+    earlier = record["actual"]["seeded_runs_before_the_last"]
+    assert record["planned"]["seeded_runs"] >= 2 and earlier and record["actual"]["steps"] > 0
+    assert all(run["steps"] > 0 for run in earlier)
+    assert json.loads((out / "all_results.json").read_text())["averaging_method"].endswith(
+        f"soup of {len(earlier) + 1} seeded runs")
