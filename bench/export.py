@@ -41,8 +41,8 @@ from harness import (  # noqa: E402
     SST2_CONFIG,
     data,
     machine,
-    measured_on,
     minilm_dir,
+    other_hosts,
     run_parts,
     shared,
     stratified_tsv_sample,
@@ -272,7 +272,7 @@ def render(results: dict[str, dict]) -> list[str]:
             lines.append(f"\nExport check ({precision}): drop {check['metric_drop']} points (limit "
                          f"{check['max_metric_drop']}), top-1 agreement {check['top1_agreement']:.4f}, largest logit "
                          f"difference {check['max_abs_logit_diff']:.2g}: {'passed' if check['passed'] else 'refused'}.")
-        lines += ["", *measured_on(result.get("machine"))]
+        lines += ["", *other_hosts([{"name": "The rows above", "machine": result.get("machine")}])]
     if "translation" in results:
         result = results["translation"]
         lines += ["### Tiny Marian on Multi30k: the 1,000 test_2016_flickr sentences, greedy", "",

@@ -464,10 +464,15 @@ def machine() -> list[str]:
     ]
 
 
-def measured_on(lines: list[str] | None) -> list[str]:
-    """A part's own machine() lines, kept with its results, as one line under its table: a section rewritten by a
-    later part heads itself with the machine of that write, which need not be the one that measured this part."""
-    return ["Measured on: " + "; ".join(line.removeprefix("- ") for line in lines), ""] if lines else []
+def other_hosts(runs: list[dict]) -> list[str]:
+    """Lines under a table naming its runs (`name`, `machine`: their machine() lines) measured on another host than
+    the section's header: a section rewritten by a part rerun alone heads itself with the host of that write."""
+    here, hosts = machine(), {}
+    for run in runs:
+        if run.get("machine") and run["machine"] != here:
+            hosts.setdefault(tuple(run["machine"]), []).append(run["name"])
+    return [line for host, names in hosts.items()
+            for line in (f"{', '.join(names)} measured on: " + "; ".join(h.removeprefix("- ") for h in host), "")]
 
 
 def load_line(load_start: tuple[float, ...], load_end: tuple[float, ...]) -> str:

@@ -45,8 +45,8 @@ from harness import (  # noqa: E402
     SST2_CONFIG,
     data,
     machine,
-    measured_on,
     minilm_dir,
+    other_hosts,
     run_parts,
     shared,
     stratified_tsv_sample,
@@ -208,7 +208,7 @@ def render(results: dict) -> list[str]:
                   f"{epochs['averaged']['precision_at_200']:.3f} | |", "",
                   "Neither a shorter nor a longer run, nor an average of three, ranks the flipped rows markedly higher: "
                   "the ranking is as good as the classifier, which reaches about 0.82 dev accuracy on the noisy labels.",
-                  "", *measured_on(epochs.get("machine"))]
+                  "", *other_hosts([{"name": "The rows above", "machine": epochs.get("machine")}])]
     real = results.get("real")
     if real:
         for name, found in real.items():

@@ -50,6 +50,7 @@ from harness import (  # noqa: E402
     data,
     machine,
     minilm_dir,
+    other_hosts,
     run_for_results,
     shared,
     stratified_tsv_sample,
@@ -280,17 +281,6 @@ def autogluon_cells(result: dict) -> str:
 def metric(run: dict, key: str) -> str:
     value = (run.get("results") or {}).get(key)
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-
-def other_hosts(runs: list[dict]) -> list[str]:
-    """Lines naming the runs of a table measured on another host than the section's header (parts are rerun
-    one at a time; each run records its machine)."""
-    here, hosts = machine(), {}
-    for run in runs:
-        if run.get("machine") and run["machine"] != here:
-            hosts.setdefault(tuple(run["machine"]), []).append(run["name"])
-    return [line for host, names in hosts.items()
-            for line in (f"{', '.join(names)} measured on: " + "; ".join(h.removeprefix("- ") for h in host), "")]
 
 
 def report() -> list[str]:

@@ -358,7 +358,7 @@ class TimeBudget:
         if plan.averaging is None and "average_checkpoints" not in self.given and not args.load_best_model_at_end:
             plan.averaging = self.soup_if_affordable(task, pick)
         self.fit_length(plan, task, pick, self.train_seconds(task, plan.averaging, pick))
-        self.plan_seeded_runs(plan, task, args, finetune_args, pick)
+        plan = self.plan_seeded_runs(plan, task, args, finetune_args, pick)
         if "learning_rate" not in self.given and pick.name in STRATEGY_LR:
             plan.learning_rate = STRATEGY_LR[pick.name]
         return plan
@@ -374,19 +374,16 @@ class TimeBudget:
         return soup if (2 * SOUP_K + 1) * eval_s <= SOUP_SHARE * self.train_seconds(task, soup, pick) else None
 
     def plan_seeded_runs(self, plan: Plan, task: Task, args: TrainingArguments, finetune_args,
-                         pick: Measured) -> None:
-        """Several seeded runs of at least RUN_EPOCHS epochs, averaged, in place of one long run, where a full
-        fine-tune fits 2 x RUN_EPOCHS epochs and the user set neither the length nor the averaging. A run's
+                         pick: Measured) -> Plan:
+        """The plan of several seeded runs of at least RUN_EPOCHS epochs, averaged, in place of `plan`'s one long
+        run, where a full fine-tune fits 2 x RUN_EPOCHS epochs and the user set neither the length nor the averaging. A run's
         checkpoints then go unevaluated: the soup's candidates are the runs' final weights. Not for LoRA: adapters
         from different random starts are different factorizations, and their averages are not an average update."""
         eligible = (pick.name == "full" and self.eval_seconds(task, pick) > 0 and not args.load_best_model_at_end
                     and not args.resume_from_checkpoint  # the runs before the last are not in its checkpoint
                     and not self.given & {"max_steps", "num_train_epochs", "average_checkpoints"}
                     and not getattr(finetune_args, "hpo_trials", None))
-        fitted = self.runs_that_fit(plan, task, pick, MAX_RUNS) if eligible else None
-        if fitted is not None:
-            plan.runs, plan.averaging = fitted.runs, None
-            self.fit_length(plan, task, pick, self.train_seconds(task, plan.soup(), pick))
+        return (self.runs_that_fit(plan, task, pick, MAX_RUNS) if eligible else None) or plan
 
     def runs_that_fit(self, plan: Plan, task: Task, speed: Measured, most: int, done: int = 0) -> Plan | None:
         """The most seeded runs, 2 to `most`, that each train at least RUN_EPOCHS epochs in the time left at
@@ -404,8 +401,7 @@ class TimeBudget:
         """max_steps and the evaluation cadence that fit `train_s` seconds of training, shared by `runs` seeded
         runs (plan.runs unless given), each after the first loading its model and scoring its weights."""
         eval_s = self.eval_seconds(task, pick)
-        runs = plan.runs if runs is None else runs
-        run_s = (train_s - (runs - 1) * (pick.load_s + eval_s)) / runs
+        run_s = self.run_seconds(task, pick, train_s, plan.runs if runs is None else runs)
         max_epochs = CACHE_EPOCHS if pick.name == "cache" else MAX_EPOCHS
         steps = max(1, min(int(run_s / pick.step_s), max_epochs * plan.steps_per_epoch))
         epochs = steps / plan.steps_per_epoch
@@ -420,6 +416,11 @@ class TimeBudget:
         # Evaluations at every eval_steps, the last one before the end (the run evaluates the final model anyway).
         plan.eval_steps = max(1, steps // (evaluations + 1)) if evaluations else None
         plan.reserve_s = self.reserve_fn(task, plan.soup(), pick)(eval_s)
+
+    def run_seconds(self, task: Task, measured: Measured, train_s: float, runs: int) -> float:
+        """Each of `runs` seeded runs' share of `train_s` seconds, once each run after the first has loaded its
+        model and scored its weights."""
+        return (train_s - (runs - 1) * (measured.load_s + self.eval_seconds(task, measured))) / runs
 
     def train_seconds(self, task: Task, averaging: list[str] | None, measured: Measured) -> float:
         """The seconds left for training steps once the model is loaded, the cache built, and the work after
@@ -504,8 +505,8 @@ class TimeBudget:
         began = self.deadline.elapsed()
         while fitted := agreed(self.runs_that_fit(plan, task, speed, plan.runs - len(self.seeded_runs),
                                                   done=len(self.seeded_runs)), args):
-            run_s = (fitted.train_s - (fitted.runs - 1) * (speed.load_s + eval_s)) / fitted.runs
             started = self.deadline.elapsed()
+            run_s = self.run_seconds(task, speed, fitted.train_s, fitted.runs)
             run_end = Deadline(started + speed.load_s + run_s + eval_s, self.deadline.start, self.deadline.clock)
             stop = DeadlineCallback(run_end, lambda scoring_s: scoring_s, speed.step_s, eval_s,
                                     planned_steps=fitted.max_steps)  # its reserve: the pass that scores it
