@@ -196,6 +196,13 @@ def peak_memory_gb(device: torch.device) -> float:
     return psutil.Process().memory_info().rss / 1e9  # on the CPU: the process's resident memory after the steps
 
 
+def scratch_args(args: TrainingArguments, scratch: str, **changes: Any) -> TrainingArguments:
+    """`args` for a training run the plan makes on the side (a probe, a seeded run before the last): it evaluates,
+    saves, reports and resumes nothing, and writes only into `scratch`."""
+    return dataclasses.replace(args, output_dir=scratch, eval_strategy="no", save_strategy="no", report_to=[],
+                               resume_from_checkpoint=None, load_best_model_at_end=False, **changes)
+
+
 def probe(task: Task, args: TrainingArguments, finetune_args, name: str, settings: dict[str, Any]) -> Measured:
     """Train PROBE_STEPS timed steps of one strategy (halving the batch on a GPU out-of-memory error), then time
     an evaluation pass over a slice and a save."""
@@ -224,11 +231,9 @@ def _probe_once(task: Task, args: TrainingArguments, finetune_args, measured: Me
     start = time.perf_counter()
     model = task.model_init()
     measured.load_s = time.perf_counter() - start
-    probe_args = dataclasses.replace(
-        args, output_dir=scratch, max_steps=PROBE_STEPS + 1, eval_strategy="no", save_strategy="no",
-        logging_strategy="no", report_to=[], per_device_train_batch_size=measured.batch_size,
-        gradient_accumulation_steps=measured.accumulation, resume_from_checkpoint=None,
-        load_best_model_at_end=False, warmup_steps=0)
+    probe_args = scratch_args(args, scratch, max_steps=PROBE_STEPS + 1, logging_strategy="no",
+                              per_device_train_batch_size=measured.batch_size,
+                              gradient_accumulation_steps=measured.accumulation, warmup_steps=0)
     timer = StepTimes()
     trainer = build_trainer(dataclasses.replace(task, callbacks=[]), probe_args, finetune_args, model=model,
                             model_init=None, callbacks=[timer])
@@ -512,9 +517,7 @@ class TimeBudget:
                                     planned_steps=fitted.max_steps)  # its reserve: the pass that scores it
             seed = args.seed + len(self.seeded_runs) + 1
             with tempfile.TemporaryDirectory() as scratch:
-                run_args = dataclasses.replace(
-                    args, output_dir=scratch, seed=seed, max_steps=fitted.max_steps, eval_strategy="no",
-                    save_strategy="no", report_to=[], resume_from_checkpoint=None, load_best_model_at_end=False)
+                run_args = scratch_args(args, scratch, seed=seed, max_steps=fitted.max_steps)
                 trainer = build_trainer(dataclasses.replace(task, callbacks=[*others, stop]), run_args, finetune_args,
                                         model=fresh_model(task, run_args), model_init=None)
                 trainer.train()
